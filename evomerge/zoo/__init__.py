@@ -1,0 +1,1 @@
+"""A tiny model zoo: one base and several skill specialists fine-tuned from it."""

@@ -1,0 +1,24 @@
+"""Shared fixtures: the zoo is built once per session (and reused across sessions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
+
+
+@pytest.fixture(scope="session")
+def zoo() -> dict:
+    """The zoo's manifest, with `dir` added; built on first use, cached on disk."""
+    from evomerge.zoo.build import build_zoo
+
+    manifest = dict(build_zoo(DEFAULT_ZOO_DIR))
+    manifest["dir"] = DEFAULT_ZOO_DIR
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tasks_dir() -> Path:
+    return TASKS_DIR

@@ -1,0 +1,11 @@
+"""README.md's test command is the one CI runs."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert "pytest" in ci_command
+    assert ci_command in (ROOT / "README.md").read_text()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
 
 import click
+from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from evomerge.errors import EvomergeError
 from evomerge.paths import DEFAULT_ZOO_DIR
@@ -56,6 +58,34 @@ def zoo_build(out: Path, force: bool) -> None:
     click.echo("model   " + "".join(f"{s:>8}" for s in skills))
     for entry in manifest["models"]:
         click.echo(f"{entry['name']:<8}" + "".join(f"{entry['report_accuracy'][s]:>8.3f}" for s in skills))
+
+
+@main.command("merge", cls=PrettyPrintHelp)
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--in-memory", is_flag=True,
+              help="Build through the materializer (resident parents, in-place merge) and save the resident model.")
+@add_merge_options
+@_friendly_errors
+def merge(recipe: Path, out: Path, in_memory: bool, merge_options: MergeOptions) -> None:
+    """A drop-in for mergekit-yaml that also applies evomerge's noise.
+
+    A recipe with a search section merges at its starting point (the recipe's own
+    values). The recipe's evomerge seed is mergekit's --random-seed unless given.
+    """
+    from evomerge.model_folder import write_in_memory, write_with_mergekit
+    from evomerge.recipe import load_recipe
+    from evomerge.space import SearchSpace
+
+    loaded = load_recipe(recipe)
+    candidate = SearchSpace.from_recipe(loaded).starting_point()
+    if merge_options.random_seed is not None:
+        candidate = dataclasses.replace(candidate, seed=merge_options.random_seed)
+    if in_memory:
+        write_in_memory(candidate, out, device=merge_options.device, trust_remote_code=merge_options.trust_remote_code)
+    else:
+        write_with_mergekit(candidate, out, merge_options)
+    click.echo(f"merged {recipe} into {out}")
 
 
 if __name__ == "__main__":

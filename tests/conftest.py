@@ -22,3 +22,26 @@ def zoo() -> dict:
 @pytest.fixture(scope="session")
 def tasks_dir() -> Path:
     return TASKS_DIR
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe (a dict) as YAML and return its path."""
+    import yaml
+
+    def write(recipe: dict, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def specialists(zoo) -> list:
+    return [str(zoo["dir"] / m["path"]) for m in zoo["models"] if m["skill"]]
+
+
+@pytest.fixture(scope="session")
+def base_model(zoo) -> str:
+    return str(zoo["dir"] / "base")

@@ -1,0 +1,275 @@
+"""Reads a mergekit recipe with an `evomerge:` section and validates it once, at the edge.
+
+The file stays an ordinary mergekit recipe: `mergekit-yaml` ignores the `evomerge:` key.
+Relative model paths and task paths are taken relative to the recipe file when they
+exist there, so a recipe works from any working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import yaml
+from mergekit import merge_methods
+from mergekit.config import MergeConfiguration
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from evomerge.errors import EvomergeError, did_you_mean
+
+SECTION = "evomerge"
+MODEL_KEYS = {"model", "base_model", "tokenizer_source", "source"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: Tuple[float, float]) -> Tuple[float, float]:
+    low, high = value
+    if not low < high:
+        raise ValueError(f"expected [low, high] with low < high, got [{low}, {high}]")
+    return value
+
+
+class GeneSpec(_Strict):
+    """One searched mergekit parameter, split into genes per model, filter and layer group."""
+
+    parameter: str
+    models: Optional[List[str]] = None
+    range: Tuple[float, float]
+    layer_groups: PositiveInt = 1
+    filters: List[str] = Field(default_factory=list)
+
+    _range = field_validator("range")(_check_range)
+
+    @field_validator("filters")
+    @classmethod
+    def _distinct_filters(cls, filters: List[str]) -> List[str]:
+        if len(set(filters)) != len(filters) or any(not f for f in filters):
+            raise ValueError("expected distinct, non-empty tensor-name filters")
+        return filters
+
+
+class NoiseSpec(_Strict):
+    """Weight-space mutation: Gaussian noise of std = value × the merged tensor's std.
+
+    With `range` the values are searched (`std` is then the starting point); without it,
+    `std` is applied as given, which is how an exported winner carries its noise.
+    """
+
+    range: Optional[Tuple[float, float]] = None
+    layer_groups: PositiveInt = 1
+    std: Optional[Union[float, List[float]]] = None
+
+    @field_validator("range")
+    @classmethod
+    def _noise_range(cls, value):
+        if value is None:
+            return value
+        _check_range(value)
+        if value[0] < 0:
+            raise ValueError(f"expected a non-negative range, got [{value[0]}, {value[1]}]")
+        return value
+
+    @model_validator(mode="after")
+    def _range_or_std(self) -> "NoiseSpec":
+        if self.range is None and self.std is None:
+            raise ValueError("expected `range` (to search the noise) or `std` (to apply it)")
+        values = self.std if isinstance(self.std, list) else [self.std] if self.std is not None else []
+        if any(v < 0 for v in values):
+            raise ValueError(f"expected non-negative std values, got {self.std}")
+        return self
+
+
+class TaskSpec(_Strict):
+    name: str
+    metric: str = "acc"
+    weight: float = 1.0
+
+
+class EvalSpec(_Strict):
+    batch_size: PositiveInt = 64
+    limit: Optional[PositiveInt] = None
+
+
+class SearcherSpec(BaseModel):
+    """The searcher's name plus its own options, which the searcher validates."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "cma"
+
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BudgetSpec(_Strict):
+    evaluations: PositiveInt
+
+
+class EvomergeSpec(_Strict):
+    seed: int = 0
+    search: List[GeneSpec] = Field(default_factory=list)
+    noise: Optional[NoiseSpec] = None
+    tasks: List[TaskSpec] = Field(default_factory=list)
+    fitness: Optional[str] = None
+    objectives: Literal["sum", "separate"] = "sum"
+    report_tasks: List[str] = Field(default_factory=list)
+    task_paths: List[str] = Field(default_factory=list)
+    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
+    budget: Optional[BudgetSpec] = None
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @field_validator("fitness")
+    @classmethod
+    def _module_function(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError(f"expected 'module:function', got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    text: str
+    merge: MergeConfiguration
+    spec: EvomergeSpec
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def task_paths(self) -> List[Path]:
+        paths = []
+        for index, entry in enumerate(self.spec.task_paths):
+            path = (self.directory / entry).resolve()
+            if not path.is_dir():
+                raise EvomergeError(f"expected a folder of lm-eval task YAML files, found nothing at {path}",
+                                    path=self.path, key=f"{SECTION}.task_paths[{index}]")
+            paths.append(path)
+        return paths
+
+    def require_search(self) -> None:
+        """What `evomerge search` needs beyond what `evomerge merge` needs."""
+        if not self.spec.search and (self.spec.noise is None or self.spec.noise.range is None):
+            raise EvomergeError("expected at least one searched parameter (or a noise range)",
+                                path=self.path, key=f"{SECTION}.search")
+        if not self.spec.tasks and self.spec.fitness is None:
+            raise EvomergeError("expected lm-eval tasks (or a custom fitness) to score candidates",
+                                path=self.path, key=f"{SECTION}.tasks")
+        if self.spec.budget is None:
+            raise EvomergeError("expected a budget, e.g. {evaluations: 64}", path=self.path, key=f"{SECTION}.budget")
+
+
+def load_recipe(path: Union[str, Path]) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise EvomergeError("recipe file not found", path=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise EvomergeError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path, key=where) from None
+    if not isinstance(raw, dict):
+        raise EvomergeError("expected a mapping of mergekit keys at the top level", path=path)
+    section = raw.pop(SECTION, None) or {}
+    return Recipe(
+        path=path.resolve(),
+        text=text,
+        merge=parse_merge_config(raw, path),
+        spec=_validated(EvomergeSpec, section, path, SECTION),
+    )
+
+
+def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
+    """mergekit's own MergeConfiguration, with errors that name the file and the key."""
+    known = set(MergeConfiguration.model_fields) | {SECTION}
+    for key in raw:
+        if key not in known:
+            raise EvomergeError(f"unknown key{did_you_mean(key, known)}", path=path, key=key)
+    raw = _resolve_model_paths(raw, path.parent)
+    config = _validated(MergeConfiguration, raw, path, None)
+    try:
+        merge_methods.get(config.merge_method)
+    except RuntimeError:
+        names = [m.spec.name for m in merge_methods.registered_methods()]
+        raise EvomergeError(
+            f"unknown merge method {config.merge_method!r}{did_you_mean(config.merge_method, names)}; "
+            f"expected one of {', '.join(sorted(names))}",
+            path=path, key="merge_method",
+        ) from None
+    return config
+
+
+def _validated(model: type, raw: Any, path: Path, prefix: Optional[str]):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = _dotted(([prefix] if prefix else []) + list(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            fields = _fields_at(model, first["loc"][:-1])
+            message = f"unknown key{did_you_mean(str(first['loc'][-1]), fields)}"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+            message = f"{message}, got {first['input']!r}"
+        raise EvomergeError(message, path=path, key=key) from None
+    except (RuntimeError, ValueError, TypeError) as error:  # mergekit's validators raise these
+        raise EvomergeError(str(error), path=path, key=prefix) from None
+
+
+def _dotted(loc: List[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: type, loc: Tuple[Any, ...]) -> List[str]:
+    """The field names of the nested model at `loc`, for a 'did you mean'."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        nested = [a for a in _flatten_annotation(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _flatten_annotation(annotation: Any) -> List[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return [annotation]
+    return [leaf for arg in args for leaf in _flatten_annotation(arg)]
+
+
+def _resolve_model_paths(node: Any, base: Path) -> Any:
+    """Make model paths that exist beside the recipe absolute; leave hub ids and others alone."""
+    if isinstance(node, list):
+        return [_resolve_model_paths(item, base) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        key: resolve_model_path(value, base) if key in MODEL_KEYS and isinstance(value, str)
+        else _resolve_model_paths(value, base)
+        for key, value in node.items()
+    }
+
+
+def resolve_model_path(reference: str, base: Path) -> str:
+    """`path[@revision][+lora[@revision]]` with each local path made absolute."""
+    parts = []
+    for part in reference.split("+"):
+        location, _, revision = part.partition("@")
+        candidate = base / location
+        if location and not Path(location).is_absolute() and candidate.exists():
+            location = str(candidate.resolve())
+        parts.append(location + (f"@{revision}" if revision else ""))
+    return "+".join(parts)

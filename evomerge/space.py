@@ -1,0 +1,309 @@
+"""The search space: genes tied to recipe parameters, and the map from a vector to a recipe.
+
+A gene is one number in one place of a mergekit recipe: a parameter of one input model
+(or a shared parameter), for one tensor-name filter (or the fallback), at one point of
+an N-point mergekit gradient across the layers. Decoding writes those numbers into a
+copy of the recipe, so mergekit's own resolution (gradients, filters, precedence)
+decides what every tensor gets, both in memory and in `mergekit-yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+from mergekit import merge_methods
+from mergekit.config import ConditionalParameter, ConfigYamlDumper, MergeConfiguration, evaluate_setting
+from mergekit.merge_methods.base import ParameterScope, ParameterSpec
+
+from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.recipe import SECTION, GeneSpec, Recipe, resolve_model_path
+
+NOISE = "noise"
+
+
+@dataclass(frozen=True)
+class Gene:
+    name: str
+    parameter: str
+    low: float
+    high: float
+    group: int = 0
+    groups: int = 1
+    model: Optional[str] = None  # an input model's reference; None for shared parameters and noise
+    filter: Optional[str] = None  # None is the fallback for tensors no filter matches
+    slice_index: Optional[int] = None
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A concrete recipe: what `mergekit-yaml` merges, plus evomerge's seed and noise."""
+
+    merge: MergeConfiguration
+    seed: int
+    noise: Optional[Tuple[float, ...]] = None  # relative std per layer group
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = self.merge.model_dump(exclude_defaults=True, mode="json")
+        section: Dict[str, Any] = {"seed": self.seed}
+        if self.noise is not None and any(self.noise):
+            section["noise"] = {"std": list(self.noise) if len(self.noise) > 1 else self.noise[0]}
+        data[SECTION] = section
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.dump(self.to_dict(), Dumper=ConfigYamlDumper, sort_keys=False).rstrip() + "\n"
+
+
+class SearchSpace:
+    def __init__(self, recipe: Recipe, genes: List[Gene], x0: np.ndarray):
+        self.recipe = recipe
+        self.genes = genes
+        self.x0 = x0
+
+    @property
+    def dimension(self) -> int:
+        return len(self.genes)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([g.low for g in self.genes], dtype=float)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([g.high for g in self.genes], dtype=float)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> "SearchSpace":
+        builder = _Builder(recipe)
+        for index, spec in enumerate(recipe.spec.search):
+            builder.add(index, spec)
+        builder.add_noise()
+        return cls(recipe, builder.genes, np.array(builder.x0, dtype=float))
+
+    def decode(self, x: Sequence[float]) -> Candidate:
+        """Pure and deterministic: the same vector always gives the same recipe."""
+        x = np.clip(np.asarray(x, dtype=float), self.lower, self.upper)
+        if x.shape != (self.dimension,):
+            raise ValueError(f"expected a vector of {self.dimension} genes, got shape {x.shape}")
+        merge = self.recipe.merge.model_copy(deep=True)
+        noise = _fixed_noise(self.recipe)
+        for key, entries in _grouped(self.genes, x).items():
+            parameter, model, slice_index = key
+            if parameter == NOISE:
+                noise = tuple(value for _, value in sorted(entries[None]))
+                continue
+            setting = _setting(entries)
+            for target in _parameter_dicts(merge, model, slice_index):
+                target[parameter] = setting
+        return Candidate(merge=merge, seed=self.recipe.spec.seed, noise=noise)
+
+    def starting_point(self) -> Candidate:
+        return self.decode(self.x0)
+
+
+def count_layers(merge: MergeConfiguration) -> int:
+    """Layers of the recipe's models (mergekit's own architecture tables)."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.options import MergeOptions
+
+    arch = get_architecture_info(merge, MergeOptions())
+    if len(arch.modules) != 1:
+        raise EvomergeError(f"multi-module architectures ({', '.join(arch.modules)}) cannot be searched yet")
+    module = next(iter(arch.modules.values()))
+    reference = merge.base_model or merge.referenced_models()[0]
+    return module.architecture.num_layers(reference.config())
+
+
+def _fixed_noise(recipe: Recipe) -> Optional[Tuple[float, ...]]:
+    noise = recipe.spec.noise
+    if noise is None or noise.range is not None:
+        return None
+    return tuple(noise.std) if isinstance(noise.std, list) else (float(noise.std),)
+
+
+def _grouped(genes: List[Gene], x: np.ndarray) -> Dict[tuple, Dict[Optional[str], List[Tuple[int, float]]]]:
+    """(parameter, model, slice) -> filter -> [(group, value)], filters in declaration order."""
+    grouped: Dict[tuple, Dict[Optional[str], List[Tuple[int, float]]]] = {}
+    for gene, value in zip(genes, x):
+        value = float(round(value)) if gene.integer else float(value)
+        key = (gene.parameter, gene.model, gene.slice_index)
+        grouped.setdefault(key, {}).setdefault(gene.filter, []).append((gene.group, value))
+    return grouped
+
+
+def _setting(entries: Dict[Optional[str], List[Tuple[int, float]]]) -> Any:
+    """A scalar, an N-point gradient, or a filter list ending with the fallback."""
+
+    def gradient(points: List[Tuple[int, float]]) -> Any:
+        values = [value for _, value in sorted(points)]
+        return values[0] if len(values) == 1 else values
+
+    if list(entries) == [None]:
+        return gradient(entries[None])
+    conditions = [ConditionalParameter(filter=f, value=gradient(p)) for f, p in entries.items() if f is not None]
+    return conditions + [ConditionalParameter(value=gradient(entries[None]))]
+
+
+def _parameter_dicts(merge: MergeConfiguration, model: Optional[str], slice_index: Optional[int]) -> Iterator[dict]:
+    """The `parameters:` mappings a gene writes to, created when absent."""
+    if merge.slices:
+        out_slice = merge.slices[slice_index]
+        holders = [s for s in out_slice.sources if str(s.model) == model] if model else [out_slice]
+    elif model:
+        holders = [m for m in merge.models if str(m.model) == model]
+    else:
+        holders = [merge]
+    for holder in holders:
+        if holder.parameters is None:
+            holder.parameters = {}
+        yield holder.parameters
+
+
+class _Builder:
+    """Turns the recipe's `search:` entries into genes, validating them against the recipe."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.merge = recipe.merge
+        self.method = merge_methods.get(self.merge.merge_method)
+        if self.merge.modules:
+            raise EvomergeError("`modules:` recipes cannot be searched yet; use `models:` or `slices:`",
+                                path=recipe.path, key="modules")
+        self.genes: List[Gene] = []
+        self.x0: List[float] = []
+        self._seen: set = set()
+        self._layers: Optional[int] = None
+
+    def layers(self) -> int:
+        if self._layers is None:
+            self._layers = count_layers(self.merge)
+        return self._layers
+
+    def _error(self, message: str, index: int, field: str) -> EvomergeError:
+        return EvomergeError(message, path=self.recipe.path, key=f"{SECTION}.search[{index}].{field}")
+
+    def _parameter(self, index: int, spec: GeneSpec) -> Tuple[ParameterSpec, bool]:
+        shared = {p.name: p for p in self.method.spec.shared_parameters}
+        per_input = {p.name: p for p in self.method.spec.input_parameters}
+        parameter = shared.get(spec.parameter) or per_input.get(spec.parameter)
+        if parameter is None:
+            names = sorted(shared) + sorted(per_input)
+            raise self._error(
+                f"{self.merge.merge_method} has no parameter {spec.parameter!r}{did_you_mean(spec.parameter, names)}; "
+                f"expected one of {', '.join(names) or '(none)'}", index, "parameter")
+        if _numeric_type(parameter) is None:
+            raise self._error(f"{spec.parameter!r} is not numeric ({getattr(parameter.value_type, '__name__', parameter.value_type)}); "
+                              "only float and int parameters can be searched", index, "parameter")
+        return parameter, spec.parameter in per_input
+
+    def _slices(self) -> List[Tuple[Optional[int], List[str], int]]:
+        """(slice index, input models, layers) per place a gene can live."""
+        if self.merge.slices:
+            return [
+                (j, [str(s.model) for s in out_slice.sources], out_slice.sources[0].layer_range[1] - out_slice.sources[0].layer_range[0])
+                for j, out_slice in enumerate(self.merge.slices)
+            ]
+        return [(None, [str(m.model) for m in self.merge.models], self.layers())]
+
+    def _models(self, index: int, spec: GeneSpec, parameter: ParameterSpec, inputs: List[str]) -> List[str]:
+        base = str(self.merge.base_model) if self.merge.base_model else None
+        eligible = [m for m in inputs if parameter.scope == ParameterScope.INPUT or m != base]
+        if spec.models is None:
+            return eligible
+        chosen = []
+        for position, name in enumerate(spec.models):
+            model = resolve_model_path(name, self.recipe.directory)
+            key = f"{SECTION}.search[{index}].models[{position}]"
+            if model == base and model not in eligible:
+                raise EvomergeError(f"{spec.parameter!r} does not apply to the base model {name!r}",
+                                    path=self.recipe.path, key=key)
+            if model not in inputs:
+                raise EvomergeError(f"model {name!r} is not an input of the recipe; expected one of {', '.join(inputs)}",
+                                    path=self.recipe.path, key=key)
+            chosen.append(model)
+        return chosen
+
+    def add(self, index: int, spec: GeneSpec) -> None:
+        parameter, is_input = self._parameter(index, spec)
+        if not is_input and spec.models is not None:
+            raise self._error(f"{spec.parameter!r} is shared by all inputs of {self.merge.merge_method}; remove `models`", index, "models")
+        for slice_index, inputs, layers in self._slices():
+            if spec.layer_groups > layers:
+                raise self._error(f"{spec.layer_groups} layer groups, but the models have {layers} layers", index, "layer_groups")
+            for model in self._models(index, spec, parameter, inputs) if is_input else [None]:
+                key = (spec.parameter, model, slice_index)
+                if key in self._seen:
+                    raise self._error(f"{spec.parameter!r} is searched twice for {model or 'the recipe'}", index, "parameter")
+                self._seen.add(key)
+                current = self._current_setting(spec.parameter, model, slice_index)
+                for filter_name in list(spec.filters) + [None]:
+                    for group in range(spec.layer_groups):
+                        self._gene(spec, parameter, model, filter_name, group, slice_index, current)
+
+    def _gene(self, spec, parameter, model, filter_name, group, slice_index, current) -> None:
+        label = spec.parameter
+        if model:
+            label += f"[{Path(model).name or model}]"
+        if slice_index is not None:
+            label += f"/slice{slice_index}"
+        if spec.filters:
+            label += f".{filter_name or '*'}"
+        if spec.layer_groups > 1:
+            label += f"@{group}"
+        low, high = spec.range
+        t = group / (spec.layer_groups - 1) if spec.layer_groups > 1 else 0.5
+        start = _numeric(current, filter_name or "", t, parameter)
+        self.genes.append(Gene(label, spec.parameter, low, high, group, spec.layer_groups, model, filter_name,
+                               slice_index, _numeric_type(parameter) is int))
+        self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)
+
+    def _current_setting(self, parameter: str, model: Optional[str], slice_index: Optional[int]) -> List[Any]:
+        """The recipe's own settings for this place, highest precedence first."""
+        chain: List[Any] = []
+        if self.merge.slices:
+            out_slice = self.merge.slices[slice_index]
+            if model:
+                chain += [s.parameters for s in out_slice.sources if str(s.model) == model]
+            chain.append(out_slice.parameters)
+        elif model:
+            chain += [m.parameters for m in self.merge.models if str(m.model) == model]
+        chain.append(self.merge.parameters)
+        return [c[parameter] for c in chain if c and parameter in c]
+
+    def add_noise(self) -> None:
+        noise = self.recipe.spec.noise
+        if noise is None or noise.range is None:
+            return
+        if noise.layer_groups > self.layers():
+            raise EvomergeError(f"{noise.layer_groups} layer groups, but the models have {self.layers()} layers",
+                                path=self.recipe.path, key=f"{SECTION}.noise.layer_groups")
+        low, high = noise.range
+        for group in range(noise.layer_groups):
+            t = group / (noise.layer_groups - 1) if noise.layer_groups > 1 else 0.5
+            start = evaluate_setting("", noise.std, t, validate=float) if noise.std is not None else None
+            self.genes.append(Gene(NOISE + (f"@{group}" if noise.layer_groups > 1 else ""), NOISE, low, high,
+                                   group, noise.layer_groups))
+            self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)
+
+
+def _numeric_type(parameter: ParameterSpec) -> Optional[type]:
+    """float or int for searchable parameters (Optional[...] included), else None."""
+    kinds = [t for t in getattr(parameter.value_type, "__args__", (parameter.value_type,)) if t is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (float, int) else None
+
+
+def _numeric(settings: List[Any], tensor_name: str, t: float, parameter: ParameterSpec) -> Optional[float]:
+    """The first numeric value mergekit would resolve from `settings`, or None."""
+    for setting in settings:
+        try:
+            value = evaluate_setting(tensor_name, setting, t, validate=lambda v: v)
+        except RuntimeError:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None

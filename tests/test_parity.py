@@ -1,0 +1,144 @@
+"""The rule of the project: a candidate merged in memory has exactly mergekit-yaml's weights.
+
+Every method in mergekit's registry (passthrough too) is merged at a random point of a
+search space with per-layer gradients and filters in play, once by the materializer and
+once by mergekit's `run_merge` (what `mergekit-yaml` runs), and compared tensor by tensor.
+Randomized methods (DARE, DELLA) are compared under the same seed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mergekit import merge_methods
+from mergekit.options import MergeOptions
+from safetensors.torch import load_file
+
+from evomerge.materialize import Materializer, draws_random
+from evomerge.model_folder import write_with_mergekit
+from evomerge.recipe import load_recipe
+from evomerge.space import SearchSpace
+
+RANGES = {
+    "weight": (0.0, 1.0), "density": (0.3, 0.8), "gamma": (0.0, 0.05), "epsilon": (0.01, 0.1),
+    "lambda": (0.5, 1.5), "t": (0.0, 1.0), "select_topk": (0.1, 1.0), "r": (0.05, 0.3),
+    "alpha": (0.1, 0.5), "eps": (1e-9, 1e-7), "tol": (1e-6, 1e-4), "max_iter": (5, 20), "scale": (0.5, 1.5),
+}
+METHODS = sorted(m.spec.name for m in merge_methods.registered_methods())
+
+
+def _searched_recipe(method_name: str, base_model: str, specialists: list) -> dict:
+    method = merge_methods.get(method_name)
+    contract = method.spec.contract
+    inputs = {"slerp": 1, "nearswap": 1, "arcee_fusion": 1, "nuslerp": 2, "passthrough": 1}.get(method_name, len(specialists))
+    search = []
+    for parameter in list(method.spec.input_parameters) + list(method.spec.shared_parameters):
+        if parameter.name in RANGES:
+            gene = {"parameter": parameter.name, "range": list(RANGES[parameter.name])}
+            if parameter.name in ("weight", "t"):
+                gene.update(layer_groups=2, filters=["self_attn"])
+            elif parameter.name == "density":
+                gene.update(layer_groups=3)
+            search.append(gene)
+    recipe = {
+        "merge_method": method_name,
+        "models": [{"model": path} for path in specialists[:inputs]],
+        "dtype": "float32",
+        "evomerge": {"seed": 7, "search": search},
+    }
+    if contract.base.value != "ignored":
+        recipe["base_model"] = base_model
+    return recipe
+
+
+def _random_candidate(recipe_path: Path, seed: int = 1):
+    space = SearchSpace.from_recipe(load_recipe(recipe_path))
+    return space.decode(np.random.default_rng(seed).uniform(space.lower, space.upper))
+
+
+def _assert_same_weights(folder: Path, model: torch.nn.Module) -> None:
+    on_disk = load_file(folder / "model.safetensors")
+    in_memory = model.state_dict()
+    assert set(on_disk) <= set(in_memory)
+    different = [name for name in on_disk if not torch.equal(on_disk[name], in_memory[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_every_registered_method_is_covered():
+    assert len(METHODS) == 20  # 19 merging methods and passthrough in mergekit 0.1.5
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_in_memory_merge_equals_mergekit(method_name, base_model, specialists, write_recipe, tmp_path):
+    candidate = _random_candidate(write_recipe(_searched_recipe(method_name, base_model, specialists)))
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_randomized_methods_depend_on_the_seed(base_model, specialists, write_recipe):
+    assert draws_random("dare_ties") and draws_random("della") and not draws_random("ties")
+    candidate = _random_candidate(write_recipe(_searched_recipe("dare_ties", base_model, specialists)))
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    first = {k: v.clone() for k, v in materializer.model.state_dict().items()}
+    materializer.materialize(type(candidate)(merge=candidate.merge, seed=candidate.seed + 1))
+    assert any(not torch.equal(first[k], v) for k, v in materializer.model.state_dict().items())
+
+
+@pytest.mark.parametrize("method_name", ["dare_ties", "ties"])
+def test_the_mergekit_yaml_command_gives_the_same_weights(method_name, base_model, specialists, write_recipe, tmp_path):
+    candidate = _random_candidate(write_recipe(_searched_recipe(method_name, base_model, specialists)))
+    decoded = tmp_path / "decoded.yaml"
+    decoded.write_text(candidate.to_yaml())
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(mergekit_yaml), str(decoded), str(tmp_path / "cli"), "--random-seed", str(candidate.seed)],
+                   check=True, capture_output=True)
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    _assert_same_weights(tmp_path / "cli", materializer.model)
+
+
+def test_slices_recipes_and_tokenizer_source_match_too(base_model, specialists, write_recipe, tmp_path):
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": base_model,
+        "tokenizer_source": "base",
+        "slices": [
+            {"sources": [{"model": base_model, "layer_range": [0, 2]}]
+             + [{"model": path, "layer_range": [0, 2]} for path in specialists]},
+            {"sources": [{"model": base_model, "layer_range": [2, 4]}]
+             + [{"model": path, "layer_range": [2, 4]} for path in specialists]},
+        ],
+        "dtype": "float32",
+        "evomerge": {"search": [{"parameter": "weight", "range": [0, 1], "layer_groups": 2}]},
+    }
+    candidate = _random_candidate(write_recipe(recipe))
+    assert candidate.merge.slices[1].sources[1].parameters["weight"] != candidate.merge.slices[0].sources[1].parameters["weight"]
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit", MergeOptions(quiet=True))
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specialists, write_recipe):
+    path = write_recipe(_searched_recipe("ties", base_model, specialists))
+    space = SearchSpace.from_recipe(load_recipe(path))
+    x = np.random.default_rng(0).uniform(space.lower, space.upper)
+    materializer = Materializer(space.decode(x).merge, quiet=True)
+    assert materializer.materialize(space.decode(x)).recomputed == 39
+    assert materializer.materialize(space.decode(x)).recomputed == 0
+    attention_gene = next(i for i, g in enumerate(space.genes) if g.filter == "self_attn" and g.group == 0)
+    x[attention_gene] = 1.0 - x[attention_gene]
+    stats = materializer.materialize(space.decode(x))
+    assert 0 < stats.recomputed < 39
+    fresh = Materializer(space.decode(x).merge, quiet=True)
+    fresh.materialize(space.decode(x))
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.equal(tensor, materializer.model.state_dict()[name]), name

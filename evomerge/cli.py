@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -86,6 +87,89 @@ def merge(recipe: Path, out: Path, in_memory: bool, merge_options: MergeOptions)
     else:
         write_with_mergekit(candidate, out, merge_options)
     click.echo(f"merged {recipe} into {out}")
+
+
+def _default_run_dir(recipe: Path) -> Path:
+    return Path("runs") / f"{recipe.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _finish(search, out: Path) -> None:
+    from evomerge.scoreboard import render_markdown
+    from evomerge.search import SearchInterrupted
+
+    try:
+        search.run()
+    except SearchInterrupted:
+        click.echo(f"stopped; everything evaluated is stored. Continue with: evomerge resume {out}", err=True)
+        sys.exit(130)
+    report = search.finish()
+    click.echo(render_markdown(report))
+    click.echo(f"run directory: {out} (best recipe: {out / 'best.yaml'})")
+
+
+_device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe>-<time>).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+@_device
+@click.option("--seed", type=int, help="Overrides evomerge.seed.")
+@click.option("--evaluations", type=click.IntRange(min=1), help="Overrides evomerge.budget.evaluations.")
+@click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, quiet):
+    """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
+    from evomerge.search import SearchOptions, resume_search, start_search
+
+    if resume_dir is not None:
+        if recipe is not None or seed is not None or searcher is not None:
+            raise EvomergeError("--resume continues a run with its own recipe, seed and searcher; "
+                                "give only the run directory (and --device or --evaluations)", key="--resume")
+        _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet), resume_dir)
+        return
+    if recipe is None:
+        raise EvomergeError("expected a RECIPE file (or --resume RUN_DIR)")
+    out = out or _default_run_dir(recipe)
+    options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet)
+    _finish(start_search(recipe, out, options), out)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_device
+@click.option("--evaluations", type=click.IntRange(min=1), help="A new, larger budget.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def resume(run_dir, device, evaluations, quiet):
+    """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored."""
+    from evomerge.search import resume_search
+
+    _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet), run_dir)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/demo-<time>).")
+@click.option("--evaluations", type=click.IntRange(min=1), help="Overrides the demo's budget.")
+@_device
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def demo(out, evaluations, device, quiet):
+    """Build the zoo if needed, evolve recipes/demo.yaml and print the report table."""
+    from evomerge.paths import RECIPES_DIR, require_checkout
+    from evomerge.search import SearchOptions, start_search
+    from evomerge.zoo.build import build_zoo
+
+    require_checkout()
+    build_zoo(DEFAULT_ZOO_DIR)
+    recipe = RECIPES_DIR / "demo.yaml"
+    out = out or _default_run_dir(recipe)
+    _finish(start_search(recipe, out, SearchOptions(device=device, evaluations=evaluations, quiet=quiet)), out)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,21 @@ request cache (the weights under the HFLM change between calls).
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import io
 import logging
+import math
 import random
+import sys
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.recipe import SECTION, TaskSpec
 
 Metrics = Dict[str, Dict[str, float]]  # task name -> metric name -> value
 
@@ -37,14 +43,68 @@ def preserved_random_state() -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+@contextlib.contextmanager
+def _lm_eval_log_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("lm_eval")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _reuse_requests(task) -> None:
+    """Build a task's requests once per run; later evaluations reset their responses and reuse them.
+
+    `lm_eval.evaluator.evaluate` rebuilds every request on every call, which for small
+    models costs as much as scoring them. The requests depend only on the documents and
+    the prompt settings, never on the weights, so they are built once here.
+    """
+    build = task.build_all_requests
+    built = {}
+
+    def build_once(**kwargs):
+        key = repr(sorted(kwargs.items()))
+        if key not in built:
+            with _silenced(True):  # its progress bar, once per task
+                build(**kwargs)
+            built[key] = task._instances
+            return
+        for instance in built[key]:
+            instance.resps.clear()
+            instance.filtered_resps.clear()
+        task._instances = built[key]
+
+    task.build_all_requests = build_once
+
+
+@contextlib.contextmanager
+def _silenced(enabled: bool) -> Iterator[None]:
+    """lm-eval prints a line and a progress bar for every bootstrapped standard error."""
+    if not enabled:
+        yield
+        return
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        yield
+
+
 class TaskSuite:
     """lm-eval tasks loaded once from the recipe's include paths (and lm-eval's own if needed)."""
 
-    def __init__(self, names: Sequence[str], include_paths: Sequence[Path], *, source: str = ""):
-        from lm_eval.tasks import TaskManager
-
+    def __init__(self, names: Sequence[str], include_paths: Sequence[Path], *, source: Optional[Path] = None,
+                 key: str = f"{SECTION}.tasks"):
         self.names = list(dict.fromkeys(names))
         paths = [str(p) for p in include_paths]
+        with _lm_eval_log_level(logging.ERROR):
+            self._load(names, paths, source, key)
+        for task in self.tasks.values():
+            _reuse_requests(task)
+
+    def _load(self, names: Sequence[str], paths: List[str], source: Optional[Path], key: str) -> None:
+        from lm_eval.tasks import TaskManager
+
         local = TaskManager(include_path=paths or None, include_defaults=False)
         manager = local
         if any(name not in local.all_tasks for name in self.names):
@@ -55,8 +115,8 @@ class TaskSuite:
                 raise EvomergeError(
                     f"unknown lm-eval task {name!r}{did_you_mean(name, manager.all_tasks)}"
                     + (f"; tasks in the include paths: {listed}" if listed else ""),
-                    path=source or None,
-                    key="evomerge.tasks",
+                    path=source,
+                    key=key,
                 )
         with preserved_random_state():
             loaded = manager.load(self.names)
@@ -65,12 +125,30 @@ class TaskSuite:
             raise EvomergeError(
                 "task groups and tags are not supported here; name each task "
                 f"({', '.join(sorted(self.tasks))})",
-                path=source or None,
-                key="evomerge.tasks",
+                path=source,
+                key=key,
             )
 
     def higher_is_better(self, task: str) -> Dict[str, bool]:
         return dict(self.tasks[task].higher_is_better())
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet_hflm():
+    """HFLM without its per-call progress bars: the search shows one bar of its own."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
 
 
 class LMEvalScorer:
@@ -84,23 +162,24 @@ class LMEvalScorer:
         *,
         batch_size: int = 64,
         limit: Optional[int] = None,
+        bootstrap_iters: int = 0,
     ):
-        from lm_eval.models.huggingface import HFLM
-
         self.suite = suite
         self.limit = limit
+        self.bootstrap_iters = bootstrap_iters
         model.eval()
-        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        with _lm_eval_log_level(logging.ERROR):
+            self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
     def score(self) -> Metrics:
         from lm_eval.evaluator import evaluate
 
-        with preserved_random_state(), torch.no_grad():
+        with preserved_random_state(), torch.no_grad(), _silenced(self.bootstrap_iters > 0):
             results = evaluate(
                 self.lm,
                 {"tasks": self.suite.tasks, "groups": {}},
                 limit=self.limit,
-                bootstrap_iters=0,
+                bootstrap_iters=self.bootstrap_iters,
                 cache_requests=False,
                 log_samples=False,
             )
@@ -108,11 +187,71 @@ class LMEvalScorer:
 
 
 def _metrics(raw: Dict[str, object]) -> Dict[str, float]:
-    """lm-eval reports 'acc,none'; keep 'acc' (and 'metric,filter' for other filters)."""
+    """lm-eval reports 'acc,none'; keep 'acc' (and 'metric,filter' for other filters).
+
+    Standard errors come as 'acc_stderr' when lm-eval computed them.
+    """
     metrics = {}
     for key, value in raw.items():
-        if "," not in key or "_stderr" in key:
+        if "," not in key or not isinstance(value, (int, float)):
             continue
         metric, filter_name = key.split(",", 1)
         metrics[metric if filter_name == "none" else key] = float(value)
     return metrics
+
+
+class Objective:
+    """Fitness = Σ weight × metric, each metric signed by lm-eval's `higher_is_better`,
+    plus any scores of a custom fitness function (higher is better)."""
+
+    def __init__(self, tasks: Sequence[TaskSpec], suite: Optional[TaskSuite],
+                 custom: Optional[Callable] = None, *, source: Optional[Path] = None):
+        self.terms = []
+        for index, task in enumerate(tasks):
+            produced = suite.higher_is_better(task.name)
+            if task.metric not in produced:
+                raise EvomergeError(
+                    f"task {task.name!r} does not produce metric {task.metric!r}; it produces {', '.join(sorted(produced))}",
+                    path=source, key=f"{SECTION}.tasks[{index}].metric")
+            self.terms.append((task.name, task.metric, task.weight, 1.0 if produced[task.metric] else -1.0))
+        self.custom = custom
+
+    def custom_scores(self, model, tokenizer) -> Dict[str, float]:
+        if self.custom is None:
+            return {}
+        with preserved_random_state(), torch.no_grad():
+            result = self.custom(model, tokenizer)
+        if isinstance(result, (int, float)) and not isinstance(result, bool):
+            return {"custom": float(result)}
+        if isinstance(result, dict) and all(isinstance(v, (int, float)) for v in result.values()):
+            return {f"custom.{k}": float(v) for k, v in result.items()}
+        raise TypeError(f"the custom fitness returned {type(result).__name__}; expected a float or a dict of floats")
+
+    def names(self, custom_names: Sequence[str] = ()) -> List[str]:
+        return [f"{task}.{metric}" for task, metric, _, _ in self.terms] + list(custom_names)
+
+    def objectives(self, metrics: Metrics, custom: Dict[str, float]) -> List[float]:
+        """Signed, weighted terms (all to maximize); NaN or inf is an error."""
+        values = [weight * sign * metrics[task][metric] for task, metric, weight, sign in self.terms]
+        values += list(custom.values())
+        bad = [name for name, v in zip(self.names(list(custom)), values) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"non-finite score for {', '.join(bad)}")
+        return values
+
+
+def load_custom_fitness(spec: str, directory: Path, source: Optional[Path] = None) -> Callable:
+    """Import `module:function`, looking beside the recipe first; only ever called when the recipe names it."""
+    module_name, function_name = spec.split(":")
+    key = f"{SECTION}.fitness"
+    sys.path.insert(0, str(directory))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise EvomergeError(f"cannot import {module_name!r}: {error}", path=source, key=key) from None
+    finally:
+        sys.path.remove(str(directory))
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise EvomergeError(f"{module_name!r} has no function {function_name!r}", path=source, key=key)
+    return function

@@ -175,6 +175,8 @@ class Materializer:
                 if dtype:
                     value = value.to(dtype=dtype_from_name(dtype))
                 value = add_noise(value, name, signature[2], candidate.seed)
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise FloatingPointError(f"the merge gave non-finite weights in {name}")
                 self._parameters[name].copy_(value)
                 self._written[name] = signature
 

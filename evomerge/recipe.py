@@ -7,6 +7,7 @@ exist there, so a recipe works from any working directory.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -150,6 +151,18 @@ class Recipe:
             paths.append(path)
         return paths
 
+    def with_overrides(self, *, seed: Optional[int] = None, evaluations: Optional[int] = None,
+                       searcher: Optional[str] = None) -> "Recipe":
+        """The recipe as the command line amends it (`--seed`, `--evaluations`, `--searcher`)."""
+        update: Dict[str, Any] = {}
+        if seed is not None:
+            update["seed"] = seed
+        if evaluations is not None:
+            update["budget"] = BudgetSpec(evaluations=evaluations)
+        if searcher is not None and searcher != self.spec.searcher.name:
+            update["searcher"] = SearcherSpec(name=searcher)
+        return dataclasses.replace(self, spec=self.spec.model_copy(update=update))
+
     def require_search(self) -> None:
         """What `evomerge search` needs beyond what `evomerge merge` needs."""
         if not self.spec.search and (self.spec.noise is None or self.spec.noise.range is None):
@@ -162,11 +175,13 @@ class Recipe:
             raise EvomergeError("expected a budget, e.g. {evaluations: 64}", path=self.path, key=f"{SECTION}.budget")
 
 
-def load_recipe(path: Union[str, Path]) -> Recipe:
+def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
+    """Read and validate a recipe; `text` stands in for the file's content (a stored run's copy)."""
     path = Path(path)
-    if not path.is_file():
-        raise EvomergeError("recipe file not found", path=path)
-    text = path.read_text(encoding="utf-8")
+    if text is None:
+        if not path.is_file():
+            raise EvomergeError("recipe file not found", path=path)
+        text = path.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -77,6 +77,13 @@ class SearchSpace:
     def upper(self) -> np.ndarray:
         return np.array([g.high for g in self.genes], dtype=float)
 
+    def to_unit(self, x: Sequence[float]) -> np.ndarray:
+        """Searchers work in the unit cube, whatever each gene's range."""
+        return (np.asarray(x, dtype=float) - self.lower) / (self.upper - self.lower)
+
+    def from_unit(self, u: Sequence[float]) -> np.ndarray:
+        return self.lower + np.clip(np.asarray(u, dtype=float), 0.0, 1.0) * (self.upper - self.lower)
+
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "SearchSpace":
         builder = _Builder(recipe)

@@ -45,3 +45,22 @@ def specialists(zoo) -> list:
 @pytest.fixture(scope="session")
 def base_model(zoo) -> str:
     return str(zoo["dir"] / "base")
+
+
+@pytest.fixture
+def demo_recipe(write_recipe, zoo, tasks_dir):
+    """recipes/demo.yaml with absolute paths, its evomerge section amended by keyword."""
+    import yaml
+
+    from evomerge.paths import RECIPES_DIR
+
+    def make(name: str = "demo.yaml", **evomerge) -> Path:
+        recipe = yaml.safe_load((RECIPES_DIR / "demo.yaml").read_text())
+        recipe["base_model"] = str(zoo["dir"] / "base")
+        for entry in recipe["models"]:
+            entry["model"] = str(zoo["dir"] / Path(entry["model"]).name)
+        recipe["evomerge"]["task_paths"] = [str(tasks_dir)]
+        recipe["evomerge"].update(evomerge)
+        return write_recipe(recipe, name)
+
+    return make

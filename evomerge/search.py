@@ -1,0 +1,253 @@
+"""The search loop: the only place that knows the recipe, space, materializer, scorer,
+searcher and store together.
+
+ask → decode → materialize in place → score with lm-eval → store → tell → checkpoint.
+Every evaluation is in the store before the searcher is told about it, so a run killed
+at any moment resumes from its last checkpoint without re-evaluating anything stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from evomerge import scoreboard
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite, load_custom_fitness
+from evomerge.materialize import Materializer
+from evomerge.parents import check_parents
+from evomerge.recipe import SECTION, Recipe, load_recipe
+from evomerge.searchers import Proposal, Searcher, make_searcher
+from evomerge.space import SearchSpace
+from evomerge.store import Evaluation, RunStore
+
+RECIPE_COPY = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    device: Optional[str] = None
+    seed: Optional[int] = None
+    evaluations: Optional[int] = None
+    searcher: Optional[str] = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    quiet: bool = False
+
+
+class SearchInterrupted(Exception):
+    """Ctrl-C or SIGTERM: everything evaluated so far is stored."""
+
+
+def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions()) -> "Search":
+    recipe = load_recipe(recipe_path).with_overrides(
+        seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    recipe.require_search()
+    store = RunStore.create(run_dir, {
+        "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
+    })
+    (Path(run_dir) / RECIPE_COPY).write_text(recipe.text, encoding="utf-8")
+    return Search(store, recipe, options)
+
+
+def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
+                  quiet: bool = False) -> "Search":
+    """Continue a stopped run with the options it was started with (the budget may grow)."""
+    store = RunStore.open(run_dir)
+    stored = SearchOptions(**store.meta("options"))
+    options = SearchOptions(**{**asdict(stored), "device": device or stored.device, "quiet": quiet,
+                               "evaluations": evaluations or stored.evaluations})
+    recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
+        seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    if evaluations:
+        store.set_meta("options", asdict(options))
+    return Search(store, recipe, options)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Search:
+    def __init__(self, store: RunStore, recipe: Recipe, options: SearchOptions):
+        self.store = store
+        self.recipe = recipe
+        self.options = options
+        spec = recipe.spec
+        self.space = SearchSpace.from_recipe(recipe)
+        self.start = self.space.starting_point()
+        check_parents(self.start.merge, allow_pickle=options.allow_pickle)
+        self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path) if spec.tasks else None
+        custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
+        self.objective = Objective(spec.tasks, self.suite, custom, source=recipe.path)
+        self.materializer = Materializer(self.start.merge, device=options.device,
+                                         trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
+                                   batch_size=spec.eval.batch_size, limit=spec.eval.limit) if self.suite else None
+        self.separate = spec.objectives == "separate"
+        self.store.set_meta("genes", [asdict(g) for g in self.space.genes])
+
+    @property
+    def budget(self) -> int:
+        return self.recipe.spec.budget.evaluations
+
+    def _searcher(self) -> tuple[Searcher, int]:
+        checkpoint = self.store.latest_checkpoint()
+        if checkpoint is not None:
+            generation, state = checkpoint
+            return Searcher.from_state(state), generation
+        objectives = len(self.objective.names()) if self.separate else 1
+        searcher = make_searcher(self.recipe.spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
+                                 self.recipe.spec.seed, objectives, source=self.recipe.path)
+        self.store.save_checkpoint(0, searcher.state())
+        return searcher, 0
+
+    def run(self) -> Evaluation:
+        """Search until the budget is spent; returns the best evaluation."""
+        searcher, generation = self._searcher()
+        self.store.set_meta("status", "running")
+        progress = tqdm(total=self.budget, initial=min(self.store.count(), self.budget), desc="search",
+                        disable=self.options.quiet, unit="cand")
+        try:
+            with _sigterm_as_interrupt():
+                while self.store.count() < self.budget:
+                    proposals = searcher.ask()
+                    results = self._generation(proposals, generation, progress)
+                    if len(results) < len(proposals):
+                        break  # the budget ends inside this generation
+                    if not any(r.ok for r in results):
+                        self.store.set_meta("status", "failed")
+                        raise EvomergeError(f"every candidate of generation {generation} failed; the first: "
+                                            f"{results[0].error}", path=self.store.directory)
+                    searcher.tell(proposals, [self._fitness(r) for r in results])
+                    generation += 1
+                    self.store.save_checkpoint(generation, searcher.state())
+        except KeyboardInterrupt:
+            self.store.set_meta("status", "interrupted")
+            raise SearchInterrupted(str(self.store.directory)) from None
+        finally:
+            progress.close()
+        self.store.set_meta("status", "searched")
+        ranked = self.store.ranked()
+        if not ranked:
+            raise EvomergeError("no candidate succeeded", path=self.store.directory)
+        return ranked[0]
+
+    def _fitness(self, evaluation: Evaluation):
+        if not evaluation.ok:
+            return None
+        return tuple(evaluation.objectives) if self.separate else (evaluation.fitness,)
+
+    def _generation(self, proposals: List[Proposal], generation: int, progress: tqdm) -> List[Evaluation]:
+        results = []
+        for proposal in proposals:
+            genotype = self.space.from_unit(proposal.genotype)
+            stored = self.store.evaluation(proposal.id)
+            if stored is not None:
+                if not np.array_equal(np.asarray(stored.genotype), genotype):
+                    raise EvomergeError(f"evaluation {proposal.id} does not match the searcher's checkpoint",
+                                        path=self.store.directory)
+                results.append(stored)
+                continue
+            if self.store.count() >= self.budget:
+                break
+            evaluation = self._evaluate(proposal, genotype, generation)
+            self.store.add_evaluation(evaluation)
+            results.append(evaluation)
+            best = self.store.ranked()[:1]
+            progress.set_postfix(best=f"{best[0].fitness:.4f}" if best else "-",
+                                 s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
+            progress.update(1)
+        return results
+
+    def _evaluate(self, proposal: Proposal, genotype: np.ndarray, generation: int) -> Evaluation:
+        candidate = self.space.decode(genotype)
+        evaluation = Evaluation(id=proposal.id, generation=generation, genotype=genotype.tolist(),
+                                recipe=candidate.to_yaml(), status="ok", parents=list(proposal.parents),
+                                operator=proposal.operator)
+        started = time.perf_counter()
+        try:
+            evaluation.materialize_seconds = self.materializer.materialize(candidate).seconds
+            scored = time.perf_counter()
+            metrics = self.scorer.score() if self.scorer else {}
+            custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
+            evaluation.metrics = {**metrics, **({"custom": custom} if custom else {})}
+            evaluation.objectives = self.objective.objectives(metrics, custom)
+            evaluation.fitness = float(sum(evaluation.objectives))
+            evaluation.evaluate_seconds = time.perf_counter() - scored
+        except Exception as error:  # a failed candidate is data, not the end of the run
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            evaluation.status, evaluation.error = "failed", f"{type(error).__name__}: {error}"
+            evaluation.fitness = evaluation.objectives = None
+            if evaluation.materialize_seconds is None:
+                evaluation.materialize_seconds = time.perf_counter() - started
+        return evaluation
+
+    def finish(self) -> dict:
+        """Score the report tasks for parents, starting point and winner; write the run's views."""
+        spec = self.recipe.spec
+        best = self.store.ranked()[0]
+        on_search_tasks = not spec.report_tasks
+        names = spec.report_tasks or [t.name for t in spec.tasks]
+        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path, key=f"{SECTION}.report_tasks")
+        materializer = self.materializer
+        scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer,
+                              batch_size=spec.eval.batch_size, bootstrap_iters=100)
+        rows = []
+        for reference in tqdm(sorted(self.start.merge.referenced_models(), key=str), desc="report: parents",
+                              disable=self.options.quiet):
+            try:
+                materializer.load_parent(reference)
+                metrics = scorer.score()
+            except ValueError:
+                metrics = scoreboard.score_from_disk(reference.model.path, suite, spec.eval.batch_size,
+                                                     self.options.trust_remote_code)
+            rows.append(scoreboard.row(Path(reference.model.path).name, "parent", metrics, suite))
+        materializer.materialize(self.start)
+        rows.append(scoreboard.row("starting point", "start", scorer.score(), suite))
+        materializer.materialize(self.space.decode(best.genotype))
+        rows.append(scoreboard.row(f"winner (#{best.id})", "winner", scorer.score(), suite))
+        evaluations = self.store.evaluations()
+        report = {
+            "title": "evomerge search report" + (" (no report_tasks: scored on the search tasks)" if on_search_tasks else ""),
+            "recipe": str(self.recipe.path),
+            "searcher": spec.searcher.name,
+            "seed": spec.seed,
+            "budget": self.budget,
+            "evaluations": len(evaluations),
+            "failed": sum(not e.ok for e in evaluations),
+            "winner_id": best.id,
+            "best_fitness": best.fitness,
+            "objectives": self.objective.names(list(best.metrics.get("custom", {}))),
+            "rows": rows,
+        }
+        if self.separate:
+            report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
+                               for e in scoreboard.pareto_front(evaluations)]
+        self.store.put_report("report", report)
+        self.store.write_views()
+        scoreboard.write_report_files(self.store.directory, report)
+        self.store.set_meta("status", "done")
+        return report

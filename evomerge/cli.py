@@ -66,19 +66,22 @@ def zoo_build(out: Path, force: bool) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--in-memory", is_flag=True,
               help="Build through the materializer (resident parents, in-place merge) and save the resident model.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @add_merge_options
 @_friendly_errors
-def merge(recipe: Path, out: Path, in_memory: bool, merge_options: MergeOptions) -> None:
+def merge(recipe: Path, out: Path, in_memory: bool, allow_pickle: bool, merge_options: MergeOptions) -> None:
     """A drop-in for mergekit-yaml that also applies evomerge's noise.
 
     A recipe with a search section merges at its starting point (the recipe's own
     values). The recipe's evomerge seed is mergekit's --random-seed unless given.
     """
     from evomerge.model_folder import write_in_memory, write_with_mergekit
+    from evomerge.parents import check_parents
     from evomerge.recipe import load_recipe
     from evomerge.space import SearchSpace
 
     loaded = load_recipe(recipe)
+    check_parents(loaded.merge, loaded.path, allow_pickle=allow_pickle)
     candidate = SearchSpace.from_recipe(loaded).starting_point()
     if merge_options.random_seed is not None:
         candidate = dataclasses.replace(candidate, seed=merge_options.random_seed)

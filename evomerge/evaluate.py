@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import io
 import logging
 import math
 import random
-import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -241,16 +241,22 @@ class Objective:
 
 
 def load_custom_fitness(spec: str, directory: Path, source: Optional[Path] = None) -> Callable:
-    """Import `module:function`, looking beside the recipe first; only ever called when the recipe names it."""
+    """Import `module:function`: a module file beside the recipe first, else an installed module.
+
+    Only ever called when the recipe names a fitness function.
+    """
     module_name, function_name = spec.split(":")
     key = f"{SECTION}.fitness"
-    sys.path.insert(0, str(directory))
+    beside = directory / (module_name.replace(".", "/") + ".py")
     try:
-        module = importlib.import_module(module_name)
+        if beside.is_file():
+            loader_spec = importlib.util.spec_from_file_location(f"evomerge_fitness_{abs(hash(beside))}", beside)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as error:
         raise EvomergeError(f"cannot import {module_name!r}: {error}", path=source, key=key) from None
-    finally:
-        sys.path.remove(str(directory))
     function = getattr(module, function_name, None)
     if not callable(function):
         raise EvomergeError(f"{module_name!r} has no function {function_name!r}", path=source, key=key)

@@ -1,13 +1,14 @@
 """Checks the parents before a search starts: present, safe to load, and mergeable.
 
-Mismatches are reported by model and tensor name, before any weight is loaded.
+Every problem names the recipe file and the key that references the model, and, for a
+mismatch, the tensor; nothing has been loaded yet when these errors are raised.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
@@ -18,40 +19,76 @@ from evomerge.errors import EvomergeError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def _references(merge: MergeConfiguration) -> Iterator[Tuple[str, ModelReference]]:
+    """(recipe key, model) for every place a model is named, first occurrence only."""
+    seen = set()
+    places: List[Tuple[str, ModelReference]] = []
+    if merge.base_model:
+        places.append(("base_model", merge.base_model))
+    for i, entry in enumerate(merge.models or []):
+        places.append((f"models[{i}].model", entry.model))
+    for j, out_slice in enumerate(merge.slices or []):
+        for k, source in enumerate(out_slice.sources):
+            places.append((f"slices[{j}].sources[{k}].model", source.model))
+    for key, reference in places:
+        if reference not in seen:
+            seen.add(reference)
+            yield key, reference
+
+
 def _is_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
-def _shapes(folder: Path, allow_pickle: bool) -> Optional[Dict[str, Tuple[int, ...]]]:
-    """Tensor name -> shape from safetensors headers; None for an allowed pickle checkpoint."""
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles and not allow_pickle:
-            raise EvomergeError(f"only pickle weights ({pickles[0].name}), which can run code when loaded; "
-                                "convert them to safetensors or pass --allow-pickle", path=folder)
-        if pickles:
-            return None
-        raise EvomergeError("no weights (expected *.safetensors)", path=folder)
-    shapes = {}
-    for shard in shards:
+class _Checker:
+    def __init__(self, source: Path, allow_pickle: bool):
+        self.source = source
+        self.allow_pickle = allow_pickle
+
+    def error(self, message: str, key: str) -> EvomergeError:
+        return EvomergeError(message, path=self.source, key=key)
+
+    def folder(self, reference: ModelReference, key: str) -> Optional[Path]:
+        """The local folder, or None for a hub id that mergekit will fetch."""
+        for part in filter(None, (reference.model, reference.lora)):
+            folder = Path(part.path)
+            if not folder.exists():
+                if _is_hub_id(part.path):
+                    return None
+                raise self.error(f"model folder not found: {folder}", key)
+            if not folder.is_dir():
+                raise self.error(f"expected a model folder, found a file: {folder}", key)
+        return Path(reference.model.path) if reference.lora is None else None
+
+    def config(self, folder: Path, key: str) -> dict:
+        path = folder / "config.json"
+        if not path.is_file():
+            raise self.error(f"no config.json in {folder}: not a Hugging Face model folder", key)
         try:
-            with safe_open(shard, framework="pt") as handle:
-                for name in handle.keys():
-                    shapes[name] = tuple(handle.get_slice(name).get_shape())
-        except Exception as error:  # safetensors raises its own error types for damaged files
-            raise EvomergeError(f"unreadable safetensors file ({error})", path=shard) from None
-    return shapes
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise self.error(f"malformed {path} ({error})", key) from None
 
-
-def _config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise EvomergeError("no config.json: not a Hugging Face model folder", path=folder)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvomergeError(f"malformed JSON ({error})", path=path) from None
+    def shapes(self, folder: Path, key: str) -> Optional[Dict[str, Tuple[int, ...]]]:
+        """Tensor name -> shape from the safetensors headers; None for an allowed pickle checkpoint."""
+        shards = sorted(folder.glob("*.safetensors"))
+        if not shards:
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles and not self.allow_pickle:
+                raise self.error(f"{folder} has only pickle weights ({pickles[0]}), which can run code when "
+                                 "loaded; convert them to safetensors or pass --allow-pickle", key)
+            if pickles:
+                return None
+            raise self.error(f"no weights in {folder} (expected *.safetensors)", key)
+        shapes = {}
+        for shard in shards:
+            try:
+                with safe_open(shard, framework="pt") as handle:
+                    for name in handle.keys():
+                        shapes[name] = tuple(handle.get_slice(name).get_shape())
+            except Exception as error:  # safetensors raises its own error types for damaged files
+                raise self.error(f"unreadable safetensors file {shard} ({error})", key) from None
+        return shapes
 
 
 def _vocabulary(folder: Path) -> Optional[dict]:
@@ -61,39 +98,31 @@ def _vocabulary(folder: Path) -> Optional[dict]:
     return json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab")
 
 
-def check_parents(merge: MergeConfiguration, *, allow_pickle: bool = False) -> None:
-    references = sorted(merge.referenced_models(), key=str)
-    local: List[Tuple[ModelReference, Path, dict, Optional[dict]]] = []
-    for reference in references:
-        for part in filter(None, (reference.model, reference.lora)):
-            folder = Path(part.path)
-            if not folder.exists():
-                if _is_hub_id(part.path):
-                    continue  # a hub id: mergekit fetches it where a hub is reachable
-                raise EvomergeError("model folder not found", path=folder)
-            if not folder.is_dir():
-                raise EvomergeError("expected a model folder", path=folder)
-        folder = Path(reference.model.path)
-        if folder.is_dir() and reference.lora is None:
-            local.append((reference, folder, _config(folder), _shapes(folder, allow_pickle)))
+def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool = False) -> None:
+    checker = _Checker(source, allow_pickle)
+    local = []
+    for key, reference in _references(merge):
+        folder = checker.folder(reference, key)
+        if folder is not None:
+            local.append((key, reference, folder, checker.config(folder, key), checker.shapes(folder, key)))
     if len(local) < 2:
         return
-    first, first_folder, first_config, first_shapes = local[0]
+    _, first, first_folder, first_config, first_shapes = local[0]
     own_vocabulary = merge.tokenizer_source is None and merge.tokenizer is None
-    for reference, folder, config, shapes in local[1:]:
-        for key in ("model_type", "architectures") + (("vocab_size",) if own_vocabulary else ()):
-            if config.get(key) != first_config.get(key):
-                raise EvomergeError(f"{key} is {config.get(key)!r} but {first} has {first_config.get(key)!r}",
-                                    path=folder / "config.json")
+    for key, reference, folder, config, shapes in local[1:]:
+        for field in ("model_type", "architectures") + (("vocab_size",) if own_vocabulary else ()):
+            if config.get(field) != first_config.get(field):
+                raise checker.error(f"{reference}: {field} is {config.get(field)!r} but {first} has "
+                                    f"{first_config.get(field)!r}", key)
         if shapes is not None and first_shapes is not None:
             if not merge.slices and set(shapes) != set(first_shapes):
                 name = sorted(set(shapes) ^ set(first_shapes))[0]
-                owner = reference if name in shapes else first
-                raise EvomergeError(f"tensor {name} is only in {owner}", path=folder)
+                raise checker.error(f"tensor {name} is in {reference if name in shapes else first} only", key)
             for name in sorted(set(shapes) & set(first_shapes)):
-                if shapes[name] != first_shapes[name] and (own_vocabulary or "embed" not in name and "lm_head" not in name):
-                    raise EvomergeError(f"tensor {name} has shape {list(shapes[name])} but {first} has "
-                                        f"{list(first_shapes[name])}", path=folder)
+                vocabulary_tensor = "embed" in name or "lm_head" in name
+                if shapes[name] != first_shapes[name] and (own_vocabulary or not vocabulary_tensor):
+                    raise checker.error(f"{reference}: tensor {name} has shape {list(shapes[name])} but {first} "
+                                        f"has {list(first_shapes[name])}", key)
         if own_vocabulary and _vocabulary(folder) != _vocabulary(first_folder):
-            raise EvomergeError(f"its tokenizer differs from {first}'s; set tokenizer_source (e.g. union) to merge "
-                                "vocabularies", path=folder)
+            raise checker.error(f"{reference}: its tokenizer differs from {first}'s; set tokenizer_source "
+                                "(e.g. union) to merge vocabularies", key)

@@ -49,14 +49,17 @@ class SearchInterrupted(Exception):
 
 
 def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions()) -> "Search":
+    """Validate and load everything first; the run directory is created only for a search that can start."""
     recipe = load_recipe(recipe_path).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
     recipe.require_search()
+    RunStore.check_new(run_dir)
+    search = Search(recipe, options)
     store = RunStore.create(run_dir, {
         "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
     })
     (Path(run_dir) / RECIPE_COPY).write_text(recipe.text, encoding="utf-8")
-    return Search(store, recipe, options)
+    return search.bind(store)
 
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
@@ -68,9 +71,10 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
                                "evaluations": evaluations or stored.evaluations})
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    search = Search(recipe, options)
     if evaluations:
         store.set_meta("options", asdict(options))
-    return Search(store, recipe, options)
+    return search.bind(store)
 
 
 @contextlib.contextmanager
@@ -90,23 +94,34 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 class Search:
-    def __init__(self, store: RunStore, recipe: Recipe, options: SearchOptions):
-        self.store = store
+    store: RunStore
+
+    def __init__(self, recipe: Recipe, options: SearchOptions):
         self.recipe = recipe
         self.options = options
         spec = recipe.spec
+        check_parents(recipe.merge, recipe.path, allow_pickle=options.allow_pickle)
         self.space = SearchSpace.from_recipe(recipe)
         self.start = self.space.starting_point()
-        check_parents(self.start.merge, allow_pickle=options.allow_pickle)
         self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path) if spec.tasks else None
         custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
         self.objective = Objective(spec.tasks, self.suite, custom, source=recipe.path)
-        self.materializer = Materializer(self.start.merge, device=options.device,
-                                         trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        try:
+            self.materializer = Materializer(self.start.merge, device=options.device,
+                                             trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        except (RuntimeError, ValueError) as error:  # mergekit's planner and loaders raise these
+            raise EvomergeError(f"mergekit cannot merge the starting point: {error}", path=recipe.path) from error
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    batch_size=spec.eval.batch_size, limit=spec.eval.limit) if self.suite else None
         self.separate = spec.objectives == "separate"
-        self.store.set_meta("genes", [asdict(g) for g in self.space.genes])
+        objectives = len(self.objective.names()) if self.separate else 1
+        self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
+                                            spec.seed, objectives, source=recipe.path)
+
+    def bind(self, store: RunStore) -> "Search":
+        self.store = store
+        store.set_meta("genes", [asdict(g) for g in self.space.genes])
+        return self
 
     @property
     def budget(self) -> int:
@@ -117,11 +132,8 @@ class Search:
         if checkpoint is not None:
             generation, state = checkpoint
             return Searcher.from_state(state), generation
-        objectives = len(self.objective.names()) if self.separate else 1
-        searcher = make_searcher(self.recipe.spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
-                                 self.recipe.spec.seed, objectives, source=self.recipe.path)
-        self.store.save_checkpoint(0, searcher.state())
-        return searcher, 0
+        self.store.save_checkpoint(0, self.fresh_searcher.state())
+        return self.fresh_searcher, 0
 
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""

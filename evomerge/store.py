@@ -78,14 +78,19 @@ class RunStore:
         self.directory = directory
         self.db = connection
 
-    @classmethod
-    def create(cls, directory: Path, meta: Dict[str, Any]) -> "RunStore":
+    @staticmethod
+    def check_new(directory: Path) -> None:
         directory = Path(directory)
         if (directory / DATABASE).exists():
             raise EvomergeError("a run already exists here; pass --resume to continue it or choose another --out",
                                 path=directory)
-        if directory.exists() and any(directory.iterdir()):
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise EvomergeError("expected an empty or new folder for the run", path=directory)
+
+    @classmethod
+    def create(cls, directory: Path, meta: Dict[str, Any]) -> "RunStore":
+        directory = Path(directory)
+        cls.check_new(directory)
         directory.mkdir(parents=True, exist_ok=True)
         store = cls(directory, cls._connect(directory))
         with store.db:

@@ -1,0 +1,196 @@
+"""A search that survives: kill -9 and resume, SIGTERM, failing candidates, bad parents."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from evomerge.cli import main
+from evomerge.errors import EvomergeError
+from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.store import RunStore
+
+SLOW_FITNESS = textwrap.dedent('''
+    import time
+
+    def score(model, tokenizer):
+        time.sleep(0.3)  # slow enough for the test to stop the run inside a generation
+        return 0.0
+''')
+FLAKY_FITNESS = textwrap.dedent('''
+    import torch
+
+    calls = 0
+
+    def score(model, tokenizer):
+        global calls
+        calls += 1
+        if calls % 4 == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if calls % 4 == 3:
+            return float("nan")
+        return 0.0
+''')
+
+
+def _recipe(demo_recipe, tmp_path, fitness_module: str, **evomerge):
+    (tmp_path / "fitness_under_test.py").write_text(fitness_module)
+    return demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4},
+                       fitness="fitness_under_test:score", **evomerge)
+
+
+def _count(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(run_dir / "run.db") as db:
+            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _start_cli(recipe: Path, run_dir: Path, evaluations: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out", str(run_dir),
+                             "--evaluations", str(evaluations), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(process: subprocess.Popen, run_dir: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _count(run_dir) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the search did not get far enough"
+        time.sleep(0.02)
+
+
+def _history(run_dir: Path):
+    return [(e.id, e.genotype, e.fitness, e.status) for e in RunStore.open(run_dir).evaluations()]
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, SLOW_FITNESS)
+    reference = start_search(recipe, tmp_path / "reference", SearchOptions(evaluations=12, quiet=True))
+    reference_best = reference.run()
+
+    process = _start_cli(recipe, tmp_path / "killed", 12)
+    _wait_for(process, tmp_path / "killed", 6)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stored = RunStore.open(tmp_path / "killed").evaluations()
+    assert len(stored) % 4 != 0, "the kill landed between generations"
+    stored_at = {e.id: e.created for e in stored}
+
+    resumed = resume_search(tmp_path / "killed", quiet=True)
+    best = resumed.run()
+    assert _history(tmp_path / "killed") == _history(tmp_path / "reference")
+    assert (best.id, best.genotype, best.fitness) == (reference_best.id, reference_best.genotype, reference_best.fitness)
+    after = {e.id: e.created for e in RunStore.open(tmp_path / "killed").evaluations()}
+    assert all(after[i] == created for i, created in stored_at.items()), "a stored evaluation was redone"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_the_run_resumes(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, SLOW_FITNESS)
+    run_dir = tmp_path / "run"
+    process = _start_cli(recipe, run_dir, 8)
+    _wait_for(process, run_dir, 3)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"evomerge resume {run_dir}" in stderr
+    assert RunStore.open(run_dir).meta("status") == "interrupted"
+    result = CliRunner().invoke(main, ["resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    store = RunStore.open(run_dir)
+    assert store.count() == 8 and store.meta("status") == "done"
+
+
+def test_a_second_search_into_a_run_directory_is_refused(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 5})
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=1, quiet=True)).run()
+    with pytest.raises(EvomergeError, match="a run already exists here; pass --resume"):
+        start_search(recipe, tmp_path / "run", SearchOptions(evaluations=1, quiet=True))
+
+
+def test_failing_candidates_are_stored_and_the_search_goes_on(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, FLAKY_FITNESS)
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
+    best = search.run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    failed = [e for e in evaluations if not e.ok]
+    assert len(evaluations) == 8 and len(failed) == 4
+    assert {e.error.split(":")[0] for e in failed} == {"OutOfMemoryError", "ValueError"}
+    assert all(e.fitness is None for e in failed)
+    assert any("non-finite score for custom" in e.error for e in failed)
+    assert best.ok
+
+
+def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random", "batch": 6}, search=[
+        {"parameter": "weight", "range": [0.0, 1.5]},
+        {"parameter": "density", "range": [0.05, 1.0]},
+        {"parameter": "epsilon", "range": [0.01, 0.3]},
+    ])
+    text = recipe.read_text().replace("merge_method: task_arithmetic", "merge_method: della")
+    recipe.write_text(text)
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True)).run()
+    errors = [e.error for e in RunStore.open(tmp_path / "run").evaluations() if not e.ok]
+    assert errors and all("Epsilon must be chosen" in e for e in errors)
+
+
+def test_a_generation_where_every_candidate_fails_stops_with_the_first_error(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, "def score(model, tokenizer):\n    raise ValueError('boom')\n")
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
+    with pytest.raises(EvomergeError, match="every candidate of generation 0 failed; the first: ValueError: boom"):
+        search.run()
+    store = RunStore.open(tmp_path / "run")
+    assert store.count() == 4 and store.meta("status") == "failed"
+
+
+def _resaved(source: Path, target: Path, **config_changes) -> Path:
+    model = AutoModelForCausalLM.from_pretrained(source)
+    if config_changes:
+        config = model.config
+        for key, value in config_changes.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(target)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (target / name).write_bytes((source / name).read_bytes())
+    return target
+
+
+def test_parents_that_do_not_match_are_named_by_model_and_tensor(zoo, demo_recipe, tmp_path):
+    odd = _resaved(zoo["dir"] / "rev", tmp_path / "odd", intermediate_size=96)
+    recipe = demo_recipe()
+    recipe.write_text(recipe.read_text().replace(str(zoo["dir"] / "rev"), str(odd)))
+    with pytest.raises(EvomergeError) as error:
+        start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
+    message = str(error.value)
+    assert error.value.key == "models[1].model"
+    assert "tensor model.layers.0.mlp.down_proj.weight has shape [64, 96]" in message and str(odd) in message
+
+
+def test_pickle_checkpoints_need_allow_pickle(zoo, demo_recipe, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (pickled / name).write_bytes((zoo["dir"] / "rev" / name).read_bytes())
+    torch.save(AutoModelForCausalLM.from_pretrained(zoo["dir"] / "rev").state_dict(), pickled / "pytorch_model.bin")
+    recipe = demo_recipe(eval={"limit": 5})
+    recipe.write_text(recipe.read_text().replace(str(zoo["dir"] / "rev"), str(pickled)))
+    with pytest.raises(EvomergeError, match="only pickle weights .* pass --allow-pickle"):
+        start_search(recipe, tmp_path / "refused", SearchOptions(quiet=True))
+    search = start_search(recipe, tmp_path / "allowed", SearchOptions(evaluations=1, quiet=True, allow_pickle=True))
+    assert search.run().ok

@@ -84,3 +84,5 @@ def render_markdown(report: Dict[str, Any]) -> str:
 def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
     (directory / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (directory / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    if "front" in report:
+        (directory / FRONT_JSON).write_text(json.dumps(report["front"], indent=2) + "\n", encoding="utf-8")

@@ -12,9 +12,11 @@ from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.recipe import SECTION, SearcherSpec
 from evomerge.searchers.base import Fitness, Proposal, Searcher
 from evomerge.searchers.cma import CMAES
+from evomerge.searchers.ga import GeneticAlgorithm
+from evomerge.searchers.optuna import OptunaSearch
 from evomerge.searchers.random import RandomSearch
 
-SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, RandomSearch)}
+SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, GeneticAlgorithm, OptunaSearch, RandomSearch)}
 
 __all__ = ["SEARCHERS", "Fitness", "Proposal", "Searcher", "make_searcher"]
 
@@ -37,4 +39,7 @@ def make_searcher(spec: SearcherSpec, dimension: int, x0: np.ndarray, seed: int,
     if objectives > 1 and not cls.multi_objective:
         raise EvomergeError(f"{spec.name} optimizes one objective; use `objectives: sum` or a multi-objective "
                             "searcher (optuna with sampler nsga2)", path=source, key=f"{SECTION}.objectives")
-    return cls(dimension, x0, seed, options, objectives)
+    try:
+        return cls(dimension, x0, seed, options, objectives)
+    except ValueError as error:
+        raise EvomergeError(str(error), path=source, key=key) from None

@@ -1,0 +1,122 @@
+"""A genetic algorithm with lineage: selection, crossover, mutation and elitism, or
+Evolver's differential step with greedy replacement.
+
+Generation 0 is the recipe's starting point plus uniform samples. Then, by default,
+each generation keeps the `elitism` best individuals and fills the population with
+children of selected parents (crossover with probability `crossover_rate`, then Gaussian
+mutation). With `differential`, every individual instead gets one child
+x + F·(x_r1 − x_r2) (binomially crossed with it), and the child replaces its parent only
+if it scores better (Evolver). Every proposal names its parents and the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Literal, Optional, Sequence
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
+from evomerge.searchers.operators import (
+    BlendCrossover,
+    DifferentialMutation,
+    GaussianMutation,
+    RouletteSelection,
+    TournamentSelection,
+    UniformCrossover,
+)
+
+
+class DifferentialOptions(SearcherOptions):
+    f: float = Field(0.5, gt=0, description="Evolver's F (typically 0.1-0.5)")
+    cr: float = Field(0.5, ge=0, le=1, description="binomial crossover rate")
+
+
+class GAOptions(SearcherOptions):
+    population: PositiveInt = Field(12, ge=4)
+    selection: Literal["tournament", "roulette"] = "tournament"
+    tournament_size: PositiveInt = 3
+    elitism: int = Field(2, ge=0)
+    crossover: Literal["blend", "uniform"] = "blend"
+    crossover_rate: float = Field(0.9, ge=0, le=1)
+    blend_alpha: float = Field(0.5, ge=0)
+    mutation_rate: float = Field(0.2, ge=0, le=1)
+    mutation_scale: float = Field(0.1, gt=0)
+    differential: Optional[DifferentialOptions] = None
+
+
+@dataclass
+class Individual:
+    id: int
+    genotype: np.ndarray
+    fitness: float = -np.inf  # -inf: failed, never selected while anything else lives
+
+
+class GeneticAlgorithm(Searcher):
+    name = "ga"
+    Options = GAOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        options: GAOptions = self.options
+        if options.elitism >= options.population:
+            raise ValueError("elitism must be smaller than the population")
+        self.rng = np.random.default_rng(self.seed)
+        self.selection = (TournamentSelection(options.tournament_size) if options.selection == "tournament"
+                          else RouletteSelection())
+        self.crossover = (BlendCrossover(options.blend_alpha) if options.crossover == "blend" else UniformCrossover())
+        self.mutation = GaussianMutation(options.mutation_rate, options.mutation_scale)
+        self.differential = (DifferentialMutation(options.differential.f, options.differential.cr)
+                             if options.differential else None)
+        self.population: List[Individual] = []
+
+    @property
+    def generation_size(self) -> int:
+        if not self.population or self.differential:
+            return self.options.population
+        return self.options.population - self.options.elitism
+
+    def ask(self) -> List[Proposal]:
+        if not self.population:
+            first = [self._proposal(self.x0, operator="start")]
+            return first + [self._proposal(self.rng.uniform(size=self.dimension), operator="init")
+                            for _ in range(self.options.population - 1)]
+        if self.differential:
+            return [self._differential_child(index) for index in range(len(self.population))]
+        return [self._child() for _ in range(self.generation_size)]
+
+    def _fitness(self) -> np.ndarray:
+        return np.array([i.fitness for i in self.population])
+
+    def _child(self) -> Proposal:
+        fitness = self._fitness()
+        parents = [self.population[self.selection.select(fitness, self.rng)] for _ in range(self.crossover.n_parents)]
+        if self.rng.random() < self.options.crossover_rate:
+            genotype = self.crossover.crossover(np.stack([p.genotype for p in parents]), self.rng)
+            operator = f"{self.options.crossover}+mutation"
+        else:
+            parents, genotype, operator = parents[:1], parents[0].genotype.copy(), "mutation"
+        genotype = self.mutation.mutate(genotype, self.rng)
+        return self._proposal(genotype, parents=[p.id for p in parents], operator=operator)
+
+    def _differential_child(self, index: int) -> Proposal:
+        others = [i for i in range(len(self.population)) if i != index]
+        r1, r2 = self.rng.choice(others, size=2, replace=False)
+        trio = [self.population[index], self.population[r1], self.population[r2]]
+        genotype = self.differential.crossover(np.stack([p.genotype for p in trio]), self.rng)
+        return self._proposal(genotype, parents=[p.id for p in trio], operator="differential", target=index)
+
+    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+        children = [Individual(p.id, p.genotype, -np.inf if scalar(f) is None else scalar(f))
+                    for p, f in zip(proposals, fitnesses)]
+        if not self.population:
+            self.population = children
+        elif self.differential:
+            for proposal, child in zip(proposals, children):
+                target = proposal.extra["target"]
+                if child.fitness > self.population[target].fitness:
+                    self.population[target] = child
+        else:
+            elites = sorted(self.population, key=lambda i: (-i.fitness, i.id))[: self.options.elitism]
+            self.population = elites + children

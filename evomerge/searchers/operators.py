@@ -1,0 +1,80 @@
+"""Genetic operators as small classes that receive their random generator.
+
+Selection works on fitness arrays where a failed candidate is -inf: it is never chosen
+while anything else is available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TournamentSelection:
+    size: int
+
+    def select(self, fitness: np.ndarray, rng: np.random.Generator) -> int:
+        entrants = rng.choice(len(fitness), size=min(self.size, len(fitness)), replace=False)
+        return int(entrants[np.argmax(fitness[entrants])])
+
+
+@dataclass(frozen=True)
+class RouletteSelection:
+    """Fitness-proportional (GENOME's roulette wheel), shifted so the worst living one has a small share."""
+
+    def select(self, fitness: np.ndarray, rng: np.random.Generator) -> int:
+        alive = np.isfinite(fitness)
+        if not alive.any():
+            return int(rng.integers(len(fitness)))
+        shifted = np.where(alive, fitness - fitness[alive].min(), 0.0)
+        weights = np.where(alive, shifted + 1e-3 * (shifted.max() + 1e-12), 0.0)
+        return int(rng.choice(len(fitness), p=weights / weights.sum()))
+
+
+@dataclass(frozen=True)
+class UniformCrossover:
+    n_parents = 2
+
+    def crossover(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.where(rng.random(parents.shape[1]) < 0.5, parents[0], parents[1])
+
+
+@dataclass(frozen=True)
+class BlendCrossover:
+    """BLX-α: each gene uniform in the parents' interval widened by α on both sides."""
+
+    alpha: float
+    n_parents = 2
+
+    def crossover(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        low, high = parents.min(axis=0), parents.max(axis=0)
+        spread = high - low
+        return rng.uniform(low - self.alpha * spread, high + self.alpha * spread)
+
+
+@dataclass(frozen=True)
+class GaussianMutation:
+    rate: float
+    scale: float
+
+    def mutate(self, genotype: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        mask = rng.random(genotype.shape) < self.rate
+        return genotype + mask * rng.normal(0.0, self.scale, genotype.shape)
+
+
+@dataclass(frozen=True)
+class DifferentialMutation:
+    """Evolver's step: x' = x + F·(x_r1 − x_r2), then binomial crossover with the target at rate CR."""
+
+    f: float
+    cr: float
+    n_parents = 3  # the target, r1, r2
+
+    def crossover(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        target, r1, r2 = parents
+        mutant = target + self.f * (r1 - r2)
+        take = rng.random(target.shape) < self.cr
+        take[rng.integers(len(target))] = True  # at least one gene from the mutant
+        return np.where(take, mutant, target)

@@ -1,0 +1,64 @@
+"""Optuna's samplers through its ask/tell interface: TPE, CMA-ES, NSGA-II (several
+objectives: the run keeps the Pareto front) and random."""
+
+from __future__ import annotations
+
+from typing import List, Literal, Optional, Sequence
+
+import optuna
+from pydantic import Field, PositiveInt
+
+from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class OptunaOptions(SearcherOptions):
+    sampler: Literal["tpe", "cmaes", "nsga2", "random"] = "tpe"
+    batch: PositiveInt = Field(8, description="trials asked per generation (NSGA-II's population size)")
+    startup_trials: Optional[PositiveInt] = Field(None, description="TPE's random start-up trials (Optuna's default 10)")
+
+
+class OptunaSearch(Searcher):
+    name = "optuna"
+    Options = OptunaOptions
+    multi_objective = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        options: OptunaOptions = self.options
+        if self.objectives > 1 and options.sampler not in ("nsga2", "random", "tpe"):
+            raise ValueError(f"Optuna's {options.sampler} sampler optimizes one objective")
+        self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler())
+        self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
+        self._trials = []
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        options: OptunaOptions = self.options
+        if options.sampler == "tpe":
+            extra = {"n_startup_trials": options.startup_trials} if options.startup_trials else {}
+            return optuna.samplers.TPESampler(seed=self.seed, **extra)
+        if options.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=self.seed, x0=self._params(self.x0), popsize=options.batch)
+        if options.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=options.batch)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+    def _params(self, genotype) -> dict:
+        return {f"g{index}": float(value) for index, value in enumerate(genotype)}
+
+    @property
+    def generation_size(self) -> int:
+        return self.options.batch
+
+    def ask(self) -> List[Proposal]:
+        self._trials = [self.study.ask() for _ in range(self.generation_size)]
+        return [self._proposal([t.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
+                               operator=f"optuna:{self.options.sampler}", trial=t.number) for t in self._trials]
+
+    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+        for trial, fitness in zip(self._trials, fitnesses):
+            if fitness is None:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])

@@ -1,0 +1,124 @@
+"""Interchangeable searchers: each one drives a real search on the zoo, checkpoints and
+restores its whole state, and only the recipe (or --searcher) chooses it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.recipe import SearcherSpec
+from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.searchers import SEARCHERS, Searcher, make_searcher
+from evomerge.store import RunStore
+
+CONFIGS = {
+    "cma": {"name": "cma", "popsize": 4},
+    "ga-tournament-blend": {"name": "ga", "population": 4, "elitism": 1},
+    "ga-roulette-uniform": {"name": "ga", "population": 4, "elitism": 1, "selection": "roulette", "crossover": "uniform"},
+    "ga-differential": {"name": "ga", "population": 4, "differential": {"f": 0.4, "cr": 0.6}},
+    "optuna-tpe": {"name": "optuna", "sampler": "tpe", "batch": 4, "startup_trials": 4},
+    "optuna-cmaes": {"name": "optuna", "sampler": "cmaes", "batch": 4},
+    "optuna-nsga2": {"name": "optuna", "sampler": "nsga2", "batch": 4},
+    "optuna-random": {"name": "optuna", "sampler": "random", "batch": 4},
+    "random": {"name": "random", "batch": 4},
+}
+
+
+def _sphere(proposal) -> tuple:
+    return (-float(np.sum((proposal.genotype - 0.3) ** 2)),)
+
+
+def test_every_searcher_is_configured_here():
+    assert {c["name"] for c in CONFIGS.values()} == set(SEARCHERS)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_a_restored_checkpoint_continues_exactly(config):
+    searcher = make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=11)
+    for _ in range(2):
+        proposals = searcher.ask()
+        searcher.tell(proposals, [_sphere(p) for p in proposals])
+    restored = Searcher.from_state(searcher.state())
+    for _ in range(2):
+        original, again = searcher.ask(), restored.ask()
+        assert [p.id for p in original] == [p.id for p in again]
+        assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(original, again))
+        fitness = [_sphere(p) for p in original]
+        searcher.tell(original, fitness)
+        restored.tell(again, fitness)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_each_searcher_runs_a_real_search_and_resumes_after_a_truncated_generation(config, demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 20}, searcher=CONFIGS[config], noise={"range": [0.0, 0.02]})
+    start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=10, quiet=True)).run()
+    start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=6, quiet=True)).run()
+    resume_search(tmp_path / "stopped", evaluations=10, quiet=True).run()
+    whole = RunStore.open(tmp_path / "whole").evaluations()
+    resumed = RunStore.open(tmp_path / "stopped").evaluations()
+    assert [(e.genotype, e.fitness, e.parents, e.operator) for e in resumed] == \
+           [(e.genotype, e.fitness, e.parents, e.operator) for e in whole]
+    assert len(whole) == 10 and all(e.ok for e in whole)
+    assert all(len(e.genotype) == 9 for e in whole)  # 8 weights and the noise gene
+    assert all("noise" in e.recipe for e in whole if e.genotype[-1] > 0)
+
+
+def test_the_genetic_algorithm_records_lineage(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 20}, searcher={"name": "ga", "population": 5, "elitism": 2})
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=14, quiet=True)).run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    first = evaluations[:5]
+    assert [e.operator for e in first] == ["start"] + ["init"] * 4 and all(not e.parents for e in first)
+    children = evaluations[5:]
+    assert all(e.parents and e.operator in ("blend+mutation", "mutation") for e in children)
+    assert all(parent < child.id for child in children for parent in child.parents)
+    assert all(len(e.parents) == (2 if e.operator == "blend+mutation" else 1) for e in children)
+
+
+def test_differential_evolution_keeps_a_child_only_if_it_beats_its_parent():
+    searcher = make_searcher(SearcherSpec(name="ga", population=6, differential={"f": 0.5, "cr": 0.5}),
+                             dimension=4, x0=np.full(4, 0.5), seed=2)
+    proposals = searcher.ask()
+    searcher.tell(proposals, [_sphere(p) for p in proposals])
+    replaced = 0
+    for _ in range(5):
+        before = [i.fitness for i in searcher.population]
+        children = searcher.ask()
+        assert all(c.operator == "differential" and len(c.parents) == 3 for c in children)
+        assert [c.parents[0] for c in children] == [i.id for i in searcher.population]
+        searcher.tell(children, [_sphere(c) for c in children])
+        after = [i.fitness for i in searcher.population]
+        assert all(a >= b for a, b in zip(after, before))
+        replaced += sum(a > b for a, b in zip(after, before))
+    assert replaced > 0
+
+
+def test_nsga2_keeps_the_pareto_front_of_separate_objectives(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 20}, objectives="separate",
+                         searcher={"name": "optuna", "sampler": "nsga2", "batch": 4})
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
+    search.run()
+    report = search.finish()
+    front = json.loads((tmp_path / "run" / "front.json").read_text())
+    assert front == report["front"] and front
+    evaluations = [e for e in RunStore.open(tmp_path / "run").evaluations() if e.ok]
+    for point in front:
+        assert len(point["objectives"]) == 4 and set(point["metrics"]) >= {"zoo_pair_search", "zoo_rev_search"}
+        assert "merge_method: task_arithmetic" in point["recipe"]
+        assert not any(all(o >= p for o, p in zip(e.objectives, point["objectives"])) and e.objectives != point["objectives"]
+                       for e in evaluations)
+
+
+def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tmp_path):
+    recipe = demo_recipe(objectives="separate", searcher={"name": "cma"})
+    with pytest.raises(EvomergeError, match="cma optimizes one objective"):
+        start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
+
+
+def test_the_command_line_chooses_the_searcher(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 10})
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, searcher="random")).run()
+    assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations()} == {"uniform"}

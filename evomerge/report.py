@@ -1,0 +1,363 @@
+"""Plots of a run and an HTML page that shows them, generated from the run directory.
+
+Everything is read from the store, so the report can be written for a finished run, a
+running one or an interrupted one. Figures are drawn on their own `Figure` with the Agg
+canvas, never through pyplot, so nothing leaks between calls or into a caller's plots.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from evomerge.space import NOISE, Gene
+from evomerge.store import Evaluation, RunStore
+
+FITNESS_PNG = "fitness.png"
+PARAMETERS_PNG = "parameters.png"
+TASKS_PNG = "tasks.png"
+LINEAGE_PNG = "lineage.png"
+REPORT_HTML = "report.html"
+LINEAGE_DEPTH = 6  # ancestors further back than this make the tree unreadable
+DPI = 120
+
+Edge = Tuple[int, int]  # (child id, parent id)
+Position = Tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure and the sentence that explains it on the page."""
+
+    path: Path
+    caption: str
+
+
+def write_report(run_dir: Path) -> List[Path]:
+    """PNG plots and an HTML page that shows them, written into the run directory; returns the paths written."""
+    store = RunStore.open(run_dir)
+    try:
+        evaluations = store.evaluations()
+        ranked = store.ranked()
+        winner = ranked[0] if ranked else None
+        genes = [Gene(**g) for g in store.meta("genes")]
+        report = store.report("report")
+        directory = store.directory
+        plots = [plot_fitness(evaluations, winner, directory / FITNESS_PNG)]
+        if winner is not None:
+            plots.append(plot_parameters(winner, genes, directory / PARAMETERS_PNG))
+        if report is not None:
+            plots.append(plot_tasks(report, directory / TASKS_PNG))
+        if winner is not None and any(e.parents for e in evaluations):
+            plots.append(plot_lineage(evaluations, winner.id, directory / LINEAGE_PNG))
+        page = directory / REPORT_HTML
+        page.write_text(render_html(directory.name, store.meta("status"), report, plots), encoding="utf-8")
+    finally:
+        store.close()
+    return [p.path for p in plots] + [page]
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, metadata={"Software": None})
+
+
+def plot_fitness(evaluations: Sequence[Evaluation], winner: Optional[Evaluation], path: Path) -> Plot:
+    """Every candidate's fitness in evaluation order, so progress and spread show at a glance."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    _shade_generations(axes, evaluations)
+    ok = [e for e in evaluations if e.ok]
+    failed = [e for e in evaluations if not e.ok]
+    axes.scatter([e.id for e in ok], [e.fitness for e in ok], s=22, color="tab:blue", alpha=0.7, label="candidate")
+    best = best_so_far(evaluations)
+    axes.plot([e.id for e in evaluations], best, drawstyle="steps-post", color="tab:orange", lw=2, label="best so far")
+    if winner is not None:
+        axes.scatter([winner.id], [winner.fitness], s=160, marker="*", color="gold", edgecolor="black",
+                     zorder=3, label=f"winner #{winner.id}")
+    if failed:
+        bottom = min(e.fitness for e in ok) if ok else 0.0
+        spread = (max(e.fitness for e in ok) - bottom) if ok else 1.0
+        axes.scatter([e.id for e in failed], [bottom - 0.08 * (spread or 1.0)] * len(failed), marker="x",
+                     color="tab:red", s=40, label="failed")
+    axes.set_title(f"Fitness of {len(evaluations)} evaluations")
+    axes.set_xlabel("evaluation # (grey bands: alternate generations)")
+    axes.set_ylabel("fitness")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    _save(figure, path)
+    return Plot(path, _fitness_caption(evaluations, best))
+
+
+def best_so_far(evaluations: Sequence[Evaluation]) -> List[float]:
+    """The running maximum of fitness in evaluation order; NaN until the first success."""
+    best, curve = float("nan"), []
+    for evaluation in evaluations:
+        if evaluation.ok and not evaluation.fitness <= best:
+            best = evaluation.fitness
+        curve.append(best)
+    return curve
+
+
+def _shade_generations(axes, evaluations: Sequence[Evaluation]) -> None:
+    spans: Dict[int, List[int]] = {}
+    for evaluation in evaluations:
+        spans.setdefault(evaluation.generation, []).append(evaluation.id)
+    for index, ids in enumerate(spans.values()):
+        if index % 2:
+            axes.axvspan(min(ids) - 0.5, max(ids) + 0.5, color="0.92", zorder=0)
+
+
+def _fitness_caption(evaluations: Sequence[Evaluation], best: List[float]) -> str:
+    failed = sum(not e.ok for e in evaluations)
+    known = [(e, b) for e, b in zip(evaluations, best) if not np.isnan(b)]
+    if not known:
+        return f"No successful evaluation yet ({len(evaluations)} evaluated, {failed} failed, shown as red crosses)."
+    (first, start), (_, end) = known[0], known[-1]
+    reached = next(e.id for e, b in known if b == end)
+    crosses = f"{failed} failed, shown as red crosses" if failed else "none failed"
+    progress = (f"rising from {start:.3f} at #{first.id} to {end:.3f} at #{reached}" if reached != first.id
+                else f"set at {end:.3f} by the first success #{first.id} and never beaten")
+    return (f"Fitness of each of the {len(evaluations)} evaluations in the order they ran ({crosses}); "
+            f"the line is the best so far, {progress}.")
+
+
+def heatmap_panels(genes: Sequence[Gene], genotype: Sequence[float]) -> Dict[str, Dict[str, Any]]:
+    """One grid per (parameter, filter): rows are models (or 'shared', 'noise'), columns layer groups."""
+    panels: Dict[str, Dict[str, Any]] = {}
+    for gene, value in zip(genes, genotype):
+        panel = panels.setdefault(_panel_title(gene, genes), {"rows": [], "cells": {}, "groups": 1,
+                                                             "low": gene.low, "high": gene.high,
+                                                             "integer": gene.integer})
+        row = _row_label(gene)
+        if row not in panel["rows"]:
+            panel["rows"].append(row)
+        panel["cells"][(row, gene.group)] = float(value)
+        panel["groups"] = max(panel["groups"], gene.groups)
+        panel["low"], panel["high"] = min(panel["low"], gene.low), max(panel["high"], gene.high)
+    return panels
+
+
+def _panel_title(gene: Gene, genes: Sequence[Gene]) -> str:
+    filtered = any(g.parameter == gene.parameter and g.filter is not None for g in genes)
+    if not filtered:
+        return gene.parameter
+    return f"{gene.parameter}: {gene.filter}" if gene.filter else f"{gene.parameter}: other tensors"
+
+
+def _row_label(gene: Gene) -> str:
+    if gene.parameter == NOISE:
+        label = "noise"
+    else:
+        label = (Path(gene.model).name or gene.model) if gene.model else "shared"
+    return label if gene.slice_index is None else f"{label} / slice {gene.slice_index}"
+
+
+def plot_parameters(winner: Evaluation, genes: Sequence[Gene], path: Path) -> Plot:
+    """The winner's genotype laid out like the recipe, so per-model and per-depth choices are readable."""
+    panels = heatmap_panels(genes, winner.genotype)
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    widest = max(p["groups"] for p in panels.values())
+    tallest = max(len(p["rows"]) for p in panels.values())
+    figure = Figure(figsize=(columns * (2.6 + 0.9 * widest), 0.8 + rows * (1.0 + 0.45 * tallest)), layout="constrained")
+    for index, (title, panel) in enumerate(panels.items()):
+        _heatmap(figure, figure.add_subplot(rows, columns, index + 1), title, panel)
+    figure.suptitle(f"Parameters of the winner #{winner.id} (fitness {winner.fitness:.4f})")
+    _save(figure, path)
+    return Plot(path, f"The winner's (#{winner.id}) value of every searched parameter, one row per model and one "
+                      "column per layer-gradient point, coloured on that parameter's search range.")
+
+
+def _heatmap(figure: Figure, axes, title: str, panel: Dict[str, Any]) -> None:
+    rows, groups = panel["rows"], panel["groups"]
+    grid = np.full((len(rows), groups), np.nan)
+    for (row, group), value in panel["cells"].items():
+        grid[rows.index(row), group] = value
+    image = axes.imshow(grid, cmap="viridis", vmin=panel["low"], vmax=panel["high"], aspect="auto")
+    middle = (panel["low"] + panel["high"]) / 2
+    for (r, g), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            text = f"{value:.0f}" if panel["integer"] else f"{value:.3g}"
+            axes.text(g, r, text, ha="center", va="center", fontsize=9, color="white" if value < middle else "black")
+    axes.set_xticks(range(groups), _depth_labels(groups))
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_xlabel("layer depth")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, shrink=0.9)
+
+
+def _depth_labels(groups: int) -> List[str]:
+    """Gradient points sit at evenly spaced relative depths (mergekit's N-point gradients)."""
+    if groups == 1:
+        return ["all layers"]
+    return [f"{g / (groups - 1):.0%}" for g in range(groups)]
+
+
+def plot_tasks(report: Dict[str, Any], path: Path) -> Plot:
+    """Report-task scores side by side, to show whether the merge beats its parents and the starting point."""
+    rows = report["rows"]
+    tasks = list(rows[0]["scores"])
+    labels = [f"{t}\n({rows[0]['scores'][t]['metric']})" for t in tasks] + ["mean"]
+    figure = Figure(figsize=(max(7.0, 1.6 * len(labels) + 0.25 * len(rows)), 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    width = 0.8 / len(rows)
+    colours = _role_colours(rows)
+    for index, row in enumerate(rows):
+        values = [row["scores"][t]["value"] for t in tasks] + [row["mean"]]
+        errors = [row["scores"][t]["stderr"] or 0.0 for t in tasks] + [row["mean_stderr"] or 0.0]
+        offsets = np.arange(len(labels)) - 0.4 + width * (index + 0.5)
+        axes.bar(offsets, values, width, yerr=errors, capsize=2, color=colours[index], edgecolor="black",
+                 linewidth=0.4, label=_bar_label(row))
+    axes.set_xticks(range(len(labels)), labels, fontsize="small")
+    axes.set_ylabel("score (error bars: stderr)")
+    axes.set_title("Report tasks: parents, starting point and winner")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    _save(figure, path)
+    return Plot(path, "Scores on the report tasks (never seen by the search) of each parent model, the starting "
+                      "point and the winner, with lm-eval's standard errors as error bars.")
+
+
+def _bar_label(row: Dict[str, Any]) -> str:
+    return f"{row['name']} (parent)" if row["role"] == "parent" else row["name"]
+
+
+def _role_colours(rows: Sequence[Dict[str, Any]]) -> List[Any]:
+    """Parents in greys so the starting point and the winner stand out."""
+    parents = sum(r["role"] == "parent" for r in rows)
+    greys = iter(np.linspace(0.35, 0.85, parents) if parents else [])
+    fixed = {"start": "tab:orange", "winner": "tab:green"}
+    return [fixed.get(r["role"]) or str(round(float(next(greys)), 3)) for r in rows]
+
+
+def ancestry(evaluations: Mapping[int, Evaluation], root: int, depth: int = LINEAGE_DEPTH) -> List[Edge]:
+    """(child, parent) edges from `root` back through recorded parents, breadth-first, each edge once."""
+    edges: List[Edge] = []
+    distance = {root: 0}
+    queue = deque([root])
+    while queue:
+        child = queue.popleft()
+        if distance[child] == depth:
+            continue
+        for parent in dict.fromkeys(evaluations[child].parents):
+            if parent not in evaluations:
+                continue
+            edges.append((child, parent))
+            if parent not in distance:
+                distance[parent] = distance[child] + 1
+                queue.append(parent)
+    return edges
+
+
+def lineage_layout(evaluations: Mapping[int, Evaluation], root: int, edges: Sequence[Edge]) -> Dict[int, Position]:
+    """Node positions: x is the generation (the root right-most), y orders each column by its children's positions."""
+    nodes = {root} | {n for edge in edges for n in edge}
+    columns: Dict[int, List[int]] = {}
+    for node in nodes:
+        columns.setdefault(evaluations[node].generation, []).append(node)
+    positions: Dict[int, Position] = {}
+    for generation in sorted(columns, reverse=True):
+        ordered = sorted(columns[generation], key=lambda node: (-_mean_child_height(node, edges, positions), node))
+        for index, node in enumerate(ordered):
+            positions[node] = (float(generation), (len(ordered) - 1) / 2 - index)
+    return positions
+
+
+def _mean_child_height(node: int, edges: Sequence[Edge], positions: Mapping[int, Position]) -> float:
+    """Placing a parent level with its children keeps edges short and uncrossed."""
+    heights = [positions[child][1] for child, parent in edges if parent == node and child in positions]
+    return float(np.mean(heights)) if heights else 0.0
+
+
+def plot_lineage(evaluations: Sequence[Evaluation], root: int, path: Path) -> Plot:
+    """The winner's family tree: which operators and ancestors produced it."""
+    by_id = {e.id: e for e in evaluations}
+    edges = ancestry(by_id, root)
+    positions = lineage_layout(by_id, root, edges)
+    generations = sorted({x for x, _ in positions.values()})
+    height = max(sum(1 for x, _ in positions.values() if x == g) for g in generations)
+    figure = Figure(figsize=(max(5.0, 2.0 * len(generations)), max(2.5, 0.75 * height + 1.2)), layout="constrained")
+    axes = figure.add_subplot()
+    boxes = {node: axes.text(x, y, _node_label(by_id[node]), ha="center", va="center", fontsize=7,
+                             bbox={"boxstyle": "round", "facecolor": _node_colour(by_id[node], root),
+                                   "edgecolor": "0.3"})
+             for node, (x, y) in sorted(positions.items())}
+    for child, parent in edges:
+        axes.annotate("", xy=positions[child], xytext=positions[parent],
+                      arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 0.8, "shrinkA": 2, "shrinkB": 2,
+                                  "patchA": boxes[parent].get_bbox_patch(), "patchB": boxes[child].get_bbox_patch()})
+    axes.set_xticks(generations, [f"gen {g:.0f}" for g in generations])
+    axes.set_xlim(generations[0] - 0.6, generations[-1] + 0.6)
+    axes.set_ylim(-height / 2 - 0.1, height / 2 + 0.1)
+    axes.set_yticks([])
+    for side in ("left", "right", "top"):
+        axes.spines[side].set_visible(False)
+    truncated = any(p in by_id and p not in positions for n in positions for p in by_id[n].parents)
+    axes.set_title(f"Ancestry of the winner #{root}" + (f" (up to {LINEAGE_DEPTH} steps back)" if truncated else ""))
+    _save(figure, path)
+    return Plot(path, f"Where the winner #{root} came from: {len(positions) - 1} ancestors by generation, each "
+                      "labelled with the operator that produced it and its fitness; arrows point from parent to child.")
+
+
+def _node_colour(evaluation: Evaluation, root: int) -> str:
+    if evaluation.id == root:
+        return "gold"
+    return "lightsteelblue" if evaluation.ok else "mistyrose"
+
+
+def _node_label(evaluation: Evaluation) -> str:
+    fitness = f"{evaluation.fitness:.3f}" if evaluation.ok else "failed"
+    return f"#{evaluation.id}\n{evaluation.operator or '?'}\n{fitness}"
+
+
+def render_html(name: str, status: str, report: Optional[Dict[str, Any]], plots: Sequence[Plot]) -> str:
+    """A self-contained page: the images sit beside it and are referenced by file name."""
+    title = html.escape(report["title"] if report else f"evomerge run {name}")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title>",
+        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
+        "td:first-child,th:first-child,td:nth-child(2){text-align:left}tr.winner{font-weight:bold}"
+        "img{max-width:100%;border:1px solid #ddd}</style>",
+        "</head><body>",
+        f"<h1>{title}</h1>",
+        f"<p>Run <code>{html.escape(name)}</code>, status <em>{html.escape(status)}</em>.</p>",
+    ]
+    parts += _report_table(report) if report else ["<p>No report table yet: the search writes it when it finishes.</p>"]
+    for plot in plots:
+        parts += ["<figure>", f'<img src="{html.escape(plot.path.name)}" alt="{html.escape(plot.caption)}">',
+                  f"<figcaption>{html.escape(plot.caption)}</figcaption>", "</figure>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _report_table(report: Dict[str, Any]) -> List[str]:
+    rows = report["rows"]
+    tasks = list(rows[0]["scores"]) if rows else []
+
+    def cell(value: float, stderr: Optional[float]) -> str:
+        return f"<td>{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "") + "</td>"
+
+    header = "".join(f"<th>{html.escape(t)} ({html.escape(rows[0]['scores'][t]['metric'])})</th>" for t in tasks)
+    lines = [
+        f"<p>Searcher <code>{html.escape(str(report['searcher']))}</code>, {report['evaluations']} evaluations "
+        f"({report['failed']} failed); best search fitness {report['best_fitness']:.4f} "
+        f"(evaluation #{report['winner_id']}). Scores are on the report tasks, which the search never saw "
+        "(± is lm-eval's standard error).</p>",
+        "<table>",
+        f"<tr><th>model</th><th>role</th>{header}<th>mean</th></tr>",
+    ]
+    for row in rows:
+        scores = "".join(cell(row["scores"][t]["value"], row["scores"][t]["stderr"]) for t in tasks)
+        lines.append(f'<tr class="{html.escape(row["role"])}"><td>{html.escape(row["name"])}</td>'
+                     f"<td>{html.escape(row['role'])}</td>{scores}{cell(row['mean'], row['mean_stderr'])}</tr>")
+    lines.append("</table>")
+    return lines

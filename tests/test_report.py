@@ -1,0 +1,128 @@
+"""`write_report`: plots and an HTML page for a run directory, from a real search or a stored lineage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from evomerge.report import ancestry, heatmap_panels, lineage_layout, write_report
+from evomerge.search import SearchOptions, start_search
+from evomerge.space import Gene
+from evomerge.store import Evaluation, RunStore
+
+GENES = [Gene(f"weight[{m}].{f or '*'}@{g}", "weight", 0.0, 1.5, g, 2, f"/zoo/{m}", f)
+         for m in ("pair", "rev") for f in ("self_attn", None) for g in range(2)]
+GENES += [Gene("lambda", "lambda", 0.5, 1.5), Gene("noise", "noise", 0.0, 0.01)]
+
+#  gen 0     gen 1               gen 2
+#  0 ─┐
+#  1 ─┴─ 4 (crossover) ─┐
+#  2 ─┐                 ├─ 8 (crossover, the winner)
+#  3 ─┴─ 5 (crossover) ─┘
+#  3 ─── 6 (mutation, failed)
+#        7 (init)          9 (mutation of 1)
+FAMILY = {4: (0, 1), 5: (2, 3), 6: (3,), 8: (4, 5), 9: (1,)}
+
+
+def _assert_png(path):
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert 250 <= height <= 3000 and 400 <= width <= 4000, (path.name, image.shape)
+    assert np.std(image) > 0.05, f"{path.name} is blank"
+
+
+def _lineage_store(run_dir, generations=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2), family=FAMILY):
+    store = RunStore.create(run_dir, {"recipe_text": "", "status": "searched"})
+    store.set_meta("genes", [asdict(g) for g in GENES])
+    for id_, generation in enumerate(generations):
+        parents = list(family.get(id_, ()))
+        operator = ("crossover:blx+mutation" if len(parents) == 2 else "mutation") if parents else "init"
+        failed = id_ == 6
+        genotype = [g.low + (g.high - g.low) * ((id_ + i) % 7) / 6 for i, g in enumerate(GENES)]
+        store.add_evaluation(Evaluation(
+            id=id_, generation=generation, genotype=genotype, recipe="",
+            status="failed" if failed else "ok", fitness=None if failed else 0.5 + 0.04 * id_ - 0.3 * (id_ == 9),
+            parents=parents, operator=operator))
+    return store
+
+
+def test_a_finished_search_gets_every_plot_and_a_page_that_shows_them(demo_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    search = start_search(demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4}), run_dir,
+                          SearchOptions(evaluations=8, quiet=True))
+    search.run()
+    search.finish()
+
+    written = write_report(run_dir)
+
+    assert [p.name for p in written] == ["fitness.png", "parameters.png", "tasks.png", "report.html"]
+    for image in written[:-1]:
+        _assert_png(image)
+    page = (run_dir / "report.html").read_text()
+    assert all(f'<img src="{p.name}"' in page for p in written[:-1])
+    assert "winner (#" in page and "zoo_pair_report (acc)" in page and page.count("<figcaption>") == 3
+    assert not (run_dir / "lineage.png").exists(), "CMA-ES records no parents"
+
+
+def test_a_searcher_that_records_parents_gets_the_winners_family_tree(tmp_path):
+    _lineage_store(tmp_path / "run").close()
+
+    written = write_report(tmp_path / "run")
+
+    assert [p.name for p in written] == ["fitness.png", "parameters.png", "lineage.png", "report.html"]
+    for image in written[:-1]:
+        _assert_png(image)
+    page = written[-1].read_text()
+    assert '<img src="lineage.png"' in page and "the winner #8 came from: 6 ancestors" in page
+    assert "No report table yet" in page and "tasks.png" not in page
+
+
+def test_the_ancestry_follows_recorded_parents_back_from_the_winner(tmp_path):
+    evaluations = {e.id: e for e in _lineage_store(tmp_path / "run").evaluations()}
+
+    edges = ancestry(evaluations, root=8)
+
+    assert edges == [(8, 4), (8, 5), (4, 0), (4, 1), (5, 2), (5, 3)]
+    positions = lineage_layout(evaluations, 8, edges)
+    assert set(positions) == {0, 1, 2, 3, 4, 5, 8}
+    assert positions[8] == (2.0, 0.0) and positions[4][1] > positions[5][1]
+    assert [positions[n][0] for n in (0, 1, 2, 3)] == [0.0] * 4
+    assert ancestry(evaluations, root=8, depth=1) == [(8, 4), (8, 5)]
+
+
+def test_a_long_line_of_descent_is_cut_to_the_recent_ancestors(tmp_path):
+    chain = {i: (i - 1,) for i in range(1, 10)}
+    store = _lineage_store(tmp_path / "run", generations=range(10), family=chain)
+    evaluations = {e.id: e for e in store.evaluations()}
+    store.close()
+
+    assert ancestry(evaluations, root=9, depth=3) == [(9, 8), (8, 7), (7, 6)]
+    assert write_report(tmp_path / "run")[2].name == "lineage.png"
+
+
+def test_the_winners_genes_are_laid_out_by_parameter_model_and_layer_group():
+    panels = heatmap_panels(GENES, list(range(len(GENES))))
+
+    assert list(panels) == ["weight: self_attn", "weight: other tensors", "lambda", "noise"]
+    fallback = panels["weight: other tensors"]
+    assert fallback["rows"] == ["pair", "rev"] and fallback["groups"] == 2
+    assert fallback["cells"] == {("pair", 0): 2.0, ("pair", 1): 3.0, ("rev", 0): 6.0, ("rev", 1): 7.0}
+    assert panels["lambda"]["rows"] == ["shared"] and panels["noise"]["rows"] == ["noise"]
+    assert (panels["noise"]["low"], panels["noise"]["high"]) == (0.0, 0.01)
+
+
+def test_the_same_run_gives_the_same_report(tmp_path):
+    _lineage_store(tmp_path / "run").close()
+    first = {p.name: p.read_bytes() for p in write_report(tmp_path / "run")}
+    second = {p.name: p.read_bytes() for p in write_report(tmp_path / "run")}
+    assert first == second
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    from evomerge.errors import EvomergeError
+
+    with pytest.raises(EvomergeError, match="not a run directory"):
+        write_report(tmp_path)

@@ -175,5 +175,37 @@ def demo(out, evaluations, device, quiet):
     _finish(start_search(recipe, out, SearchOptions(device=device, evaluations=evaluations, quiet=quiet)), out)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the Hugging Face model.")
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which candidate: 1 is the best of the run.")
+@click.option("--push-to-hub", "repo_id", help="Also upload the folder to this Hub repository (owner/name).")
+@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def export(run_dir, out, rank, repo_id, private, quiet):
+    """Write a run's candidate as a Hugging Face model folder with a model card."""
+    from evomerge.export import export_run
+
+    folder = export_run(run_dir, out, rank=rank, quiet=quiet)
+    click.echo(f"exported to {folder}")
+    if repo_id:
+        from evomerge.hub import push_folder
+
+        click.echo(f"pushed to {push_folder(folder, repo_id, private=private or None)}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_friendly_errors
+def report(run_dir):
+    """Plots of a run (fitness, winner's parameters, per-task scores, lineage) and an HTML page."""
+    from evomerge.report import write_report
+
+    for path in write_report(run_dir):
+        click.echo(str(path))
+
+
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
+from evomerge.zoo.recipe import write_demo_recipe
 
 
 @pytest.fixture(scope="session")
@@ -48,19 +49,31 @@ def base_model(zoo) -> str:
 
 
 @pytest.fixture
-def demo_recipe(write_recipe, zoo, tasks_dir):
-    """recipes/demo.yaml with absolute paths, its evomerge section amended by keyword."""
-    import yaml
-
-    from evomerge.paths import RECIPES_DIR
+def demo_recipe(tmp_path, zoo):
+    """Make a demo recipe in tmp_path: `demo_recipe(name="demo.yaml", **evomerge_changes)`."""
 
     def make(name: str = "demo.yaml", **evomerge) -> Path:
-        recipe = yaml.safe_load((RECIPES_DIR / "demo.yaml").read_text())
-        recipe["base_model"] = str(zoo["dir"] / "base")
-        for entry in recipe["models"]:
-            entry["model"] = str(zoo["dir"] / Path(entry["model"]).name)
-        recipe["evomerge"]["task_paths"] = [str(tasks_dir)]
-        recipe["evomerge"].update(evomerge)
-        return write_recipe(recipe, name)
+        return write_demo_recipe(tmp_path, zoo["dir"], name, **evomerge)
 
     return make
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A fake Hub on 127.0.0.1 (tests/fake_hub.py); HF_ENDPOINT and HF_TOKEN point huggingface_hub at it."""
+    from fake_hub import TOKEN, FakeHub, serve
+
+    fake = FakeHub(token=TOKEN)
+    with serve(fake) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield fake
+
+
+@pytest.fixture
+def without_xet(monkeypatch):
+    """Upload LFS files over the LFS batch API rather than hf_xet's storage protocol, which the fake
+    does not speak. HF_HUB_DISABLE_XET is huggingface_hub's documented switch, read at import."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)

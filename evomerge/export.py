@@ -1,0 +1,127 @@
+"""Exports a run's candidate as a Hugging Face model folder with a model card that
+records how the merge was found.
+
+The weights come from mergekit's own `run_merge` on the candidate's plain recipe (plus
+evomerge's noise where the recipe has it), so `mergekit-yaml mergekit_config.yml` — or
+`evomerge merge` when there is noise — reproduces them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from mergekit import merge_methods
+from mergekit.options import MergeOptions
+
+from evomerge.errors import EvomergeError
+from evomerge.model_folder import RECIPE_FILE, write_with_mergekit
+from evomerge.recipe import load_recipe
+from evomerge.scoreboard import render_markdown
+from evomerge.space import Candidate, SearchSpace
+from evomerge.store import Evaluation, RunStore
+
+FITNESS_IMAGE = "fitness.png"
+
+
+def chosen_evaluation(store: RunStore, rank: int) -> Evaluation:
+    ranked = store.ranked()
+    if not 1 <= rank <= len(ranked):
+        raise EvomergeError(f"expected a rank from 1 to {len(ranked)} (successful evaluations in this run), got {rank}",
+                            path=store.directory, key="--rank")
+    return ranked[rank - 1]
+
+
+def candidate_of(store: RunStore, evaluation: Evaluation) -> Candidate:
+    """The evaluation's stored recipe, read back through the same path as `evomerge merge`."""
+    recipe = load_recipe(store.directory / f"evaluation-{evaluation.id}.yaml", text=evaluation.recipe)
+    return SearchSpace.from_recipe(recipe).starting_point()
+
+
+def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False) -> Path:
+    store = RunStore.open(run_dir)
+    evaluation = chosen_evaluation(store, rank)
+    candidate = candidate_of(store, evaluation)
+    if out.exists() and any(out.iterdir()):
+        raise EvomergeError("expected an empty or new folder for the exported model", path=out, key="--out")
+    write_with_mergekit(candidate, out, MergeOptions(quiet=quiet))
+    image = _fitness_image(store)
+    shutil.copy(image, out / FITNESS_IMAGE)
+    (out / "README.md").write_text(model_card(store, evaluation, candidate, rank), encoding="utf-8")
+    return out
+
+
+def _fitness_image(store: RunStore) -> Path:
+    from evomerge.report import write_report
+
+    image = store.directory / FITNESS_IMAGE
+    if not image.is_file():
+        write_report(store.directory)
+    return image
+
+
+def _model_name(reference: str) -> str:
+    """Hub ids stay as they are; a local folder is named by its last component."""
+    local = Path(reference).exists() or reference.startswith(("/", ".", "~"))
+    return Path(reference).name if local else reference
+
+
+def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int) -> str:
+    merge = candidate.merge
+    parents = [str(m) for m in sorted(merge.referenced_models(), key=str)]
+    options: Dict[str, Any] = store.meta("options")
+    report: Optional[Dict[str, Any]] = store.report("report")
+    evaluations = store.evaluations()
+    method = merge_methods.get(merge.merge_method)
+    metadata = {
+        "base_model": [_model_name(p) for p in parents],
+        "library_name": "transformers",
+        "tags": ["merge", "mergekit", "evomerge"],
+    }
+    reproduce = (f"evomerge merge {RECIPE_FILE} ./model" if candidate.noise
+                 else f"mergekit-yaml {RECIPE_FILE} ./model --random-seed {candidate.seed}")
+    lines: List[str] = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).rstrip(),
+        "---",
+        f"# {Path(store.directory).name} (evomerge)",
+        "",
+        "This model is a merge of pre-trained language models created with "
+        "[mergekit](https://github.com/arcee-ai/mergekit); its recipe was found by evolutionary search with evomerge.",
+        "",
+        "## Merge details",
+        "",
+        f"- Merge method: {method.spec.pretty_name or merge.merge_method} (`{merge.merge_method}`)"
+        + (f", base model `{_model_name(str(merge.base_model))}`" if merge.base_model else ""),
+        "- Models merged:",
+        *[f"  - `{_model_name(p)}`" for p in parents],
+        "",
+        "## How it was found",
+        "",
+        f"- Searcher: `{yaml.safe_load(store.meta('recipe_text'))['evomerge'].get('searcher', {'name': 'cma'})['name']}`"
+        f"{' (from --searcher)' if options.get('searcher') else ''}, seed {candidate.seed}",
+        f"- Budget: {len(evaluations)} evaluations ({sum(not e.ok for e in evaluations)} failed)",
+        f"- This candidate: evaluation #{evaluation.id} (generation {evaluation.generation}, rank {rank}, "
+        f"operator `{evaluation.operator or '-'}`"
+        + (f", parents {', '.join(f'#{p}' for p in evaluation.parents)}" if evaluation.parents else "")
+        + f"), search fitness {evaluation.fitness:.4f}",
+        "",
+        f"![fitness over the search]({FITNESS_IMAGE})",
+        "",
+    ]
+    if report:
+        table = render_markdown(report).split("\n", 2)[2]
+        lines += ["## Evaluation", "", table.rstrip(), ""]
+    lines += [
+        "## Configuration",
+        "",
+        f"Reproduce the weights with `{reproduce}`.",
+        "",
+        "```yaml",
+        candidate.to_yaml().rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

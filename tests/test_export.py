@@ -1,0 +1,122 @@
+"""`evomerge export`: the chosen candidate as a Hugging Face folder with a model card."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.cli import main
+from evomerge.export import candidate_of
+from evomerge.materialize import Materializer
+from evomerge.search import SearchOptions, start_search
+from evomerge.store import RunStore
+from evomerge.zoo.recipe import write_demo_recipe
+
+
+def _finished_run(directory: Path, zoo: dict, **evomerge) -> Path:
+    recipe = write_demo_recipe(directory, zoo["dir"], eval={"limit": 20},
+                               searcher={"name": "ga", "population": 4, "elitism": 1}, **evomerge)
+    search = start_search(recipe, directory / "run", SearchOptions(evaluations=8, quiet=True))
+    search.run()
+    search.finish()
+    return directory / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(zoo, tmp_path_factory) -> Path:
+    """One finished GA run of the demo, shared by this module's tests (they only read it)."""
+    return _finished_run(tmp_path_factory.mktemp("plain"), zoo)
+
+
+@pytest.fixture(scope="module")
+def noisy_run_dir(zoo, tmp_path_factory) -> Path:
+    return _finished_run(tmp_path_factory.mktemp("noisy"), zoo, noise={"range": [0.001, 0.02]})
+
+
+def _export(run_dir: Path, out: Path, *args) -> str:
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _front_matter(card: str) -> dict:
+    _, front, _ = card.split("---\n", 2)
+    return yaml.safe_load(front)
+
+
+def _in_memory(run_dir: Path, rank: int = 1) -> dict:
+    store = RunStore.open(run_dir)
+    candidate = candidate_of(store, store.ranked()[rank - 1])
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    return materializer.model.state_dict()
+
+
+def _same(exported: dict, in_memory: dict) -> bool:
+    return all(torch.equal(tensor, in_memory[name]) for name, tensor in exported.items())
+
+
+def test_the_winner_exports_as_a_loadable_folder_with_a_model_card(run_dir, tmp_path):
+    out = tmp_path / "model"
+    _export(run_dir, out)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "mergekit_config.yml", "README.md", "fitness.png"):
+        assert (out / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    assert _same(dict(model.state_dict()), _in_memory(run_dir))
+
+    card = (out / "README.md").read_text()
+    front = _front_matter(card)
+    assert front["tags"] == ["merge", "mergekit", "evomerge"] and front["library_name"] == "transformers"
+    assert sorted(front["base_model"]) == ["base", "pair", "rev", "shift", "sort"]
+    winner = RunStore.open(run_dir).ranked()[0]
+    for expected in ("Task Arithmetic (`task_arithmetic`)", "Searcher: `ga`", "Budget: 8 evaluations",
+                     f"evaluation #{winner.id}", "![fitness over the search](fitness.png)",
+                     "| starting point | start |", "| winner (#", "mergekit-yaml mergekit_config.yml"):
+        assert expected in card, expected
+
+
+def test_mergekit_yaml_reproduces_the_exported_weights_from_the_card_recipe(run_dir, tmp_path):
+    _export(run_dir, tmp_path / "model")
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(mergekit_yaml), str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")],
+                   check=True, capture_output=True)
+    assert _same(load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors"))
+
+
+def test_noise_is_exported_and_evomerge_merge_reproduces_it(noisy_run_dir, tmp_path):
+    run_dir = noisy_run_dir
+    _export(run_dir, tmp_path / "model")
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "evomerge merge mergekit_config.yml" in card
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    assert _same(exported, _in_memory(run_dir))
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    assert _same(load_file(tmp_path / "again" / "model.safetensors"), exported)
+
+
+def test_rank_chooses_another_candidate(run_dir, tmp_path):
+    _export(run_dir, tmp_path / "second", "--rank", "2")
+    second = RunStore.open(run_dir).ranked()[1]
+    assert f"evaluation #{second.id} (generation {second.generation}, rank 2" in (tmp_path / "second" / "README.md").read_text()
+    assert _same(load_file(tmp_path / "second" / "model.safetensors"), _in_memory(run_dir, rank=2))
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--rank", "99"])
+    assert result.exit_code == 2 and "--rank: expected a rank from 1 to 8" in result.output
+
+
+def test_push_to_hub_uploads_the_exported_folder(run_dir, hub, without_xet, tmp_path):
+    output = _export(run_dir, tmp_path / "model", "--push-to-hub", "someone/evomerge-demo", "--private")
+    assert "pushed to" in output
+    [create] = hub.requests_to("POST", "/api/repos/create")
+    assert create.json()["visibility"] == "private"
+    sent = hub.files["someone/evomerge-demo"]
+    assert sent == {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.is_file()}

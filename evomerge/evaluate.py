@@ -15,32 +15,18 @@ import importlib.util
 import io
 import logging
 import math
-import random
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.random_state import preserved_random_state
 from evomerge.recipe import SECTION, TaskSpec
 
 Metrics = Dict[str, Dict[str, float]]  # task name -> metric name -> value
 
 logging.getLogger("lm_eval").setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def preserved_random_state() -> Iterator[None]:
-    """Whatever lm-eval or a merge method draws from the global generators stays inside."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 @contextlib.contextmanager

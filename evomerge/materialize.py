@@ -37,7 +37,7 @@ from mergekit.tokenizer import BuildTokenizer, TokenizerInfo
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 
-from evomerge.evaluate import preserved_random_state
+from evomerge.random_state import preserved_random_state
 from evomerge.noise import add_noise, layer_positions, relative_std
 from evomerge.space import Candidate
 

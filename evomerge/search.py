@@ -155,6 +155,7 @@ class Search:
                     searcher.tell(proposals, [self._fitness(r) for r in results])
                     generation += 1
                     self.store.save_checkpoint(generation, searcher.state())
+                    self.store.write_views()
         except KeyboardInterrupt:
             self.store.set_meta("status", "interrupted")
             raise SearchInterrupted(str(self.store.directory)) from None
@@ -187,8 +188,8 @@ class Search:
             evaluation = self._evaluate(proposal, genotype, generation)
             self.store.add_evaluation(evaluation)
             results.append(evaluation)
-            best = self.store.ranked()[:1]
-            progress.set_postfix(best=f"{best[0].fitness:.4f}" if best else "-",
+            best = self.store.best_fitness()
+            progress.set_postfix(best=f"{best:.4f}" if best is not None else "-",
                                  s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
             progress.update(1)
         return results

@@ -174,6 +174,9 @@ class RunStore:
         row = self.db.execute("SELECT value FROM reports WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def best_fitness(self) -> Optional[float]:
+        return self.db.execute("SELECT MAX(fitness) FROM evaluations WHERE status = 'ok'").fetchone()[0]
+
     def ranked(self) -> List[Evaluation]:
         """Successful evaluations, best first (ties: the earlier one)."""
         return sorted(self.evaluations("WHERE status = 'ok'"), key=lambda e: (-e.fitness, e.id))

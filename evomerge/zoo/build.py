@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.evaluate import LMEvalScorer, TaskSuite
 from evomerge.paths import TASKS_DIR
+from evomerge.random_state import preserved_random_state
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 from evomerge.zoo.tokenizer import build_tokenizer
 from evomerge.zoo.train import SEQUENCE_LENGTH, train
@@ -63,6 +64,25 @@ def _new_base(settings: ZooSettings, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def _train_models(settings: ZooSettings, tokenizer, common: Dict[str, Any]) -> Dict[str, tuple]:
+    """name -> (model, skill, seed): the base, then one specialist per skill fine-tuned from it."""
+    base = _new_base(settings, tokenizer)
+    everything = {name: (1.0, settings.near_miss_rate) for name in SKILLS}
+    train(base, everything, steps=settings.base_steps, lr=settings.base_lr,
+          seed=settings.seed, desc="zoo: base", **common)
+    models = {"base": (base, None, settings.seed)}
+    for index, name in enumerate(SKILLS):
+        specialist = copy.deepcopy(base)
+        others = (1 - settings.specialist_focus) / (len(SKILLS) - 1)
+        mixture = {other: (others, settings.near_miss_rate) for other in SKILLS}
+        mixture[name] = (settings.specialist_focus, 0.0)
+        seed = settings.seed + 1 + index
+        train(specialist, mixture, steps=settings.specialist_steps, lr=settings.specialist_lr,
+              seed=seed, desc=f"zoo: {name}", **common)
+        models[name] = (specialist, name, seed)
+    return models
+
+
 def _cached(out: Path, settings: ZooSettings) -> Dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
@@ -86,20 +106,8 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), force: bool = Fa
     excluded = held_out_prompts()
     common = dict(batch_size=settings.batch_size, pad_id=tokenizer.pad_token_id, excluded=excluded)
 
-    base = _new_base(settings, tokenizer)
-    everything = {name: (1.0, settings.near_miss_rate) for name in SKILLS}
-    train(base, everything, steps=settings.base_steps, lr=settings.base_lr,
-          seed=settings.seed, desc="zoo: base", **common)
-    models = {"base": (base, None, settings.seed)}
-    for index, name in enumerate(SKILLS):
-        specialist = copy.deepcopy(base)
-        others = (1 - settings.specialist_focus) / (len(SKILLS) - 1)
-        mixture = {other: (others, settings.near_miss_rate) for other in SKILLS}
-        mixture[name] = (settings.specialist_focus, 0.0)
-        seed = settings.seed + 1 + index
-        train(specialist, mixture, steps=settings.specialist_steps, lr=settings.specialist_lr,
-              seed=seed, desc=f"zoo: {name}", **common)
-        models[name] = (specialist, name, seed)
+    with preserved_random_state():  # training seeds torch's global generator, as Hugging Face init needs
+        models = _train_models(settings, tokenizer, common)
 
     suite = TaskSuite([f"zoo_{name}_report" for name in SKILLS], [TASKS_DIR])
     entries = []

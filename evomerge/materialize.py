@@ -59,6 +59,11 @@ def task_key(value: Any) -> Hashable:
     return value
 
 
+def _merge_key(task: ExecuteMergeMethodTask) -> Hashable:
+    """What decides a tensor's merged value besides its inputs, which are fixed for a run's structure."""
+    return tuple((f, task_key(getattr(task, f))) for f in type(task).model_fields if f != "gather_tensors")
+
+
 @dataclass(frozen=True)
 class MaterializeStats:
     seconds: float
@@ -153,7 +158,7 @@ class Materializer:
         everything = draws_random(candidate.merge.merge_method)
         todo = {}
         for name, task, dtype in plan:
-            signature = (task_key(task), dtype, self._noise_scale(candidate, name), candidate.seed)
+            signature = (_merge_key(task), dtype, self._noise_scale(candidate, name), candidate.seed)
             if everything or self._written.get(name) != signature:
                 todo[task] = (name, dtype, signature)
         if todo:
@@ -163,7 +168,8 @@ class Materializer:
     def _run(self, candidate: Candidate, todo: Dict[Task, tuple]) -> None:
         universe = TaskUniverse()
         targets = [universe.add_task(task) for task in todo]
-        cached = {universe.get_handle(task.gather_tensors): self._inputs[task_key(task.gather_tensors)] for task in todo}
+        cached = {universe.get_handle(task.gather_tensors): self._inputs[self._gathers[name][0]]
+                  for task, (name, _, _) in todo.items()}
         executor = Executor(targets, math_device=self.device, storage_device=self.device, cached_values=cached)
         with preserved_random_state(), torch.no_grad():
             transformers.trainer_utils.set_seed(candidate.seed)  # as `mergekit-yaml --random-seed`

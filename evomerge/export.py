@@ -62,6 +62,12 @@ def _fitness_image(store: RunStore) -> Path:
     return image
 
 
+def _searcher_name(store: RunStore) -> str:
+    """The searcher the run used: the recipe's, unless `--searcher` overrode it."""
+    recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text"))
+    return store.meta("options").get("searcher") or recipe.spec.searcher.name
+
+
 def _model_name(reference: str) -> str:
     """Hub ids stay as they are; a local folder is named by its last component."""
     local = Path(reference).exists() or reference.startswith(("/", ".", "~"))
@@ -100,8 +106,8 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         "",
         "## How it was found",
         "",
-        f"- Searcher: `{yaml.safe_load(store.meta('recipe_text'))['evomerge'].get('searcher', {'name': 'cma'})['name']}`"
-        f"{' (from --searcher)' if options.get('searcher') else ''}, seed {candidate.seed}",
+        f"- Searcher: `{_searcher_name(store)}`{' (from --searcher)' if options.get('searcher') else ''}, "
+        f"seed {candidate.seed}",
         f"- Budget: {len(evaluations)} evaluations ({sum(not e.ok for e in evaluations)} failed)",
         f"- This candidate: evaluation #{evaluation.id} (generation {evaluation.generation}, rank {rank}, "
         f"operator `{evaluation.operator or '-'}`"

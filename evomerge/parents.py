@@ -109,6 +109,7 @@ def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool
         return
     _, first, first_folder, first_config, first_shapes = local[0]
     own_vocabulary = merge.tokenizer_source is None and merge.tokenizer is None
+    first_vocabulary = _vocabulary(first_folder) if own_vocabulary else None
     for key, reference, folder, config, shapes in local[1:]:
         for field in ("model_type", "architectures") + (("vocab_size",) if own_vocabulary else ()):
             if config.get(field) != first_config.get(field):
@@ -123,6 +124,6 @@ def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool
                 if shapes[name] != first_shapes[name] and (own_vocabulary or not vocabulary_tensor):
                     raise checker.error(f"{reference}: tensor {name} has shape {list(shapes[name])} but {first} "
                                         f"has {list(first_shapes[name])}", key)
-        if own_vocabulary and _vocabulary(folder) != _vocabulary(first_folder):
+        if own_vocabulary and _vocabulary(folder) != first_vocabulary:
             raise checker.error(f"{reference}: its tokenizer differs from {first}'s; set tokenizer_source "
                                 "(e.g. union) to merge vocabularies", key)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.paths import DEFAULT_ZOO_DIR
 
 
@@ -45,15 +45,18 @@ def zoo() -> None:
 
 
 @zoo.command("build")
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_ZOO_DIR, show_default=True,
-              help="Folder for the zoo's models and manifest.json.")
+@click.option("--family", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True,
+              help="llama: untied embeddings; qwen2: tied embeddings, grouped-query attention, biases.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for the zoo's models and manifest.json (default: recipes/zoo, recipes/zoo-qwen2).")
 @click.option("--force", is_flag=True, help="Rebuild even if a matching zoo exists.")
 @_friendly_errors
-def zoo_build(out: Path, force: bool) -> None:
+def zoo_build(family: str, out: Path, force: bool) -> None:
     """Train (or reuse) the base model and its specialists."""
-    from evomerge.zoo.build import build_zoo
+    from evomerge.zoo.build import FAMILIES, build_zoo, zoo_dir
 
-    manifest = build_zoo(out, force=force)
+    out = out or zoo_dir(family)
+    manifest = build_zoo(out, FAMILIES[family], force=force)
     skills = manifest["skills"]
     click.echo(f"zoo in {out} (built in {manifest['build_seconds']} s)")
     click.echo("model   " + "".join(f"{s:>8}" for s in skills))
@@ -85,10 +88,12 @@ def merge(recipe: Path, out: Path, in_memory: bool, allow_pickle: bool, merge_op
     candidate = SearchSpace.from_recipe(loaded).starting_point()
     if merge_options.random_seed is not None:
         candidate = dataclasses.replace(candidate, seed=merge_options.random_seed)
-    if in_memory:
-        write_in_memory(candidate, out, device=merge_options.device, trust_remote_code=merge_options.trust_remote_code)
-    else:
-        write_with_mergekit(candidate, out, merge_options)
+    with mergekit_refusals(loaded.path):
+        if in_memory:
+            write_in_memory(candidate, out, device=merge_options.device,
+                            trust_remote_code=merge_options.trust_remote_code)
+        else:
+            write_with_mergekit(candidate, out, merge_options)
     click.echo(f"merged {recipe} into {out}")
 
 

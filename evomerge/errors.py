@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 
 class EvomergeError(Exception):
@@ -31,3 +32,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean ...?)' suffix for a misspelt name, or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@contextlib.contextmanager
+def mergekit_refusals(path: Union[str, Path]) -> Iterator[None]:
+    """mergekit's planner, loaders and validators refuse a recipe with RuntimeError or ValueError."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as error:
+        raise EvomergeError(f"mergekit cannot merge the recipe: {error}", path=path) from error

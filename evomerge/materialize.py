@@ -107,6 +107,9 @@ class Materializer:
             self.model = AutoModelForCausalLM.from_config(
                 self.out_config, dtype=dtype, trust_remote_code=trust_remote_code
             )
+        # from_config leaves tied weights (tie_word_embeddings: lm_head = embed_tokens) untied
+        # under transformers 5; tie them as from_pretrained and mergekit's output do.
+        self.model.tie_weights()
         self.model.eval().requires_grad_(False)
         self._parameters = dict(self.model.state_dict(keep_vars=True))
         self._positions = layer_positions(self.arch, self.out_config)

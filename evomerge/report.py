@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evomerge.scoreboard import scored_on
 from evomerge.space import NOISE, Gene
 from evomerge.store import Evaluation, RunStore
 
@@ -350,8 +351,7 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
     lines = [
         f"<p>Searcher <code>{html.escape(str(report['searcher']))}</code>, {report['evaluations']} evaluations "
         f"({report['failed']} failed); best search fitness {report['best_fitness']:.4f} "
-        f"(evaluation #{report['winner_id']}). Scores are on the report tasks, which the search never saw "
-        "(± is lm-eval's standard error).</p>",
+        f"(evaluation #{report['winner_id']}). {html.escape(scored_on(report))}</p>",
         "<table>",
         f"<tr><th>model</th><th>role</th>{header}<th>mean</th></tr>",
     ]

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.evaluate import LMEvalScorer, Metrics, TaskSuite
+from evomerge.evaluate import Metrics, TaskSuite
 from evomerge.store import Evaluation
 
 REPORT_JSON = "report.json"
@@ -24,11 +24,24 @@ def main_metric(suite: TaskSuite, task: str) -> str:
     return "acc" if "acc" in produced else next(iter(produced))
 
 
-def row(name: str, role: str, metrics: Metrics, suite: TaskSuite) -> Dict[str, Any]:
+Scores = Dict[str, Dict[str, Any]]  # column -> {"metric", "value", "stderr"}
+
+
+def task_scores(metrics: Metrics, suite: TaskSuite) -> Scores:
+    """Each task's main metric with lm-eval's standard error."""
     scores = {}
     for task in suite.names:
         metric = main_metric(suite, task)
         scores[task] = {"metric": metric, "value": metrics[task][metric], "stderr": metrics[task].get(f"{metric}_stderr")}
+    return scores
+
+
+def custom_scores(custom: Dict[str, float]) -> Scores:
+    """The recipe's own fitness function, one column per value it returns."""
+    return {name: {"metric": "score", "value": value, "stderr": None} for name, value in custom.items()}
+
+
+def row(name: str, role: str, scores: Scores) -> Dict[str, Any]:
     values = [s["value"] for s in scores.values()]
     errors = [s["stderr"] for s in scores.values()]
     return {
@@ -40,11 +53,10 @@ def row(name: str, role: str, metrics: Metrics, suite: TaskSuite) -> Dict[str, A
     }
 
 
-def score_from_disk(path: str, suite: TaskSuite, batch_size: int, trust_remote_code: bool) -> Metrics:
-    """For a parent that does not supply the output model's tensors as they are (slices recipes)."""
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return LMEvalScorer(suite, model, tokenizer, batch_size=batch_size, bootstrap_iters=100).score()
+def load_from_disk(path: str, trust_remote_code: bool):
+    """A parent that does not supply the output model's tensors as they are (slices recipes)."""
+    return (AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code),
+            AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
 
 
 def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:
@@ -69,7 +81,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         "",
         f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations "
         f"({report['failed']} failed); best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).",
-        "Scores are on the report tasks, which the search never saw (± is lm-eval's standard error).",
+        scored_on(report),
         "",
         "| model | role | " + " | ".join(f"{t} ({rows[0]['scores'][t]['metric']})" for t in tasks) + " | mean |",
         "|---|---|" + "---|" * (len(tasks) + 1),
@@ -79,6 +91,14 @@ def render_markdown(report: Dict[str, Any]) -> str:
                      + " | ".join(cell(r["scores"][t]["value"], r["scores"][t]["stderr"]) for t in tasks)
                      + f" | {cell(r['mean'], r['mean_stderr'])} |")
     return "\n".join(lines) + "\n"
+
+
+def scored_on(report: Dict[str, Any]) -> str:
+    """What the table's scores are: held-out report tasks, or (without them) what the search optimized."""
+    if report.get("held_out"):
+        return "Scores are on the report tasks, which the search never saw (± is lm-eval's standard error)."
+    return ("Scores are on what the search optimized (the recipe has no `report_tasks`), so they flatter the "
+            "winner; ± is lm-eval's standard error.")
 
 
 def write_report_files(directory: Path, report: Dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evomerge import scoreboard
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite, load_custom_fitness
 from evomerge.materialize import Materializer
 from evomerge.parents import check_parents
@@ -106,11 +106,9 @@ class Search:
         self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path) if spec.tasks else None
         custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
         self.objective = Objective(spec.tasks, self.suite, custom, source=recipe.path)
-        try:
+        with mergekit_refusals(recipe.path):
             self.materializer = Materializer(self.start.merge, device=options.device,
                                              trust_remote_code=options.trust_remote_code, quiet=options.quiet)
-        except (RuntimeError, ValueError) as error:  # mergekit's planner and loaders raise these
-            raise EvomergeError(f"mergekit cannot merge the starting point: {error}", path=recipe.path) from error
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    batch_size=spec.eval.batch_size, limit=spec.eval.limit) if self.suite else None
         self.separate = spec.objectives == "separate"
@@ -219,32 +217,45 @@ class Search:
         return evaluation
 
     def finish(self) -> dict:
-        """Score the report tasks for parents, starting point and winner; write the run's views."""
+        """Score the report for parents, starting point and winner; write the run's views.
+
+        The report tasks (or, without them, the search tasks) with lm-eval's standard errors,
+        plus the recipe's custom fitness function when it has one.
+        """
         spec = self.recipe.spec
         best = self.store.ranked()[0]
-        on_search_tasks = not spec.report_tasks
+        held_out = bool(spec.report_tasks)
         names = spec.report_tasks or [t.name for t in spec.tasks]
-        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path, key=f"{SECTION}.report_tasks")
+        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path,
+                          key=f"{SECTION}.report_tasks") if names else None
         materializer = self.materializer
         scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer,
-                              batch_size=spec.eval.batch_size, bootstrap_iters=100)
+                              batch_size=spec.eval.batch_size, bootstrap_iters=100) if suite else None
+
+        def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> scoreboard.Scores:
+            found = scoreboard.task_scores(lm.score(), suite) if lm else {}
+            return {**found, **scoreboard.custom_scores(self.objective.custom_scores(model, tokenizer))}
+
         rows = []
         for reference in tqdm(sorted(self.start.merge.referenced_models(), key=str), desc="report: parents",
                               disable=self.options.quiet):
             try:
                 materializer.load_parent(reference)
-                metrics = scorer.score()
+                row_scores = scores(materializer.model, materializer.tokenizer, scorer)
             except ValueError:
-                metrics = scoreboard.score_from_disk(reference.model.path, suite, spec.eval.batch_size,
-                                                     self.options.trust_remote_code)
-            rows.append(scoreboard.row(Path(reference.model.path).name, "parent", metrics, suite))
-        materializer.materialize(self.start)
-        rows.append(scoreboard.row("starting point", "start", scorer.score(), suite))
-        materializer.materialize(self.space.decode(best.genotype))
-        rows.append(scoreboard.row(f"winner (#{best.id})", "winner", scorer.score(), suite))
+                model, tokenizer = scoreboard.load_from_disk(reference.model.path, self.options.trust_remote_code)
+                lm = LMEvalScorer(suite, model, tokenizer, batch_size=spec.eval.batch_size,
+                                  bootstrap_iters=100) if suite else None
+                row_scores = scores(model, tokenizer, lm)
+            rows.append(scoreboard.row(Path(reference.model.path).name, "parent", row_scores))
+        for name, role, candidate in (("starting point", "start", self.start),
+                                      (f"winner (#{best.id})", "winner", self.space.decode(best.genotype))):
+            materializer.materialize(candidate)
+            rows.append(scoreboard.row(name, role, scores(materializer.model, materializer.tokenizer, scorer)))
         evaluations = self.store.evaluations()
         report = {
-            "title": "evomerge search report" + (" (no report_tasks: scored on the search tasks)" if on_search_tasks else ""),
+            "title": "evomerge search report" + ("" if held_out else " (no report_tasks: scored on what was searched)"),
+            "held_out": held_out,
             "recipe": str(self.recipe.path),
             "searcher": spec.searcher.name,
             "seed": spec.seed,

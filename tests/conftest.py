@@ -6,18 +6,46 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
+from evomerge.paths import TASKS_DIR
 from evomerge.zoo.recipe import write_demo_recipe
+
+
+def pytest_report_header(config) -> str:
+    """What a failure on another machine needs: the versions CI installed and torch's CPU kernels."""
+    from importlib.metadata import version
+
+    import torch
+
+    packages = ("torch", "transformers", "mergekit", "lm_eval", "optuna", "cma")
+    return ("evomerge dependencies: " + ", ".join(f"{name} {version(name)}" for name in packages)
+            + f"; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
+
+
+def _zoo(family: str) -> dict:
+    from evomerge.zoo.build import FAMILIES, build_zoo, zoo_dir
+
+    manifest = dict(build_zoo(zoo_dir(family), FAMILIES[family]))
+    manifest["dir"] = zoo_dir(family)
+    manifest["family"] = family
+    return manifest
 
 
 @pytest.fixture(scope="session")
 def zoo() -> dict:
-    """The zoo's manifest, with `dir` added; built on first use, cached on disk."""
-    from evomerge.zoo.build import build_zoo
+    """The llama zoo's manifest, with `dir` added; built on first use, cached on disk."""
+    return _zoo("llama")
 
-    manifest = dict(build_zoo(DEFAULT_ZOO_DIR))
-    manifest["dir"] = DEFAULT_ZOO_DIR
-    return manifest
+
+@pytest.fixture(scope="session")
+def tied_zoo() -> dict:
+    """The qwen2 zoo: tied embeddings and grouped-query attention, as most small real models."""
+    return _zoo("qwen2")
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def any_zoo(request) -> dict:
+    """Each zoo family in turn, for tests that must hold for every model shape."""
+    return request.getfixturevalue("tied_zoo" if request.param == "qwen2" else "zoo")
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
+from mergekit import merge_methods
 from safetensors.torch import load_file
 
 from evomerge.cli import main
@@ -67,6 +69,19 @@ def test_noise_is_reproducible_on_disk_and_in_memory(base_model, specialists, wr
 def test_a_bad_recipe_is_one_line_and_exit_code_2(write_recipe, tmp_path):
     recipe = write_recipe({"merge_method": "tise", "models": [{"model": "x"}]})
     result = CliRunner().invoke(main, ["merge", str(recipe), str(tmp_path / "out")])
+    methods = ", ".join(sorted(m.spec.name for m in merge_methods.registered_methods()))
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"error: {recipe}: merge_method: unknown merge method 'tise' (did you mean 'ties'?); "
-                                                  + result.output.split("; ", 1)[1].strip()]
+    assert result.output.splitlines() == [
+        f"error: {recipe}: merge_method: unknown merge method 'tise' (did you mean 'ties'?); expected one of {methods}"]
+
+
+@pytest.mark.parametrize("where", ["--in-memory", "on disk"])
+def test_a_recipe_mergekit_cannot_merge_is_one_line_and_exit_code_2(where, base_model, specialists, write_recipe,
+                                                                      tmp_path):
+    recipe = _recipe(base_model, specialists)
+    del recipe["models"][0]["parameters"]["weight"]
+    path = write_recipe(recipe)
+    result = CliRunner().invoke(main, ["merge", str(path), str(tmp_path / "out")] + [where] * (where == "--in-memory"))
+    assert result.exit_code == 2, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"error: {path}: mergekit cannot merge the recipe: Missing required parameter weight"), line

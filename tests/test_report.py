@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from matplotlib.image import imread
 
+from evomerge.cli import main
 from evomerge.report import ancestry, heatmap_panels, lineage_layout, write_report
 from evomerge.search import SearchOptions, start_search
 from evomerge.space import Gene
@@ -49,22 +53,49 @@ def _lineage_store(run_dir, generations=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2), family=F
     return store
 
 
-def test_a_finished_search_gets_every_plot_and_a_page_that_shows_them(demo_recipe, tmp_path):
+def test_the_report_command_draws_every_plot_and_a_page_that_shows_them(demo_recipe, tmp_path):
     run_dir = tmp_path / "run"
     search = start_search(demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4}), run_dir,
                           SearchOptions(evaluations=8, quiet=True))
     search.run()
     search.finish()
 
-    written = write_report(run_dir)
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
 
+    assert result.exit_code == 0, result.output
+    written = [Path(line) for line in result.output.split()]
     assert [p.name for p in written] == ["fitness.png", "parameters.png", "tasks.png", "report.html"]
     for image in written[:-1]:
         _assert_png(image)
     page = (run_dir / "report.html").read_text()
     assert all(f'<img src="{p.name}"' in page for p in written[:-1])
     assert "winner (#" in page and "zoo_pair_report (acc)" in page and page.count("<figcaption>") == 3
+    assert "which the search never saw" in page
     assert not (run_dir / "lineage.png").exists(), "CMA-ES records no parents"
+
+
+def test_a_recipe_scored_only_by_its_own_function_gets_a_report_of_that_function(demo_recipe, tmp_path):
+    (tmp_path / "logit_fitness.py").write_text(textwrap.dedent('''
+        def score(model, tokenizer):
+            ids = tokenizer("r:abcde=edcba", return_tensors="pt")["input_ids"]
+            return {"sharpness": float(model(input_ids=ids).logits.std())}
+    '''))
+    recipe = demo_recipe(tasks=[], report_tasks=[], fitness="logit_fitness:score",
+                         searcher={"name": "ga", "population": 4})  # its first generation holds the start
+    run_dir = tmp_path / "run"
+    search = start_search(recipe, run_dir, SearchOptions(evaluations=4, quiet=True))
+    search.run()
+
+    report = search.finish()
+
+    assert [r["role"] for r in report["rows"]] == ["parent"] * 5 + ["start", "winner"]
+    assert all(list(r["scores"]) == ["custom.sharpness"] for r in report["rows"])
+    winner = report["rows"][-1]["scores"]["custom.sharpness"]["value"]
+    assert winner == pytest.approx(report["best_fitness"])
+    assert report["rows"][-2]["scores"]["custom.sharpness"]["value"] <= winner
+    markdown = (run_dir / "report.md").read_text()
+    assert "custom.sharpness (score)" in markdown and "the recipe has no `report_tasks`" in markdown
+    assert [p.name for p in write_report(run_dir)] == ["fitness.png", "parameters.png", "tasks.png", "report.html"]
 
 
 def test_a_searcher_that_records_parents_gets_the_winners_family_tree(tmp_path):

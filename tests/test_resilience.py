@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,11 +20,20 @@ from evomerge.errors import EvomergeError
 from evomerge.search import SearchOptions, resume_search, start_search
 from evomerge.store import RunStore
 
-SLOW_FITNESS = textwrap.dedent('''
+BLOCKING_FITNESS = textwrap.dedent('''
+    import os
     import time
 
+    calls = 0
+
     def score(model, tokenizer):
-        time.sleep(0.3)  # slow enough for the test to stop the run inside a generation
+        """Blocks at call EVOMERGE_TEST_BLOCK_AT (after touching EVOMERGE_TEST_MARKER), so a test can
+        stop the run at exactly that candidate; without those variables it is an ordinary fitness."""
+        global calls
+        calls += 1
+        if calls == int(os.environ.get("EVOMERGE_TEST_BLOCK_AT", 0)):
+            open(os.environ["EVOMERGE_TEST_MARKER"], "w").close()
+            time.sleep(600)
         return 0.0
 ''')
 FLAKY_FITNESS = textwrap.dedent('''
@@ -49,26 +58,20 @@ def _recipe(demo_recipe, tmp_path, fitness_module: str, **evomerge):
                        fitness="fitness_under_test:score", **evomerge)
 
 
-def _count(run_dir: Path) -> int:
-    try:
-        with sqlite3.connect(run_dir / "run.db") as db:
-            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def _start_cli(recipe: Path, run_dir: Path, evaluations: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out", str(run_dir),
-                             "--evaluations", str(evaluations), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(process: subprocess.Popen, run_dir: Path, count: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while _count(run_dir) < count:
+def _start_cli(recipe: Path, run_dir: Path, evaluations: int, block_at: int) -> subprocess.Popen:
+    """`evomerge search` in its own process, stopped inside candidate number `block_at` (1-based)."""
+    marker = run_dir.parent / f"{run_dir.name}.blocked"
+    process = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out", str(run_dir),
+                                "--evaluations", str(evaluations), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "EVOMERGE_TEST_BLOCK_AT": str(block_at),
+                                    "EVOMERGE_TEST_MARKER": str(marker)})
+    deadline = time.monotonic() + 300
+    while not marker.exists():
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the search did not get far enough"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, "the search never reached the candidate"
+        time.sleep(0.05)
+    return process
 
 
 def _history(run_dir: Path):
@@ -77,16 +80,15 @@ def _history(run_dir: Path):
 
 @pytest.mark.slow
 def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(demo_recipe, tmp_path):
-    recipe = _recipe(demo_recipe, tmp_path, SLOW_FITNESS)
+    recipe = _recipe(demo_recipe, tmp_path, BLOCKING_FITNESS)
     reference = start_search(recipe, tmp_path / "reference", SearchOptions(evaluations=12, quiet=True))
     reference_best = reference.run()
 
-    process = _start_cli(recipe, tmp_path / "killed", 12)
-    _wait_for(process, tmp_path / "killed", 6)
+    process = _start_cli(recipe, tmp_path / "killed", 12, block_at=6)  # the 2nd of 4 in generation 1
     process.send_signal(signal.SIGKILL)
     process.wait()
     stored = RunStore.open(tmp_path / "killed").evaluations()
-    assert len(stored) % 4 != 0, "the kill landed between generations"
+    assert [e.id for e in stored] == [0, 1, 2, 3, 4]
     stored_at = {e.id: e.created for e in stored}
 
     resumed = resume_search(tmp_path / "killed", quiet=True)
@@ -99,15 +101,15 @@ def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(d
 
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_the_run_resumes(demo_recipe, tmp_path):
-    recipe = _recipe(demo_recipe, tmp_path, SLOW_FITNESS)
+    recipe = _recipe(demo_recipe, tmp_path, BLOCKING_FITNESS)
     run_dir = tmp_path / "run"
-    process = _start_cli(recipe, run_dir, 8)
-    _wait_for(process, run_dir, 3)
+    process = _start_cli(recipe, run_dir, 8, block_at=3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert f"evomerge resume {run_dir}" in stderr
-    assert RunStore.open(run_dir).meta("status") == "interrupted"
+    store = RunStore.open(run_dir)
+    assert store.meta("status") == "interrupted" and store.count() == 2
     result = CliRunner().invoke(main, ["resume", str(run_dir), "--quiet"])
     assert result.exit_code == 0, result.output
     store = RunStore.open(run_dir)

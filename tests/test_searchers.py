@@ -96,7 +96,7 @@ def test_differential_evolution_keeps_a_child_only_if_it_beats_its_parent():
     assert replaced > 0
 
 
-def test_nsga2_keeps_the_pareto_front_of_separate_objectives(demo_recipe, tmp_path):
+def test_a_multi_objective_run_writes_the_pareto_front_of_its_evaluations(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 20}, objectives="separate",
                          searcher={"name": "optuna", "sampler": "nsga2", "batch": 4})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
@@ -110,6 +110,53 @@ def test_nsga2_keeps_the_pareto_front_of_separate_objectives(demo_recipe, tmp_pa
         assert "merge_method: task_arithmetic" in point["recipe"]
         assert not any(all(o >= p for o, p in zip(e.objectives, point["objectives"])) and e.objectives != point["objectives"]
                        for e in evaluations)
+
+
+def _dominates(a, b) -> bool:
+    return all(x >= y for x, y in zip(a, b)) and tuple(a) != tuple(b)
+
+
+def test_nsga2s_own_front_is_the_complete_pareto_front_of_what_it_was_told():
+    searcher = make_searcher(SearcherSpec(name="optuna", sampler="nsga2", batch=6), dimension=3,
+                             x0=np.full(3, 0.5), seed=4, objectives=2)
+    told = {}
+    for _ in range(4):
+        proposals = searcher.ask()
+        fitness = [(-float(np.sum((p.genotype - 0.2) ** 2)), -float(np.sum((p.genotype - 0.8) ** 2)))
+                   for p in proposals]
+        searcher.tell(proposals, fitness)
+        told.update({tuple(np.round(p.genotype, 12)): f for p, f in zip(proposals, fitness)})
+    expected = {g for g, f in told.items() if not any(_dominates(other, f) for other in told.values())}
+    own = {tuple(np.round([t.params[f"g{i}"] for i in range(3)], 12)) for t in searcher.study.best_trials}
+    assert own == expected and len(expected) > 1
+
+
+def test_failed_candidates_never_become_parents_or_elites_of_the_genetic_algorithm():
+    for selection in ("tournament", "roulette"):
+        searcher = make_searcher(SearcherSpec(name="ga", population=6, elitism=2, selection=selection),
+                                 dimension=3, x0=np.full(3, 0.5), seed=5)
+        failed = set()
+        for generation in range(5):
+            proposals = searcher.ask()
+            assert not failed & {parent for child in proposals for parent in child.parents}, selection
+            outcome = [None if p.id % 3 == 1 else _sphere(p) for p in proposals]
+            failed |= {p.id for p, f in zip(proposals, outcome) if f is None}
+            searcher.tell(proposals, outcome)
+            if generation:
+                assert not failed & {i.id for i in searcher.population[:2]}, selection  # the elites
+        assert failed
+
+
+def test_failed_candidates_are_failed_trials_of_optuna_and_the_study_goes_on():
+    searcher = make_searcher(SearcherSpec(name="optuna", sampler="tpe", batch=4, startup_trials=4),
+                             dimension=3, x0=np.full(3, 0.5), seed=6)
+    for _ in range(3):
+        proposals = searcher.ask()
+        searcher.tell(proposals, [None if p.id % 2 else _sphere(p) for p in proposals])
+    states = [t.state.name for t in searcher.study.trials]
+    assert states == ["COMPLETE", "FAIL"] * 6
+    assert searcher.study.best_trial.number % 2 == 0
+    assert len(searcher.ask()) == 4
 
 
 def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tmp_path):

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evomerge.errors import EvomergeError
 from evomerge.evaluate import LMEvalScorer, TaskSuite
+from evomerge.zoo import check
 from evomerge.zoo.build import ZooSettings, build_zoo
 from evomerge.zoo.skills import ALPHABET, SKILLS, write_task_data
 from evomerge.zoo.tokenizer import build_tokenizer
@@ -22,14 +25,20 @@ def _accuracy(zoo, name):
     return next(m for m in zoo["models"] if m["name"] == name)["report_accuracy"]
 
 
-def test_every_specialist_masters_its_own_skill_and_not_the_others(zoo):
-    base = _accuracy(zoo, "base")
+def _mean(accuracy: dict) -> float:
+    return sum(accuracy.values()) / len(accuracy)
+
+
+def test_every_specialist_masters_its_own_skill_and_not_the_others(any_zoo):
     for skill in SKILLS:
-        own = _accuracy(zoo, skill)
-        assert own[skill] >= base[skill] + 0.30, (skill, own, base)
-        for other in SKILLS:
-            if other != skill:
-                assert own[other] <= _accuracy(zoo, other)[other] - 0.15, (skill, other)
+        accuracy = _accuracy(any_zoo, skill)
+        assert accuracy[skill] >= check.MASTERED, (skill, accuracy)
+        assert all(accuracy[other] <= check.UNMASTERED for other in SKILLS if other != skill), (skill, accuracy)
+
+
+def test_the_base_masters_no_skill(any_zoo):
+    base = _accuracy(any_zoo, "base")
+    assert all(value <= check.UNMASTERED for value in base.values()), base
 
 
 def test_zoo_models_are_ordinary_hugging_face_folders(zoo):
@@ -42,11 +51,21 @@ def test_zoo_models_are_ordinary_hugging_face_folders(zoo):
     assert tokenizer.decode(tokenizer("r:abcde=edcba")["input_ids"]) == "r:abcde=edcba"
 
 
-def test_uniform_task_arithmetic_through_mergekit_yaml_beats_the_base(zoo, tasks_dir, tmp_path):
+def test_the_qwen2_family_has_the_shape_of_small_real_models(tied_zoo):
+    model = AutoModelForCausalLM.from_pretrained(tied_zoo["dir"] / "rev")
+    config = model.config
+    assert config.model_type == "qwen2" and config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert "lm_head.weight" not in load_file(tied_zoo["dir"] / "rev" / "model.safetensors")
+    assert config.num_key_value_heads < config.num_attention_heads
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+
+
+def test_uniform_task_arithmetic_through_mergekit_yaml_beats_every_parent(any_zoo, tasks_dir, tmp_path):
     recipe = {
         "merge_method": "task_arithmetic",
-        "base_model": str(zoo["dir"] / "base"),
-        "models": [{"model": str(zoo["dir"] / s), "parameters": {"weight": 0.5}} for s in SKILLS],
+        "base_model": str(any_zoo["dir"] / "base"),
+        "models": [{"model": str(any_zoo["dir"] / s), "parameters": {"weight": check.MERGE_WEIGHT}} for s in SKILLS],
         "dtype": "float32",
     }
     (tmp_path / "ta.yaml").write_text(yaml.safe_dump(recipe))
@@ -59,9 +78,20 @@ def test_uniform_task_arithmetic_through_mergekit_yaml_beats_the_base(zoo, tasks
         AutoModelForCausalLM.from_pretrained(tmp_path / "out"),
         AutoTokenizer.from_pretrained(tmp_path / "out"),
     ).score()
-    merged_mean = sum(merged[f"zoo_{s}_report"]["acc"] for s in SKILLS) / len(SKILLS)
-    base_mean = sum(_accuracy(zoo, "base").values()) / len(SKILLS)
-    assert merged_mean > base_mean + 0.2, (merged_mean, base_mean)
+    merged_mean = _mean({s: merged[f"zoo_{s}_report"]["acc"] for s in SKILLS})
+    best_parent = max(_mean(m["report_accuracy"]) for m in any_zoo["models"])
+    assert merged_mean >= best_parent + check.MERGE_GAIN, (merged_mean, best_parent)
+
+
+def test_the_check_names_every_model_and_skill_that_lacks_a_property():
+    good = {"base": {"rev": 0.2, "sort": 0.1}, "rev": {"rev": 1.0, "sort": 0.4}, "sort": {"rev": 0.2, "sort": 0.95}}
+    specialty = {"rev": "rev", "sort": "sort"}
+    assert check.problems(good, specialty, merged={"rev": 0.95, "sort": 0.95}) == []
+    bad = {**good, "sort": {"rev": 0.85, "sort": 0.5}}
+    found = check.problems(bad, specialty, merged={"rev": 0.6, "sort": 0.6})
+    assert found[0] == "sort should not master rev: 0.850 > 0.8"
+    assert found[1] == "sort does not master its own skill sort: 0.500 < 0.9"
+    assert found[2].startswith("the uniform task-arithmetic merge (mean 0.600) does not beat the best parent rev")
 
 
 def test_a_second_build_reuses_the_zoo(zoo):
@@ -77,13 +107,14 @@ def _digest(folder: Path) -> str:
 
 
 @pytest.mark.slow
-def test_fixed_seeds_give_the_same_weights(tmp_path):
-    tiny = ZooSettings(base_steps=20, specialist_steps=5)
-    first = build_zoo(tmp_path / "one", tiny)
-    second = build_zoo(tmp_path / "two", tiny)
-    for entry in first["models"]:
+def test_a_build_without_the_zoos_properties_fails_loudly_and_fixed_seeds_give_the_same_weights(tmp_path):
+    undertrained = ZooSettings(base_steps=20, specialist_steps=5)
+    with pytest.raises(EvomergeError, match="the zoo lacks what it is for: .*rev does not master its own skill rev"):
+        build_zoo(tmp_path / "one", undertrained)
+    assert not (tmp_path / "one" / "manifest.json").exists()  # never reused as a good zoo
+    second = build_zoo(tmp_path / "two", undertrained, verify=False)
+    for entry in second["models"]:
         assert _digest(tmp_path / "one" / entry["path"]) == _digest(tmp_path / "two" / entry["path"])
-    assert [m["report_accuracy"] for m in first["models"]] == [m["report_accuracy"] for m in second["models"]]
 
 
 def test_shipped_task_data_is_what_the_generator_writes(tasks_dir, tmp_path):

@@ -15,11 +15,13 @@ from typing import Any, Dict
 import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from evomerge.errors import EvomergeError
 from evomerge.evaluate import LMEvalScorer, TaskSuite
-from evomerge.paths import TASKS_DIR
+from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
+from evomerge.zoo import check
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 from evomerge.zoo.tokenizer import build_tokenizer
 from evomerge.zoo.train import SEQUENCE_LENGTH, train
@@ -32,6 +34,8 @@ class ZooSettings(BaseModel):
 
     format: int = 1
     seed: int = 0
+    architecture: str = "llama"  # a transformers model_type with Llama's config keys (llama, qwen2, ...)
+    tie_word_embeddings: bool = False
     hidden_size: int = 64
     intermediate_size: int = 192
     num_layers: int = 4
@@ -40,14 +44,28 @@ class ZooSettings(BaseModel):
     batch_size: int = 64
     base_steps: int = 1500
     base_lr: float = 3e-3
-    near_miss_rate: float = 0.5
+    near_miss_rate: float = 0.6  # above 1/2, so the base prefers the near miss and masters no skill
     specialist_steps: int = 150
     specialist_lr: float = 1e-3
     specialist_focus: float = 0.5  # share of a specialist's batch that is its own skill
 
 
-def _new_base(settings: ZooSettings, tokenizer) -> LlamaForCausalLM:
-    config = LlamaConfig(
+FAMILIES: Dict[str, ZooSettings] = {
+    "llama": ZooSettings(),  # untied embeddings, one key/value head per head
+    # The shape of most small models people merge (Qwen2.5, SmolLM, Llama 3.2): input and
+    # output embeddings tied, grouped-query attention (2 key/value heads for 4), q/k/v biases.
+    "qwen2": ZooSettings(architecture="qwen2", tie_word_embeddings=True, num_kv_heads=2),
+}
+
+
+def zoo_dir(family: str) -> Path:
+    """Where a family's zoo lives in a checkout: recipes/zoo for llama, recipes/zoo-<family> else."""
+    return DEFAULT_ZOO_DIR if family == "llama" else DEFAULT_ZOO_DIR.with_name(f"zoo-{family}")
+
+
+def _new_base(settings: ZooSettings, tokenizer) -> PreTrainedModel:
+    config = AutoConfig.for_model(
+        settings.architecture,
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -55,13 +73,13 @@ def _new_base(settings: ZooSettings, tokenizer) -> LlamaForCausalLM:
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_kv_heads,
         max_position_embeddings=2 * SEQUENCE_LENGTH,
-        tie_word_embeddings=False,
+        tie_word_embeddings=settings.tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(settings.seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def _train_models(settings: ZooSettings, tokenizer, common: Dict[str, Any]) -> Dict[str, tuple]:
@@ -95,8 +113,32 @@ def _cached(out: Path, settings: ZooSettings) -> Dict[str, Any] | None:
     return manifest
 
 
-def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), force: bool = False) -> Dict[str, Any]:
-    """Train (or reuse) the zoo in `out` and return its manifest."""
+def _uniform_merge_accuracy(out: Path, suite: TaskSuite) -> Dict[str, float]:
+    """Report accuracy of task arithmetic with every specialist at MERGE_WEIGHT, merged in memory."""
+    from mergekit.config import MergeConfiguration
+
+    from evomerge.materialize import Materializer
+    from evomerge.space import Candidate
+
+    merge = MergeConfiguration.model_validate({
+        "merge_method": "task_arithmetic",
+        "base_model": str(out / "base"),
+        "models": [{"model": str(out / name), "parameters": {"weight": check.MERGE_WEIGHT}} for name in SKILLS],
+        "dtype": "float32",
+    })
+    materializer = Materializer(merge, quiet=True)
+    materializer.materialize(Candidate(merge=merge, seed=0))
+    metrics = LMEvalScorer(suite, materializer.model, materializer.tokenizer, batch_size=256).score()
+    return {name: metrics[f"zoo_{name}_report"]["acc"] for name in SKILLS}
+
+
+def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), force: bool = False,
+              verify: bool = True) -> Dict[str, Any]:
+    """Train (or reuse) the zoo in `out` and return its manifest.
+
+    With `verify` (always, but for tests of the builder itself) a zoo that lacks the
+    properties of `evomerge.zoo.check` raises and writes no manifest, so it is never reused.
+    """
     out = Path(out)
     if not force and (manifest := _cached(out, settings)) is not None:
         return manifest
@@ -117,10 +159,18 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), force: bool = Fa
         metrics = LMEvalScorer(suite, model, tokenizer, batch_size=256).score()
         accuracy = {name: metrics[f"zoo_{name}_report"]["acc"] for name in SKILLS}
         entries.append({"name": model_name, "path": model_name, "skill": skill, "seed": seed, "report_accuracy": accuracy})
+    merged = _uniform_merge_accuracy(out, suite)
+    if verify:
+        try:
+            check.check({e["name"]: e["report_accuracy"] for e in entries},
+                        {e["name"]: e["skill"] for e in entries if e["skill"]}, merged)
+        except check.ZooError as error:
+            raise EvomergeError(str(error), path=out) from None
     manifest = {
         "settings": settings.model_dump(),
         "skills": list(SKILLS),
         "models": entries,
+        "uniform_merge": {"weight": check.MERGE_WEIGHT, "report_accuracy": merged},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

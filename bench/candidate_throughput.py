@@ -51,7 +51,7 @@ def main() -> None:
 
     materializer = Materializer(space.starting_point().merge, quiet=True)
     scorer = LMEvalScorer(TaskSuite(tasks, [TASKS_DIR]), materializer.model, materializer.tokenizer,
-                          batch_size=64, limit=args.limit)
+                          limit=args.limit)
     resident, resident_scores = [], []
     for candidate in candidates:
         start = time.perf_counter()

@@ -45,10 +45,10 @@ def zoo() -> None:
 
 
 @zoo.command("build")
-@click.option("--family", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True,
-              help="llama: untied embeddings; qwen2: tied embeddings, grouped-query attention, biases.")
+@click.option("--family", type=click.Choice(["llama", "tied"]), default="llama", show_default=True,
+              help="llama: untied embeddings; tied: tied embeddings and grouped-query attention.")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Folder for the zoo's models and manifest.json (default: recipes/zoo, recipes/zoo-qwen2).")
+              help="Folder for the zoo's models and manifest.json (default: recipes/zoo, recipes/zoo-tied).")
 @click.option("--force", is_flag=True, help="Rebuild even if a matching zoo exists.")
 @_friendly_errors
 def zoo_build(family: str, out: Path, force: bool) -> None:

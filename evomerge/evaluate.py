@@ -22,12 +22,9 @@ import torch
 
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe import SECTION, TaskSpec
+from evomerge.recipe import SECTION, EvalSpec, TaskSpec
 
 Metrics = Dict[str, Dict[str, float]]  # task name -> metric name -> value
-
-logging.getLogger("lm_eval").setLevel(logging.WARNING)
-
 
 @contextlib.contextmanager
 def _lm_eval_log_level(level: int) -> Iterator[None]:
@@ -77,14 +74,17 @@ def _silenced(enabled: bool) -> Iterator[None]:
 
 
 class TaskSuite:
-    """lm-eval tasks loaded once from the recipe's include paths (and lm-eval's own if needed)."""
+    """lm-eval tasks loaded once from the recipe's include paths (and lm-eval's own if needed),
+    with the recipe's `num_fewshot` and `gen_kwargs` applied as `simple_evaluate` applies them."""
 
     def __init__(self, names: Sequence[str], include_paths: Sequence[Path], *, source: Optional[Path] = None,
-                 key: str = f"{SECTION}.tasks"):
+                 key: str = f"{SECTION}.tasks", options: EvalSpec = EvalSpec(), seed: int = 0):
         self.names = list(dict.fromkeys(names))
         paths = [str(p) for p in include_paths]
         with _lm_eval_log_level(logging.ERROR):
             self._load(names, paths, source, key)
+            for task in self.tasks.values():
+                _configure(task, options, seed)
         for task in self.tasks.values():
             _reuse_requests(task)
 
@@ -118,6 +118,27 @@ class TaskSuite:
     def higher_is_better(self, task: str) -> Dict[str, bool]:
         return dict(self.tasks[task].higher_is_better())
 
+    def filters(self, task: str) -> List[str]:
+        """The task's filter pipelines by name ('none' when it has none), as lm-eval keys its results."""
+        return [pipeline.name for pipeline in self.tasks[task]._filters]
+
+    def result_key(self, task: str, metric: str) -> str:
+        """Where `metric` is in the task's results: 'acc', or 'exact_match,strict' after a filter
+        (the first filter, as in lm-eval's own tables)."""
+        first = self.filters(task)[0]
+        return metric if first == "none" else f"{metric},{first}"
+
+
+def _configure(task, options: EvalSpec, seed: int) -> None:
+    """lm-eval's `simple_evaluate` overrides, once per run: generation settings, shots, the shot seed."""
+    if options.gen_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=dict(options.gen_kwargs), update=True)
+    if options.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=options.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=seed)
+
 
 @functools.lru_cache(maxsize=None)
 def _quiet_hflm():
@@ -146,21 +167,24 @@ class LMEvalScorer:
         model: torch.nn.Module,
         tokenizer,
         *,
-        batch_size: int = 64,
+        options: EvalSpec = EvalSpec(),
         limit: Optional[int] = None,
         bootstrap_iters: int = 0,
     ):
         self.suite = suite
+        self.options = options
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
         model.eval()
         with _lm_eval_log_level(logging.ERROR):
-            self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
+                                    max_length=options.max_length)
 
     def score(self) -> Metrics:
         from lm_eval.evaluator import evaluate
 
-        with preserved_random_state(), torch.no_grad(), _silenced(self.bootstrap_iters > 0):
+        with preserved_random_state(), torch.no_grad(), _silenced(self.bootstrap_iters > 0), \
+                _lm_eval_log_level(logging.WARNING):
             results = evaluate(
                 self.lm,
                 {"tasks": self.suite.tasks, "groups": {}},
@@ -168,6 +192,9 @@ class LMEvalScorer:
                 bootstrap_iters=self.bootstrap_iters,
                 cache_requests=False,
                 log_samples=False,
+                system_instruction=self.options.system_instruction,
+                apply_chat_template=self.options.apply_chat_template,
+                fewshot_as_multiturn=self.options.fewshot_as_multiturn,
             )
         return {task: _metrics(results["results"][task]) for task in self.suite.names}
 
@@ -199,7 +226,8 @@ class Objective:
                 raise EvomergeError(
                     f"task {task.name!r} does not produce metric {task.metric!r}; it produces {', '.join(sorted(produced))}",
                     path=source, key=f"{SECTION}.tasks[{index}].metric")
-            self.terms.append((task.name, task.metric, task.weight, 1.0 if produced[task.metric] else -1.0))
+            self.terms.append((task.name, suite.result_key(task.name, task.metric), task.weight,
+                               1.0 if produced[task.metric] else -1.0))
         self.custom = custom
 
     def custom_scores(self, model, tokenizer) -> Dict[str, float]:

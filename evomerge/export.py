@@ -68,10 +68,13 @@ def _searcher_name(store: RunStore) -> str:
     return store.meta("options").get("searcher") or recipe.spec.searcher.name
 
 
+def _is_local(reference: str) -> bool:
+    return Path(reference).exists() or reference.startswith(("/", ".", "~"))
+
+
 def _model_name(reference: str) -> str:
     """Hub ids stay as they are; a local folder is named by its last component."""
-    local = Path(reference).exists() or reference.startswith(("/", ".", "~"))
-    return Path(reference).name if local else reference
+    return Path(reference).name if _is_local(reference) else reference
 
 
 def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int) -> str:
@@ -81,8 +84,9 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
     report: Optional[Dict[str, Any]] = store.report("report")
     evaluations = store.evaluations()
     method = merge_methods.get(merge.merge_method)
+    hub_parents = [p for p in parents if not _is_local(p)]  # the Hub links base_model ids to their pages
     metadata = {
-        "base_model": [_model_name(p) for p in parents],
+        **({"base_model": hub_parents} if hub_parents else {}),
         "library_name": "transformers",
         "tags": ["merge", "mergekit", "evomerge"],
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, List, Literal, Mapping, Optional, Tuple, Union
 
 import torch
 import transformers
@@ -84,17 +84,28 @@ def draws_random(method_name: str) -> bool:
 
 
 class Materializer:
-    """Keeps the parents resident and rewrites one resident model for each candidate."""
+    """Keeps the parents resident and rewrites one resident model for each candidate.
+
+    `parents="device"` keeps the parents' tensors on the device beside the output model
+    (about (k + 1) × model size there for k parents); `parents="host"` keeps them in host
+    memory and moves each tensor's inputs to the device only for its merge (about one
+    model plus one layer's inputs on the device, k × model size on the host), for parents
+    that do not fit beside the output model. `dtype` is the dtype candidates are scored in
+    (default: the recipe's out_dtype or dtype, as mergekit writes them).
+    """
 
     def __init__(
         self,
         start: MergeConfiguration,
         *,
         device: Optional[Union[str, torch.device]] = None,
+        parents: Literal["device", "host"] = "device",
+        dtype: Optional[str] = None,
         trust_remote_code: bool = False,
         quiet: bool = False,
     ):
         self.device = torch.device(device or default_device())
+        self.parent_device = self.device if parents == "device" else torch.device("cpu")
         self.quiet = quiet
         self.options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
         LoaderCache().setup(self.options)
@@ -102,7 +113,7 @@ class Materializer:
         self.out_config = _model_out_config(start, self.arch, trust_remote_code=trust_remote_code)
         planned = self._planned_tasks(start)
         self.tokenizer = self._tokenizer(start, planned)
-        dtype = dtype_from_name(start.out_dtype or start.dtype) or getattr(self.out_config, "dtype", None)
+        dtype = dtype_from_name(dtype or start.out_dtype or start.dtype) or getattr(self.out_config, "dtype", None)
         with torch.device(self.device), no_init_weights():
             self.model = AutoModelForCausalLM.from_config(
                 self.out_config, dtype=dtype, trust_remote_code=trust_remote_code
@@ -151,7 +162,7 @@ class Materializer:
     def _load_inputs(self, plan: List[PlanEntry]) -> Dict[Hashable, object]:
         """Run mergekit's loading tasks once; their results stay resident for the whole run."""
         gathers = list({task_key(task.gather_tensors): task.gather_tensors for _, task, _ in plan}.values())
-        executor = Executor(gathers, math_device=self.device, storage_device=self.device)
+        executor = Executor(gathers, math_device=self.device, storage_device=self.parent_device)
         return {task_key(task): value for task, value in executor.run(quiet=self.quiet, desc="Loading parents")}
 
     def materialize(self, candidate: Candidate) -> MaterializeStats:
@@ -161,12 +172,20 @@ class Materializer:
         everything = draws_random(candidate.merge.merge_method)
         todo = {}
         for name, task, dtype in plan:
+            self._check_inputs(name, task)
             signature = (_merge_key(task), dtype, self._noise_scale(candidate, name), candidate.seed)
             if everything or self._written.get(name) != signature:
                 todo[task] = (name, dtype, signature)
         if todo:
             self._run(candidate, todo)
         return MaterializeStats(time.perf_counter() - start, len(todo), len(plan))
+
+    def _check_inputs(self, name: str, task: ExecuteMergeMethodTask) -> None:
+        """The parents' tensors are loaded once, for the starting recipe's structure; a candidate
+        that reads other tensors (another layer range or model) would silently get the start's."""
+        if name not in self._gathers or task_key(task.gather_tensors) != self._gathers[name][0]:
+            raise ValueError(f"the candidate merges {name} from other tensors or models than the starting "
+                             "recipe does; evomerge searches parameters, not which tensors are merged")
 
     def _run(self, candidate: Candidate, todo: Dict[Task, tuple]) -> None:
         universe = TaskUniverse()

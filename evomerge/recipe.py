@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from evomerge.errors import EvomergeError, did_you_mean
 
@@ -90,9 +91,34 @@ class TaskSpec(_Strict):
     weight: float = 1.0
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 class EvalSpec(_Strict):
+    """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
+
     batch_size: PositiveInt = 64
     limit: Optional[PositiveInt] = None
+    num_fewshot: Optional[NonNegativeInt] = None
+    apply_chat_template: Union[bool, str] = False  # True: the tokenizer's template; a string names one
+    fewshot_as_multiturn: bool = False
+    system_instruction: Optional[str] = None
+    gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
+    max_length: Optional[PositiveInt] = None
+    dtype: Optional[str] = None  # the dtype candidates are scored in; default: the recipe's out_dtype or dtype
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"expected one of {', '.join(DTYPES)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _multiturn_needs_a_template(self) -> "EvalSpec":
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn needs apply_chat_template")
+        return self
 
 
 class SearcherSpec(BaseModel):
@@ -121,6 +147,7 @@ class EvomergeSpec(_Strict):
     searcher: SearcherSpec = Field(default_factory=SearcherSpec)
     budget: Optional[BudgetSpec] = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
 
     @field_validator("fitness")
     @classmethod

@@ -32,7 +32,8 @@ def task_scores(metrics: Metrics, suite: TaskSuite) -> Scores:
     scores = {}
     for task in suite.names:
         metric = main_metric(suite, task)
-        scores[task] = {"metric": metric, "value": metrics[task][metric], "stderr": metrics[task].get(f"{metric}_stderr")}
+        scores[task] = {"metric": metric, "value": metrics[task][suite.result_key(task, metric)],
+                        "stderr": metrics[task].get(suite.result_key(task, f"{metric}_stderr"))}
     return scores
 
 

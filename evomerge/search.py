@@ -103,14 +103,16 @@ class Search:
         check_parents(recipe.merge, recipe.path, allow_pickle=options.allow_pickle)
         self.space = SearchSpace.from_recipe(recipe)
         self.start = self.space.starting_point()
-        self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path) if spec.tasks else None
+        self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path,
+                               options=spec.eval, seed=spec.seed) if spec.tasks else None
         custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
         self.objective = Objective(spec.tasks, self.suite, custom, source=recipe.path)
         with mergekit_refusals(recipe.path):
-            self.materializer = Materializer(self.start.merge, device=options.device,
+            self.materializer = Materializer(self.start.merge, device=options.device, parents=spec.parents,
+                                             dtype=spec.eval.dtype,
                                              trust_remote_code=options.trust_remote_code, quiet=options.quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
-                                   batch_size=spec.eval.batch_size, limit=spec.eval.limit) if self.suite else None
+                                   options=spec.eval, limit=spec.eval.limit) if self.suite else None
         self.separate = spec.objectives == "separate"
         objectives = len(self.objective.names()) if self.separate else 1
         self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
@@ -226,11 +228,11 @@ class Search:
         best = self.store.ranked()[0]
         held_out = bool(spec.report_tasks)
         names = spec.report_tasks or [t.name for t in spec.tasks]
-        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path,
-                          key=f"{SECTION}.report_tasks") if names else None
+        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path, key=f"{SECTION}.report_tasks",
+                          options=spec.eval, seed=spec.seed) if names else None
         materializer = self.materializer
         scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer,
-                              batch_size=spec.eval.batch_size, bootstrap_iters=100) if suite else None
+                              options=spec.eval, bootstrap_iters=100) if suite else None
 
         def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> scoreboard.Scores:
             found = scoreboard.task_scores(lm.score(), suite) if lm else {}
@@ -244,8 +246,7 @@ class Search:
                 row_scores = scores(materializer.model, materializer.tokenizer, scorer)
             except ValueError:
                 model, tokenizer = scoreboard.load_from_disk(reference.model.path, self.options.trust_remote_code)
-                lm = LMEvalScorer(suite, model, tokenizer, batch_size=spec.eval.batch_size,
-                                  bootstrap_iters=100) if suite else None
+                lm = LMEvalScorer(suite, model, tokenizer, options=spec.eval, bootstrap_iters=100) if suite else None
                 row_scores = scores(model, tokenizer, lm)
             rows.append(scoreboard.row(Path(reference.model.path).name, "parent", row_scores))
         for name, role, candidate in (("starting point", "start", self.start),

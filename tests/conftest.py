@@ -38,14 +38,14 @@ def zoo() -> dict:
 
 @pytest.fixture(scope="session")
 def tied_zoo() -> dict:
-    """The qwen2 zoo: tied embeddings and grouped-query attention, as most small real models."""
-    return _zoo("qwen2")
+    """The tied zoo: tied embeddings and grouped-query attention, as most small real models."""
+    return _zoo("tied")
 
 
-@pytest.fixture(scope="session", params=["llama", "qwen2"])
+@pytest.fixture(scope="session", params=["llama", "tied"])
 def any_zoo(request) -> dict:
     """Each zoo family in turn, for tests that must hold for every model shape."""
-    return request.getfixturevalue("tied_zoo" if request.param == "qwen2" else "zoo")
+    return request.getfixturevalue("tied_zoo" if request.param == "tied" else "zoo")
 
 
 @pytest.fixture(scope="session")

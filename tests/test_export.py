@@ -10,15 +10,20 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from mergekit.common import ModelReference
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.cli import main
-from evomerge.export import candidate_of
+from evomerge.export import candidate_of, model_card
 from evomerge.materialize import Materializer
+from evomerge.space import Candidate
 from evomerge.search import SearchOptions, start_search
 from evomerge.store import RunStore
 from evomerge.zoo.recipe import write_demo_recipe
+
+
+pytestmark = pytest.mark.slow  # each test merges through mergekit on disk; the module runs two searches
 
 
 def _finished_run(directory: Path, zoo: dict, **evomerge) -> Path:
@@ -76,7 +81,8 @@ def test_the_winner_exports_as_a_loadable_folder_with_a_model_card(run_dir, tmp_
     card = (out / "README.md").read_text()
     front = _front_matter(card)
     assert front["tags"] == ["merge", "mergekit", "evomerge"] and front["library_name"] == "transformers"
-    assert sorted(front["base_model"]) == ["base", "pair", "rev", "shift", "sort"]
+    assert "base_model" not in front  # only Hub ids go there; local parents are named in the text
+    assert all(f"  - `{name}`" in card for name in ("base", "pair", "rev", "shift", "sort"))
     winner = RunStore.open(run_dir).ranked()[0]
     for expected in ("Task Arithmetic (`task_arithmetic`)", "Searcher: `ga`", "Budget: 8 evaluations",
                      f"evaluation #{winner.id}", "![fitness over the search](fitness.png)",
@@ -120,3 +126,27 @@ def test_push_to_hub_uploads_the_exported_folder(run_dir, hub, without_xet, tmp_
     assert create.json()["visibility"] == "private"
     sent = hub.files["someone/evomerge-demo"]
     assert sent == {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.is_file()}
+
+
+def test_the_card_links_hub_parents_and_names_local_ones_in_its_text(run_dir):
+    store = RunStore.open(run_dir)
+    evaluation = store.ranked()[0]
+    merge = candidate_of(store, evaluation).merge.model_copy(deep=True)
+    merge.base_model = ModelReference.parse("HuggingFaceTB/SmolLM2-135M")
+    card = model_card(store, evaluation, Candidate(merge=merge, seed=0), rank=1)
+    assert _front_matter(card)["base_model"] == ["HuggingFaceTB/SmolLM2-135M"]
+    assert "  - `HuggingFaceTB/SmolLM2-135M`" in card and "  - `rev`" in card
+
+
+def test_a_tied_embedding_model_searches_merges_and_exports_tied_as_mergekit_writes_it(tied_zoo, tmp_path):
+    run = _finished_run(tmp_path, tied_zoo)
+    _export(run, tmp_path / "model")
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    assert "lm_head.weight" not in exported and _same(exported, _in_memory(run))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again"),
+                                       "--in-memory"])
+    assert result.exit_code == 0, result.output
+    assert load_file(tmp_path / "again" / "model.safetensors").keys() == exported.keys()
+    assert _same(load_file(tmp_path / "again" / "model.safetensors"), exported)

@@ -3,7 +3,7 @@
 Every method in mergekit's registry (passthrough too) is merged at a random point of a
 search space with per-layer gradients and filters in play, once by the materializer and
 once by mergekit's `run_merge` (what `mergekit-yaml` runs), and compared tensor by tensor,
-on each zoo family (untied llama; qwen2 with tied embeddings and grouped-query attention).
+on each zoo family (untied llama; tied embeddings with grouped-query attention).
 Randomized methods (DARE, DELLA) are compared under the same seed.
 """
 
@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 from mergekit import merge_methods
+from mergekit.common import ModelReference
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
 from evomerge.materialize import Materializer, draws_random
 from evomerge.model_folder import write_with_mergekit
 from evomerge.recipe import load_recipe
-from evomerge.space import SearchSpace
+from evomerge.space import Candidate, SearchSpace
 
 RANGES = {
     "weight": (0.0, 1.0), "density": (0.3, 0.8), "gamma": (0.0, 0.05), "epsilon": (0.01, 0.1),
@@ -96,12 +97,14 @@ def test_in_memory_merge_equals_mergekit(method_name, any_zoo, write_recipe, tmp
 def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name, zoo, write_recipe):
     """Also catches a method that draws random numbers but is missing from `draws_random`:
     recomputing part of the tensors would then consume the seeded stream differently."""
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe(method_name, *_parents(zoo)))))
+    recipe = _searched_recipe(method_name, *_parents(zoo))
+    recipe["evomerge"]["noise"] = {"range": [0.0, 0.02], "layer_groups": 2}  # a gene for methods without any
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(3)
     x = rng.uniform(space.lower, space.upper)
     materializer = Materializer(space.decode(x).merge, quiet=True)
     materializer.materialize(space.decode(x))
-    changed = next((i for i, g in enumerate(space.genes) if g.filter == "self_attn" and g.group == 0), 0)
+    changed = next(i for i, g in enumerate(space.genes) if g.group == 0 and g.filter in ("self_attn", None))
     x[changed] = space.lower[changed] + space.upper[changed] - x[changed]  # the other side of its range
     materializer.materialize(space.decode(x))
     fresh = Materializer(space.decode(x).merge, quiet=True)
@@ -121,6 +124,7 @@ def test_randomized_methods_depend_on_the_seed(base_model, specialists, write_re
     assert any(not torch.equal(first[k], v) for k, v in materializer.model.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_name", ["dare_ties", "ties"])
 def test_the_mergekit_yaml_command_gives_the_same_weights(method_name, base_model, specialists, write_recipe, tmp_path):
     candidate = _random_candidate(write_recipe(_searched_recipe(method_name, base_model, specialists)))
@@ -154,6 +158,16 @@ def test_slices_recipes_and_tokenizer_source_match_too(base_model, specialists, 
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit", MergeOptions(quiet=True))
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_model, specialists, write_recipe):
+    recipe = _searched_recipe("task_arithmetic", base_model, specialists[:2])
+    start = SearchSpace.from_recipe(load_recipe(write_recipe(recipe))).starting_point()
+    materializer = Materializer(start.merge, quiet=True)
+    other = start.merge.model_copy(deep=True)
+    other.models[1] = other.models[1].model_copy(update={"model": ModelReference.parse(specialists[2])})
+    with pytest.raises(ValueError, match="other tensors or models than the starting recipe"):
+        materializer.materialize(Candidate(merge=other, seed=start.seed))
 
 
 def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specialists, write_recipe):

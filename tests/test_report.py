@@ -53,6 +53,7 @@ def _lineage_store(run_dir, generations=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2), family=F
     return store
 
 
+@pytest.mark.slow
 def test_the_report_command_draws_every_plot_and_a_page_that_shows_them(demo_recipe, tmp_path):
     run_dir = tmp_path / "run"
     search = start_search(demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4}), run_dir,

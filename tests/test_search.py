@@ -123,6 +123,7 @@ def test_cma_draws_from_its_own_generator(demo_recipe):
     assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(proposals, again.ask()))
 
 
+@pytest.mark.slow
 def test_the_search_command_prints_the_report_table(demo_recipe, tmp_path):
     recipe = demo_recipe(**FAST)
     result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(tmp_path / "run"), "--evaluations", "4", "--quiet"])

@@ -96,6 +96,7 @@ def test_differential_evolution_keeps_a_child_only_if_it_beats_its_parent():
     assert replaced > 0
 
 
+@pytest.mark.slow
 def test_a_multi_objective_run_writes_the_pareto_front_of_its_evaluations(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 20}, objectives="separate",
                          searcher={"name": "optuna", "sampler": "nsga2", "batch": 4})

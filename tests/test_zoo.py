@@ -51,16 +51,15 @@ def test_zoo_models_are_ordinary_hugging_face_folders(zoo):
     assert tokenizer.decode(tokenizer("r:abcde=edcba")["input_ids"]) == "r:abcde=edcba"
 
 
-def test_the_qwen2_family_has_the_shape_of_small_real_models(tied_zoo):
+def test_the_tied_family_has_the_shape_of_small_real_models(tied_zoo):
     model = AutoModelForCausalLM.from_pretrained(tied_zoo["dir"] / "rev")
     config = model.config
-    assert config.model_type == "qwen2" and config.tie_word_embeddings
-    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
     assert "lm_head.weight" not in load_file(tied_zoo["dir"] / "rev" / "model.safetensors")
     assert config.num_key_value_heads < config.num_attention_heads
-    assert model.model.layers[0].self_attn.q_proj.bias is not None
 
 
+@pytest.mark.slow
 def test_uniform_task_arithmetic_through_mergekit_yaml_beats_every_parent(any_zoo, tasks_dir, tmp_path):
     recipe = {
         "merge_method": "task_arithmetic",

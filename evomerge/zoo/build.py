@@ -15,18 +15,20 @@ from typing import Any, Dict
 import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate import LMEvalScorer, TaskSuite
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
+from evomerge.recipe import EvalSpec
 from evomerge.zoo import check
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 from evomerge.zoo.tokenizer import build_tokenizer
 from evomerge.zoo.train import SEQUENCE_LENGTH, train
 
 MANIFEST = "manifest.json"
+SCORING = EvalSpec(batch_size=256)
 
 
 class ZooSettings(BaseModel):
@@ -34,7 +36,6 @@ class ZooSettings(BaseModel):
 
     format: int = 1
     seed: int = 0
-    architecture: str = "llama"  # a transformers model_type with Llama's config keys (llama, qwen2, ...)
     tie_word_embeddings: bool = False
     hidden_size: int = 64
     intermediate_size: int = 192
@@ -52,9 +53,9 @@ class ZooSettings(BaseModel):
 
 FAMILIES: Dict[str, ZooSettings] = {
     "llama": ZooSettings(),  # untied embeddings, one key/value head per head
-    # The shape of most small models people merge (Qwen2.5, SmolLM, Llama 3.2): input and
-    # output embeddings tied, grouped-query attention (2 key/value heads for 4), q/k/v biases.
-    "qwen2": ZooSettings(architecture="qwen2", tie_word_embeddings=True, num_kv_heads=2),
+    # The shape of most small models people merge (SmolLM2, Llama 3.2, Qwen2.5): input and
+    # output embeddings tied, grouped-query attention (2 key/value heads for 4).
+    "tied": ZooSettings(tie_word_embeddings=True, num_kv_heads=2),
 }
 
 
@@ -63,9 +64,8 @@ def zoo_dir(family: str) -> Path:
     return DEFAULT_ZOO_DIR if family == "llama" else DEFAULT_ZOO_DIR.with_name(f"zoo-{family}")
 
 
-def _new_base(settings: ZooSettings, tokenizer) -> PreTrainedModel:
-    config = AutoConfig.for_model(
-        settings.architecture,
+def _new_base(settings: ZooSettings, tokenizer) -> LlamaForCausalLM:
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -79,7 +79,7 @@ def _new_base(settings: ZooSettings, tokenizer) -> PreTrainedModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(settings.seed)
-    return AutoModelForCausalLM.from_config(config)
+    return LlamaForCausalLM(config)
 
 
 def _train_models(settings: ZooSettings, tokenizer, common: Dict[str, Any]) -> Dict[str, tuple]:
@@ -128,7 +128,7 @@ def _uniform_merge_accuracy(out: Path, suite: TaskSuite) -> Dict[str, float]:
     })
     materializer = Materializer(merge, quiet=True)
     materializer.materialize(Candidate(merge=merge, seed=0))
-    metrics = LMEvalScorer(suite, materializer.model, materializer.tokenizer, batch_size=256).score()
+    metrics = LMEvalScorer(suite, materializer.model, materializer.tokenizer, options=SCORING).score()
     return {name: metrics[f"zoo_{name}_report"]["acc"] for name in SKILLS}
 
 
@@ -156,7 +156,7 @@ def build_zoo(out: Path, settings: ZooSettings = ZooSettings(), force: bool = Fa
     for model_name, (model, skill, seed) in tqdm(models.items(), desc="zoo: save and score"):
         model.save_pretrained(out / model_name)
         tokenizer.save_pretrained(out / model_name)
-        metrics = LMEvalScorer(suite, model, tokenizer, batch_size=256).score()
+        metrics = LMEvalScorer(suite, model, tokenizer, options=SCORING).score()
         accuracy = {name: metrics[f"zoo_{name}_report"]["acc"] for name in SKILLS}
         entries.append({"name": model_name, "path": model_name, "skill": skill, "seed": seed, "report_accuracy": accuracy})
     merged = _uniform_merge_accuracy(out, suite)

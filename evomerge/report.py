@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evomerge.scoreboard import scored_on
+from evomerge.scoreboard import scored_on, summary, table
 from evomerge.space import NOISE, Gene
 from evomerge.store import Evaluation, RunStore
 
@@ -341,23 +341,13 @@ def render_html(name: str, status: str, report: Optional[Dict[str, Any]], plots:
 
 
 def _report_table(report: Dict[str, Any]) -> List[str]:
-    rows = report["rows"]
-    tasks = list(rows[0]["scores"]) if rows else []
-
-    def cell(value: float, stderr: Optional[float]) -> str:
-        return f"<td>{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "") + "</td>"
-
-    header = "".join(f"<th>{html.escape(t)} ({html.escape(rows[0]['scores'][t]['metric'])})</th>" for t in tasks)
-    lines = [
-        f"<p>Searcher <code>{html.escape(str(report['searcher']))}</code>, {report['evaluations']} evaluations "
-        f"({report['failed']} failed); best search fitness {report['best_fitness']:.4f} "
-        f"(evaluation #{report['winner_id']}). {html.escape(scored_on(report))}</p>",
-        "<table>",
-        f"<tr><th>model</th><th>role</th>{header}<th>mean</th></tr>",
-    ]
-    for row in rows:
-        scores = "".join(cell(row["scores"][t]["value"], row["scores"][t]["stderr"]) for t in tasks)
-        lines.append(f'<tr class="{html.escape(row["role"])}"><td>{html.escape(row["name"])}</td>'
-                     f"<td>{html.escape(row['role'])}</td>{scores}{cell(row['mean'], row['mean_stderr'])}</tr>")
+    header, body = table(report)
+    summary_line = html.escape(summary(report)).replace(f"`{report['searcher']}`",
+                                                         f"<code>{html.escape(str(report['searcher']))}</code>")
+    lines = [f"<p>{summary_line} {html.escape(scored_on(report))}</p>", "<table>",
+             "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row, cells in zip(report["rows"], body):
+        lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                     + "</tr>")
     lines.append("</table>")
     return lines

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,27 +70,31 @@ def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:
     return [e for e in ok if not any(dominates(other, e) for other in ok)]
 
 
-def render_markdown(report: Dict[str, Any]) -> str:
-    rows = report["rows"]
-    tasks = list(rows[0]["scores"]) if rows else []
+def summary(report: Dict[str, Any]) -> str:
+    """The line above the table: searcher, budget and the best search fitness."""
+    return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed); "
+            f"best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
 
-    def cell(value, stderr) -> str:
+
+def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The report table as text cells, header and rows, for every format that shows it."""
+    rows = report["rows"]
+    columns = list(rows[0]["scores"]) if rows else []
+
+    def cell(value: float, stderr: Optional[float]) -> str:
         return f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
 
-    lines = [
-        f"# {report['title']}",
-        "",
-        f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations "
-        f"({report['failed']} failed); best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).",
-        scored_on(report),
-        "",
-        "| model | role | " + " | ".join(f"{t} ({rows[0]['scores'][t]['metric']})" for t in tasks) + " | mean |",
-        "|---|---|" + "---|" * (len(tasks) + 1),
-    ]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['role']} | "
-                     + " | ".join(cell(r["scores"][t]["value"], r["scores"][t]["stderr"]) for t in tasks)
-                     + f" | {cell(r['mean'], r['mean_stderr'])} |")
+    header = ["model", "role"] + [f"{c} ({rows[0]['scores'][c]['metric']})" for c in columns] + ["mean"]
+    body = [[r["name"], r["role"]] + [cell(r["scores"][c]["value"], r["scores"][c]["stderr"]) for c in columns]
+            + [cell(r["mean"], r["mean_stderr"])] for r in rows]
+    return header, body
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    header, body = table(report)
+    lines = [f"# {report['title']}", "", summary(report), scored_on(report), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 

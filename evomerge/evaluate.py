@@ -199,6 +199,14 @@ class LMEvalScorer:
         return {task: _metrics(results["results"][task]) for task in self.suite.names}
 
 
+def load_from_disk(path: str, trust_remote_code: bool = False):
+    """A model folder and its tokenizer, for scoring a model that is not the resident one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code),
+            AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
+
+
 def _metrics(raw: Dict[str, object]) -> Dict[str, float]:
     """lm-eval reports 'acc,none'; keep 'acc' (and 'metric,filter' for other filters).
 

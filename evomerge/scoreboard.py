@@ -1,6 +1,7 @@
 """The final table: report tasks (never searched on) for each parent, the starting point
 and the winner, with lm-eval's standard errors; plus the Pareto front of a
-multi-objective run. Written to the store and rendered as JSON and Markdown."""
+multi-objective run. Scored here, stored by the search loop, rendered as JSON and Markdown
+(and as HTML by report.py, from the same cells)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tqdm.auto import tqdm
 
-from evomerge.evaluate import Metrics, TaskSuite
+from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite, load_from_disk
+from evomerge.materialize import Materializer
+from evomerge.recipe import SECTION, Recipe
+from evomerge.space import Candidate
 from evomerge.store import Evaluation
 
 REPORT_JSON = "report.json"
@@ -54,10 +58,55 @@ def row(name: str, role: str, scores: Scores) -> Dict[str, Any]:
     }
 
 
-def load_from_disk(path: str, trust_remote_code: bool):
-    """A parent that does not supply the output model's tensors as they are (slices recipes)."""
-    return (AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code),
-            AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
+def build_report(recipe: Recipe, materializer: Materializer, objective: Objective, start: Candidate,
+                 best: Evaluation, winner: Candidate, evaluations: Sequence[Evaluation], *, budget: int,
+                 separate: bool, trust_remote_code: bool = False, quiet: bool = False) -> Dict[str, Any]:
+    """Parents, starting point and winner scored on the report tasks (or, without them, the
+    search tasks) with lm-eval's standard errors, plus the recipe's custom fitness if any."""
+    spec = recipe.spec
+    held_out = bool(spec.report_tasks)
+    names = spec.report_tasks or [t.name for t in spec.tasks]
+    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path, key=f"{SECTION}.report_tasks",
+                      options=spec.eval, seed=spec.seed) if names else None
+
+    def scorer(model, tokenizer) -> Optional[LMEvalScorer]:
+        return LMEvalScorer(suite, model, tokenizer, options=spec.eval, bootstrap_iters=100) if suite else None
+
+    def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> Scores:
+        found = task_scores(lm.score(), suite) if lm else {}
+        return {**found, **custom_scores(objective.custom_scores(model, tokenizer))}
+
+    resident = scorer(materializer.model, materializer.tokenizer)
+    rows = []
+    for reference in tqdm(sorted(start.merge.referenced_models(), key=str), desc="report: parents", disable=quiet):
+        try:
+            materializer.load_parent(reference)
+            row_scores = scores(materializer.model, materializer.tokenizer, resident)
+        except ValueError:  # a parent that does not supply the output model's tensors (slices recipes)
+            model, tokenizer = load_from_disk(reference.model.path, trust_remote_code)
+            row_scores = scores(model, tokenizer, scorer(model, tokenizer))
+        rows.append(row(Path(reference.model.path).name, "parent", row_scores))
+    for name, role, candidate in (("starting point", "start", start), (f"winner (#{best.id})", "winner", winner)):
+        materializer.materialize(candidate)
+        rows.append(row(name, role, scores(materializer.model, materializer.tokenizer, resident)))
+    report = {
+        "title": "evomerge search report" + ("" if held_out else " (no report_tasks: scored on what was searched)"),
+        "held_out": held_out,
+        "recipe": str(recipe.path),
+        "searcher": spec.searcher.name,
+        "seed": spec.seed,
+        "budget": budget,
+        "evaluations": len(evaluations),
+        "failed": sum(not e.ok for e in evaluations),
+        "winner_id": best.id,
+        "best_fitness": best.fitness,
+        "objectives": objective.names(list(best.metrics.get("custom", {}))),
+        "rows": rows,
+    }
+    if separate:
+        report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
+                           for e in pareto_front(evaluations)]
+    return report
 
 
 def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:

@@ -25,7 +25,7 @@ from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite, load_custom_fitness
 from evomerge.materialize import Materializer
 from evomerge.parents import check_parents
-from evomerge.recipe import SECTION, Recipe, load_recipe
+from evomerge.recipe import Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
 from evomerge.space import SearchSpace
 from evomerge.store import Evaluation, RunStore
@@ -219,58 +219,12 @@ class Search:
         return evaluation
 
     def finish(self) -> dict:
-        """Score the report for parents, starting point and winner; write the run's views.
-
-        The report tasks (or, without them, the search tasks) with lm-eval's standard errors,
-        plus the recipe's custom fitness function when it has one.
-        """
-        spec = self.recipe.spec
+        """Score the report (scoreboard.py) and store it; write the run's views."""
         best = self.store.ranked()[0]
-        held_out = bool(spec.report_tasks)
-        names = spec.report_tasks or [t.name for t in spec.tasks]
-        suite = TaskSuite(names, self.recipe.task_paths(), source=self.recipe.path, key=f"{SECTION}.report_tasks",
-                          options=spec.eval, seed=spec.seed) if names else None
-        materializer = self.materializer
-        scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer,
-                              options=spec.eval, bootstrap_iters=100) if suite else None
-
-        def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> scoreboard.Scores:
-            found = scoreboard.task_scores(lm.score(), suite) if lm else {}
-            return {**found, **scoreboard.custom_scores(self.objective.custom_scores(model, tokenizer))}
-
-        rows = []
-        for reference in tqdm(sorted(self.start.merge.referenced_models(), key=str), desc="report: parents",
-                              disable=self.options.quiet):
-            try:
-                materializer.load_parent(reference)
-                row_scores = scores(materializer.model, materializer.tokenizer, scorer)
-            except ValueError:
-                model, tokenizer = scoreboard.load_from_disk(reference.model.path, self.options.trust_remote_code)
-                lm = LMEvalScorer(suite, model, tokenizer, options=spec.eval, bootstrap_iters=100) if suite else None
-                row_scores = scores(model, tokenizer, lm)
-            rows.append(scoreboard.row(Path(reference.model.path).name, "parent", row_scores))
-        for name, role, candidate in (("starting point", "start", self.start),
-                                      (f"winner (#{best.id})", "winner", self.space.decode(best.genotype))):
-            materializer.materialize(candidate)
-            rows.append(scoreboard.row(name, role, scores(materializer.model, materializer.tokenizer, scorer)))
-        evaluations = self.store.evaluations()
-        report = {
-            "title": "evomerge search report" + ("" if held_out else " (no report_tasks: scored on what was searched)"),
-            "held_out": held_out,
-            "recipe": str(self.recipe.path),
-            "searcher": spec.searcher.name,
-            "seed": spec.seed,
-            "budget": self.budget,
-            "evaluations": len(evaluations),
-            "failed": sum(not e.ok for e in evaluations),
-            "winner_id": best.id,
-            "best_fitness": best.fitness,
-            "objectives": self.objective.names(list(best.metrics.get("custom", {}))),
-            "rows": rows,
-        }
-        if self.separate:
-            report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
-                               for e in scoreboard.pareto_front(evaluations)]
+        report = scoreboard.build_report(
+            self.recipe, self.materializer, self.objective, self.start, best, self.space.decode(best.genotype),
+            self.store.evaluations(), budget=self.budget, separate=self.separate,
+            trust_remote_code=self.options.trust_remote_code, quiet=self.options.quiet)
         self.store.put_report("report", report)
         self.store.write_views()
         scoreboard.write_report_files(self.store.directory, report)

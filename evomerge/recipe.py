@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
 from evomerge.errors import EvomergeError, did_you_mean
 
@@ -40,10 +40,34 @@ class GeneSpec(_Strict):
     parameter: str
     models: Optional[List[str]] = None
     range: Tuple[float, float]
-    layer_groups: PositiveInt = 1
+    layer_groups: Union[PositiveInt, List[Tuple[NonNegativeInt, PositiveInt]]] = 1
     filters: List[str] = Field(default_factory=list)
 
     _range = field_validator("range")(_check_range)
+
+    @field_validator("layer_groups")
+    @classmethod
+    def _contiguous(cls, value):
+        """N evenly spread gradient points, or explicit layer ranges [start, end) (as `evomerge tree
+        --suggest-groups` prints) that follow each other from layer 0."""
+        if isinstance(value, int):
+            return value
+        end = 0
+        for start, stop in value:
+            if start != end or stop <= start:
+                raise ValueError(f"expected contiguous layer ranges [start, end) from layer 0, got {[list(r) for r in value]}")
+            end = stop
+        if not value:
+            raise ValueError("expected at least one layer range")
+        return value
+
+    @property
+    def group_count(self) -> int:
+        return self.layer_groups if isinstance(self.layer_groups, int) else len(self.layer_groups)
+
+    @property
+    def layer_ranges(self) -> Optional[Tuple[Tuple[int, int], ...]]:
+        return None if isinstance(self.layer_groups, int) else tuple(tuple(r) for r in self.layer_groups)
 
     @field_validator("filters")
     @classmethod

@@ -12,7 +12,8 @@ distances (it cancels in W_i - W_j); it only says where the tree is rooted.
 
 Memory. Tensors are streamed with safetensors, one tensor (in row blocks if needed) of
 every model at a time, each file opened only for the read, so what is held is bounded by
-`budget_bytes` (by default far less than one model) whatever the number of models.
+`budget_bytes` (by default one model's float32 size, at most 256 MiB) plus one block of
+one model, whatever the number of models.
 The tree is Biopython's neighbor joining.
 """
 
@@ -166,8 +167,9 @@ class Distances:
         return np.array(profile)
 
 
-def measure_distances(models: Sequence[ModelWeights], budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Distances:
-    """Stream every tensor of every model in row blocks of at most `budget_bytes` in all."""
+def measure_distances(models: Sequence[ModelWeights], budget_bytes: Optional[int] = None) -> Distances:
+    """Stream every tensor of every model in row blocks of at most `budget_bytes` (float64) in all."""
+    budget_bytes = budget_bytes or min(DEFAULT_BUDGET_BYTES, models[0].nbytes)
     count = len(models)
     tensors = [name for name in models[0].tensors]
     per_tensor = np.zeros((len(tensors), count, count))
@@ -175,12 +177,14 @@ def measure_distances(models: Sequence[ModelWeights], budget_bytes: int = DEFAUL
     kept = []
     for t, tensor in enumerate(tensors):
         shape = models[0].tensors[tensor][1]
-        rows = shape[0] if shape else 1
-        row_bytes = 8 * count * int(np.prod(shape[1:])) if shape else 8 * count
-        step = max(1, budget_bytes // max(row_bytes, 1))
+        rows, row_elements = (shape[0] if shape else 1), int(np.prod(shape[1:]))
+        step = max(1, budget_bytes // (8 * count * row_elements))
         gram = torch.zeros((count, count), dtype=torch.float64)
         for start in range(0, rows, step):
-            block = torch.stack([m.read(tensor, start, min(rows, start + step)) for m in models]).to(torch.float64)
+            stop = min(rows, start + step)
+            block = torch.empty((count, row_elements * (stop - start)), dtype=torch.float64)
+            for k, weights in enumerate(models):
+                block[k] = weights.read(tensor, start, stop)
             peak = max(peak, block.nbytes)
             gram += block @ block.T
             del block
@@ -303,7 +307,7 @@ class FamilyTree:
 
 def write_family_tree(references: Sequence[str], out: Path, *, reference: Optional[str] = None,
                       tasks: Sequence[str] = (), task_paths: Sequence[Path] = (), device: Optional[str] = None,
-                      budget_bytes: int = DEFAULT_BUDGET_BYTES) -> FamilyTree:
+                      budget_bytes: Optional[int] = None) -> FamilyTree:
     """tree.nwk, tree.png, distances.csv, layers.csv, layers.png (and scores.csv with tasks) in `out`.
 
     A `reference` not among the models joins them as a leaf; the tree is rooted at it.

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from evomerge.errors import EvomergeError, did_you_mean
 
@@ -40,26 +40,30 @@ class GeneSpec(_Strict):
     parameter: str
     models: Optional[List[str]] = None
     range: Tuple[float, float]
-    layer_groups: Union[PositiveInt, List[Tuple[NonNegativeInt, PositiveInt]]] = 1
+    layer_groups: Union[int, List[Tuple[int, int]]] = 1
     filters: List[str] = Field(default_factory=list)
 
     _range = field_validator("range")(_check_range)
 
-    @field_validator("layer_groups")
+    @field_validator("layer_groups", mode="wrap")
     @classmethod
-    def _contiguous(cls, value):
+    def _groups(cls, value, handler):
         """N evenly spread gradient points, or explicit layer ranges [start, end) (as `evomerge tree
-        --suggest-groups` prints) that follow each other from layer 0."""
-        if isinstance(value, int):
+        --suggest-groups` prints them) that follow each other from layer 0."""
+        expected = "expected a number of layer groups or contiguous layer ranges from layer 0 like [[0, 2], [2, 4]]"
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"expected at least 1 layer group, got {value}")
             return value
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{expected}, got {value!r}")
         end = 0
-        for start, stop in value:
-            if start != end or stop <= start:
-                raise ValueError(f"expected contiguous layer ranges [start, end) from layer 0, got {[list(r) for r in value]}")
-            end = stop
-        if not value:
-            raise ValueError("expected at least one layer range")
-        return value
+        for entry in value:
+            if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != end
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry) or entry[1] <= entry[0]):
+                raise ValueError(f"{expected}, got {value!r}")
+            end = entry[1]
+        return [tuple(entry) for entry in value]
 
     @property
     def group_count(self) -> int:

@@ -72,7 +72,8 @@ def _local_folder(reference: str) -> Path:
     try:
         return Path(ModelReference.model_validate(reference).local_path())
     except Exception as error:  # huggingface_hub raises many types for a missing or private repo
-        raise EvomergeError(f"cannot fetch {reference} from the Hub: {' '.join(str(error).split())}") from None
+        raise EvomergeError(f"{reference} is not a local folder, and fetching it from the Hub failed: "
+                            f"{' '.join(str(error).split())}") from None
 
 
 def _index(name: str, folder: Path) -> ModelWeights:
@@ -93,16 +94,19 @@ def _index(name: str, folder: Path) -> ModelWeights:
 
 
 def leaf_names(references: Sequence[str]) -> List[str]:
-    """Each model's folder or Hub name; parent folders are added until the names are distinct."""
+    """Each model's folder or Hub name; parent folders are added to names that would clash."""
     parts = [Path(r.rstrip("/")).parts or (r,) for r in references]
-    depth = 1
+    depth = [1] * len(parts)
     while True:
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashing = [i for i, name in enumerate(names) if names.count(name) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
             break
-        depth += 1
-    if len(set(names)) != len(names):
-        raise EvomergeError(f"model {names[0]} is given twice")
+        for i in clashing:
+            depth[i] += 1
+    twice = [name for name in names if names.count(name) > 1]
+    if twice:
+        raise EvomergeError(f"model {twice[0]} is given twice")
     return names
 
 
@@ -138,7 +142,7 @@ class Distances:
     names: List[str]
     tensors: List[str]
     per_tensor: np.ndarray  # (tensors, models, models): relative squared L2 distance per tensor
-    peak_bytes: int  # the most tensor data held at once
+    peak_bytes: int  # the block buffer: the most tensor data held at once, besides one model's block being read
 
     @property
     def matrix(self) -> np.ndarray:
@@ -173,21 +177,23 @@ def measure_distances(models: Sequence[ModelWeights], budget_bytes: Optional[int
     count = len(models)
     tensors = [name for name in models[0].tensors]
     per_tensor = np.zeros((len(tensors), count, count))
-    peak = 0
+    plans = {}  # tensor -> (rows, elements per row, rows per block)
+    for tensor in tensors:
+        shape = models[0].tensors[tensor][1]
+        row_elements = int(np.prod(shape[1:]))
+        plans[tensor] = (shape[0] if shape else 1, row_elements, max(1, budget_bytes // (8 * count * row_elements)))
+    # one buffer for every block, so the allocator is not left holding freed blocks of all sizes
+    buffer = torch.empty(max(count * e * min(r, s) for r, e, s in plans.values()), dtype=torch.float64)
     kept = []
     for t, tensor in enumerate(tensors):
-        shape = models[0].tensors[tensor][1]
-        rows, row_elements = (shape[0] if shape else 1), int(np.prod(shape[1:]))
-        step = max(1, budget_bytes // (8 * count * row_elements))
+        rows, row_elements, step = plans[tensor]
         gram = torch.zeros((count, count), dtype=torch.float64)
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            block = torch.empty((count, row_elements * (stop - start)), dtype=torch.float64)
+            block = buffer[: count * row_elements * (stop - start)].view(count, -1)
             for k, weights in enumerate(models):
                 block[k] = weights.read(tensor, start, stop)
-            peak = max(peak, block.nbytes)
             gram += block @ block.T
-            del block
         squares = torch.diagonal(gram)
         scale = float(squares.mean())
         if scale == 0.0:  # zero in every model: nothing differs here
@@ -195,7 +201,7 @@ def measure_distances(models: Sequence[ModelWeights], budget_bytes: Optional[int
         kept.append(t)
         per_tensor[t] = (torch.clamp(squares[:, None] + squares[None, :] - 2 * gram, min=0.0) / scale).numpy()
         np.fill_diagonal(per_tensor[t], 0.0)
-    return Distances([m.name for m in models], [tensors[t] for t in kept], per_tensor[kept], peak)
+    return Distances([m.name for m in models], [tensors[t] for t in kept], per_tensor[kept], buffer.nbytes)
 
 
 def neighbor_joining(distances: Distances, root: Optional[str] = None):
@@ -291,6 +297,10 @@ def score_models(models: Sequence[ModelWeights], tasks: Sequence[str], task_path
     return scores
 
 
+def _same_model(a: str, b: str) -> bool:
+    return a == b or (Path(a).is_dir() and Path(b).is_dir() and Path(a).resolve() == Path(b).resolve())
+
+
 def _main_metric(values: Dict[str, float]) -> float:
     if "acc" in values:
         return values["acc"]
@@ -317,10 +327,11 @@ def write_family_tree(references: Sequence[str], out: Path, *, reference: Option
     from evomerge.tree_plots import draw_layers, draw_tree
 
     references = list(references)
-    if reference is not None and reference not in references:
+    same = [r for r in references if reference is not None and _same_model(r, reference)]
+    if reference is not None and not same:
         references.append(reference)
     models = open_models(references)
-    root = models[references.index(reference)].name if reference is not None else None
+    root = models[references.index(same[0] if same else reference)].name if reference is not None else None
     scores = score_models(models, tasks, task_paths, device) if tasks else None
     distances = measure_distances(models, budget_bytes)
     tree = neighbor_joining(distances, root)

@@ -64,8 +64,8 @@ def draw_layers(distances: Distances, path: Path) -> Path:
             grids[kind][i, columns.index(layer)] = value
     kinds = [kind for kind in KINDS if not np.isnan(grids[kind]).all()]
     shown = {kind: [c for c in range(len(columns)) if not np.isnan(grids[kind][:, c]).all()] for kind in kinds}
-    fig, panels = plt.subplots(1, len(kinds), figsize=(2.5 + 0.45 * sum(map(len, shown.values())) + 1.5 * len(kinds),
-                                                       1.2 + 0.4 * len(names)),
+    cells = sum(map(len, shown.values()))
+    fig, panels = plt.subplots(1, len(kinds), figsize=(2.5 + min(0.45 * cells, 24) + 1.5 * len(kinds), 1.2 + 0.4 * len(names)),
                                squeeze=False, sharey=True, width_ratios=[len(shown[kind]) for kind in kinds])
     labels = ["emb/out"] + [str(layer) for layer in layers]
     for axes, kind in zip(panels[0], kinds):

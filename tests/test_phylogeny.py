@@ -55,7 +55,7 @@ def test_the_tree_puts_each_grandchild_beside_its_own_parent(family):
 
 def test_tree_command_writes_a_tree_tables_pictures_and_layer_groups(family, demo_recipe, tmp_path):
     out = tmp_path / "tree"
-    result = CliRunner().invoke(main, ["tree", *family.values(), "--out", str(out), "--reference", family["base"],
+    result = CliRunner().invoke(main, ["tree", *family.values(), "--out", str(out), "--reference", family["base"] + "/",
                                        "--suggest-groups", "2"])
     assert result.exit_code == 0, result.output
     names = list(family)
@@ -104,6 +104,11 @@ def test_models_of_different_shapes_get_one_line_naming_both_and_the_tensor(zoo,
     assert "\n" not in message and message.startswith("error:")
     assert "base" in message and "narrow" in message and "mlp" in message and "192" in message and "128" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_leaves_are_named_by_folder_with_parents_only_where_names_clash():
+    assert phylogeny.leaf_names(["runs/a/merged", "runs/b/merged", "/zoo/rev", "owner/model"]) == [
+        "a/merged", "b/merged", "rev", "model"]
 
 
 def test_too_few_models_and_a_missing_folder_are_one_line_errors(zoo, tmp_path):

@@ -50,12 +50,11 @@ class ModelWeights:
         return sum(4 * int(np.prod(shape)) for _, shape in self.tensors.values())
 
     def read(self, tensor: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor as float32 (the whole tensor if it has no rows)."""
+        """Rows [start, stop) of a tensor, flat and in its stored dtype (the whole tensor if it has no rows)."""
         shard, shape = self.tensors[tensor]
         with safe_open(shard, framework="pt") as handle:
-            view = handle.get_slice(tensor)
-            block = view[start:stop] if shape else handle.get_tensor(tensor)
-        return block.to(torch.float32).reshape(-1)
+            block = handle.get_slice(tensor)[start:stop] if shape else handle.get_tensor(tensor)
+        return block.reshape(-1)
 
 
 def _local_folder(reference: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -187,3 +188,18 @@ def test_scores_are_drawn_beside_the_leaves(zoo, tmp_path):
     assert float(scores["rev"]["zoo_rev_report"]) > float(scores["base"]["zoo_rev_report"]) + 0.2
     assert float(scores["sort"]["zoo_sort_report"]) > float(scores["base"]["zoo_sort_report"]) + 0.2
     assert matplotlib.image.imread(out / "tree.png").shape[1] > 100
+
+
+def test_hub_ids_are_fetched_like_mergekit_fetches_them(zoo, hub, without_xet, tmp_path):
+    """Models pushed to a loopback Hub, then named by Hub id; a fresh process reads HF_ENDPOINT at import."""
+    from evomerge.hub import push_folder
+
+    for name in ("base", "rev", "sort"):
+        push_folder(zoo["dir"] / name, f"someone/{name}")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run([sys.executable, "-m", "evomerge.cli", "tree", "someone/base", "someone/rev", "someone/sort",
+                             "--out", str(tmp_path / "tree")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tree = Phylo.read(tmp_path / "tree" / "tree.nwk", "newick")
+    assert sorted(leaf.name for leaf in tree.get_terminals()) == ["base", "rev", "sort"]
+    assert hub.requests_to("GET", r"/someone/rev/resolve/.*/model\.safetensors")

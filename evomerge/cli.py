@@ -223,11 +223,12 @@ def tree(models, out, reference, tasks, task_paths, suggest_groups, device):
     from evomerge.phylogeny import suggest_layer_groups, write_family_tree
 
     names = [name for entry in tasks for name in entry.split(",") if name]
-    family = write_family_tree(models, out, reference=reference, tasks=names, task_paths=task_paths, device=device)
-    for path in family.files:
+    distances, files = write_family_tree(models, out, reference=reference, tasks=names, task_paths=task_paths,
+                                         device=device)
+    for path in files:
         click.echo(str(path))
     if suggest_groups:
-        profile = family.distances.layer_profile()
+        profile = distances.layer_profile()
         ranges = suggest_layer_groups(profile, suggest_groups)
         click.echo(f"# {suggest_groups} layer groups; mean distance between the models per group:")
         for start, end in ranges:

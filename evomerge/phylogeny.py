@@ -306,17 +306,9 @@ def _main_metric(values: Dict[str, float]) -> float:
     return next(value for name, value in values.items() if not name.endswith("_stderr"))
 
 
-@dataclass
-class FamilyTree:
-    distances: Distances
-    tree: object  # Bio.Phylo.BaseTree.Tree
-    scores: Optional[Dict[str, Dict[str, float]]]
-    files: List[Path]
-
-
 def write_family_tree(references: Sequence[str], out: Path, *, reference: Optional[str] = None,
-                      tasks: Sequence[str] = (), task_paths: Sequence[Path] = (), device: Optional[str] = None,
-                      budget_bytes: Optional[int] = None) -> FamilyTree:
+                      tasks: Sequence[str] = (), task_paths: Sequence[Path] = (),
+                      device: Optional[str] = None) -> Tuple[Distances, List[Path]]:
     """tree.nwk, tree.png, distances.csv, layers.csv, layers.png (and scores.csv with tasks) in `out`.
 
     A `reference` not among the models joins them as a leaf; the tree is rooted at it.
@@ -332,7 +324,7 @@ def write_family_tree(references: Sequence[str], out: Path, *, reference: Option
     models = open_models(references)
     root = models[references.index(same[0] if same else reference)].name if reference is not None else None
     scores = score_models(models, tasks, task_paths, device) if tasks else None
-    distances = measure_distances(models, budget_bytes)
+    distances = measure_distances(models)
     tree = neighbor_joining(distances, root)
     out.mkdir(parents=True, exist_ok=True)
     newick = out / "tree.nwk"
@@ -342,7 +334,7 @@ def write_family_tree(references: Sequence[str], out: Path, *, reference: Option
     files.append(draw_layers(distances, out / "layers.png"))
     if scores:
         files.append(_write_scores(scores, out / "scores.csv"))
-    return FamilyTree(distances, tree, scores, files)
+    return distances, files
 
 
 def _write_scores(scores: Dict[str, Dict[str, float]], path: Path) -> Path:

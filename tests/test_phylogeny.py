@@ -118,6 +118,10 @@ def test_too_few_models_and_a_missing_folder_are_one_line_errors(zoo, tmp_path):
     missing = CliRunner().invoke(main, ["tree", str(zoo["dir"] / "base"), str(zoo["dir"] / "rev"),
                                         str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "nowhere" in missing.output and "\n" not in missing.output.strip()
+    models = [str(zoo["dir"] / name) for name in ("base", "rev", "sort")]
+    groups = CliRunner().invoke(main, ["tree", *models, "--out", str(tmp_path / "t"), "--suggest-groups", "9"])
+    assert groups.exit_code == 2 and "--suggest-groups: expected between 1 and 4 groups" in groups.output
+    assert (tmp_path / "t" / "tree.nwk").is_file()  # what was computed is kept
 
 
 def test_streaming_opens_one_file_at_a_time_and_blocks_give_the_same_distances(family, monkeypatch):

@@ -212,5 +212,34 @@ def report(run_dir):
         click.echo(str(path))
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the tree, tables and pictures.")
+@click.option("--reference", help="Root the tree at this model (added as a leaf if not among MODELS).")
+@click.option("--tasks", multiple=True, help="lm-eval tasks to score each model with (comma-separated or repeated).")
+@click.option("--task-path", "task_paths", multiple=True, type=click.Path(path_type=Path),
+              help="A folder of lm-eval task YAML files (repeatable).")
+@click.option("--suggest-groups", type=click.IntRange(min=1),
+              help="Print the K contiguous layer groups that best separate where the models differ.")
+@_device
+@_friendly_errors
+def tree(models, out, reference, tasks, task_paths, suggest_groups, device):
+    """A neighbor-joining family tree of MODELS (folders or Hub ids) from distances between their weights."""
+    from evomerge.phylogeny import suggest_layer_groups, write_family_tree
+
+    names = [name for entry in tasks for name in entry.split(",") if name]
+    distances, files = write_family_tree(models, out, reference=reference, tasks=names, task_paths=task_paths,
+                                         device=device)
+    for path in files:
+        click.echo(str(path))
+    if suggest_groups:
+        profile = distances.layer_profile()
+        ranges = suggest_layer_groups(profile, suggest_groups)
+        click.echo(f"# {suggest_groups} layer groups; mean distance between the models per group:")
+        for start, end in ranges:
+            click.echo(f"#   layers {start}-{end - 1}: {profile[start:end].mean():.3g}")
+        click.echo(f"layer_groups: {[list(r) for r in ranges]}")
+
+
 if __name__ == "__main__":
     main()

@@ -41,10 +41,38 @@ class GeneSpec(_Strict):
     parameter: str
     models: Optional[List[str]] = None
     range: Tuple[float, float]
-    layer_groups: PositiveInt = 1
+    layer_groups: Union[int, List[Tuple[int, int]]] = 1
     filters: List[str] = Field(default_factory=list)
 
     _range = field_validator("range")(_check_range)
+
+    @field_validator("layer_groups", mode="wrap")
+    @classmethod
+    def _groups(cls, value, handler):
+        """N evenly spread gradient points, or explicit layer ranges [start, end) (as `evomerge tree
+        --suggest-groups` prints them) that follow each other from layer 0."""
+        expected = "expected a number of layer groups or contiguous layer ranges from layer 0 like [[0, 2], [2, 4]]"
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"expected at least 1 layer group, got {value}")
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{expected}, got {value!r}")
+        end = 0
+        for entry in value:
+            if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != end
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry) or entry[1] <= entry[0]):
+                raise ValueError(f"{expected}, got {value!r}")
+            end = entry[1]
+        return [tuple(entry) for entry in value]
+
+    @property
+    def group_count(self) -> int:
+        return self.layer_groups if isinstance(self.layer_groups, int) else len(self.layer_groups)
+
+    @property
+    def layer_ranges(self) -> Optional[Tuple[Tuple[int, int], ...]]:
+        return None if isinstance(self.layer_groups, int) else tuple(tuple(r) for r in self.layer_groups)
 
     @field_validator("filters")
     @classmethod

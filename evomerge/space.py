@@ -37,6 +37,7 @@ class Gene:
     filter: Optional[str] = None  # None is the fallback for tensors no filter matches
     slice_index: Optional[int] = None
     integer: bool = False
+    layer_ranges: Optional[Tuple[Tuple[int, int], ...]] = None  # explicit groups [start, end); None: even gradient
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,13 @@ class SearchSpace:
             raise ValueError(f"expected a vector of {self.dimension} genes, got shape {x.shape}")
         merge = self.recipe.merge.model_copy(deep=True)
         noise = _fixed_noise(self.recipe)
+        ranges = {(g.parameter, g.model, g.slice_index): g.layer_ranges for g in self.genes}
         for key, entries in _grouped(self.genes, x).items():
             parameter, model, slice_index = key
             if parameter == NOISE:
                 noise = tuple(value for _, value in sorted(entries[None]))
                 continue
-            setting = _setting(entries)
+            setting = _setting(entries, ranges[key])
             for target in _parameter_dicts(merge, model, slice_index):
                 target[parameter] = setting
         return Candidate(merge=merge, seed=self.recipe.spec.seed, noise=noise)
@@ -143,11 +145,18 @@ def _grouped(genes: List[Gene], x: np.ndarray) -> Dict[tuple, Dict[Optional[str]
     return grouped
 
 
-def _setting(entries: Dict[Optional[str], List[Tuple[int, float]]]) -> Any:
-    """A scalar, an N-point gradient, or a filter list ending with the fallback."""
+def _setting(entries: Dict[Optional[str], List[Tuple[int, float]]],
+             layer_ranges: Optional[Tuple[Tuple[int, int], ...]] = None) -> Any:
+    """A scalar, an N-point gradient, or a filter list ending with the fallback.
+
+    Explicit layer ranges become a gradient with one point per layer, each layer taking its
+    group's value: mergekit puts layer i at exactly the i-th of L points.
+    """
 
     def gradient(points: List[Tuple[int, float]]) -> Any:
         values = [value for _, value in sorted(points)]
+        if layer_ranges is not None:
+            values = [value for value, (start, end) in zip(values, layer_ranges) for _ in range(start, end)]
         return values[0] if len(values) == 1 else values
 
     if list(entries) == [None]:
@@ -240,8 +249,11 @@ class _Builder:
         if not is_input and spec.models is not None:
             raise self._error(f"{spec.parameter!r} is shared by all inputs of {self.merge.merge_method}; remove `models`", index, "models")
         for slice_index, inputs, layers in self._slices():
-            if spec.layer_groups > layers:
-                raise self._error(f"{spec.layer_groups} layer groups, but the models have {layers} layers", index, "layer_groups")
+            if spec.layer_ranges is not None and spec.layer_ranges[-1][1] != layers:
+                raise self._error(f"the layer ranges end at layer {spec.layer_ranges[-1][1]}, but the models have "
+                                  f"{layers} layers", index, "layer_groups")
+            if spec.group_count > layers:
+                raise self._error(f"{spec.group_count} layer groups, but the models have {layers} layers", index, "layer_groups")
             for model in self._models(index, spec, parameter, inputs) if is_input else [None]:
                 key = (spec.parameter, model, slice_index)
                 if key in self._seen:
@@ -249,10 +261,10 @@ class _Builder:
                 self._seen.add(key)
                 current = self._current_setting(spec.parameter, model, slice_index)
                 for filter_name in list(spec.filters) + [None]:
-                    for group in range(spec.layer_groups):
-                        self._gene(spec, parameter, model, filter_name, group, slice_index, current)
+                    for group in range(spec.group_count):
+                        self._gene(spec, parameter, model, filter_name, group, slice_index, current, layers)
 
-    def _gene(self, spec, parameter, model, filter_name, group, slice_index, current) -> None:
+    def _gene(self, spec, parameter, model, filter_name, group, slice_index, current, layers) -> None:
         label = spec.parameter
         if model:
             label += f"[{Path(model).name or model}]"
@@ -260,13 +272,18 @@ class _Builder:
             label += f"/slice{slice_index}"
         if spec.filters:
             label += f".{filter_name or '*'}"
-        if spec.layer_groups > 1:
+        count = spec.group_count
+        if count > 1:
             label += f"@{group}"
         low, high = spec.range
-        t = group / (spec.layer_groups - 1) if spec.layer_groups > 1 else 0.5
+        if spec.layer_ranges is not None:  # the recipe's value at the range's middle layer
+            start_layer, end_layer = spec.layer_ranges[group]
+            t = (start_layer + end_layer - 1) / 2 / (layers - 1) if layers > 1 else 0.5
+        else:
+            t = group / (count - 1) if count > 1 else 0.5
         start = _numeric(current, filter_name or "", t, parameter)
-        self.genes.append(Gene(label, spec.parameter, low, high, group, spec.layer_groups, model, filter_name,
-                               slice_index, _numeric_type(parameter) is int))
+        self.genes.append(Gene(label, spec.parameter, low, high, group, count, model, filter_name,
+                               slice_index, _numeric_type(parameter) is int, spec.layer_ranges))
         self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)
 
     def _current_setting(self, parameter: str, model: Optional[str], slice_index: Optional[int]) -> List[Any]:

@@ -11,6 +11,12 @@ What it speaks, as huggingface_hub 2.4.0 calls it:
 - POST /{repo}.git/info/lfs/objects/verify       -> 404 unless that object was stored with that size
 - POST /api/models/{repo}/commit/{rev}           -> NDJSON: base64 "file" lines and "lfsFile" pointers
 
+and, for downloads (`snapshot_download`, `list_repo_files`, as mergekit fetches a Hub id):
+
+- GET  /api/models/{repo}/revision/{rev}         -> repo info with its files ("siblings")
+- GET  /api/models/{repo}/tree/{rev}             -> every file, one page
+- HEAD/GET /{repo}/resolve/{rev}/{path}          -> the file, with the commit and ETag headers the client checks
+
 Every request is recorded. A commit is applied only if every lfsFile pointer names an object that
 was really PUT, so `files` holds exactly what a Hub repo would then contain.
 """
@@ -33,6 +39,15 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", 
 LFS_MIN_SIZE = 10 * 1024 * 1024
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+COMMIT = "0" * 40  # the one revision every repo has
+
+
+@dataclass
+class Raw:
+    """A file's bytes as the answer, rather than JSON."""
+
+    content: bytes
+    headers: dict
 
 
 @dataclass
@@ -85,7 +100,28 @@ class FakeHub:
             ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", self._lfs_batch),
             ("POST", rf"/{_REPO}\.git/info/lfs/objects/verify", self._lfs_verify),
             ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", self._commit),
+            ("GET", rf"/api/models/{_REPO}/revision/(?P<rev>[^/]+)", self._revision),
+            ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)", self._tree),
+            ("GET", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve),
+            ("HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve),
         ]
+
+    def _revision(self, request: Request, repo: str, rev: str):
+        if repo not in self.repos:
+            return 404, {"error": "Repository not found"}
+        return 200, {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": path} for path in sorted(self.files[repo])]}
+
+    def _tree(self, request: Request, repo: str, rev: str):
+        if repo not in self.repos:
+            return 404, {"error": "Repository not found"}
+        return 200, [{"type": "file", "path": path, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                     for path, content in sorted(self.files[repo].items())]
+
+    def _resolve(self, request: Request, repo: str, rev: str, path: str):
+        content = self.files.get(repo, {}).get(path)
+        if content is None:
+            return 404, {"error": "Entry not found"}
+        return 200, Raw(content, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(content).hexdigest()}"'})
 
     def _create_repo(self, request: Request):
         payload = request.json()
@@ -173,16 +209,20 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         request = Request(self.command, url.path, parse_qs(url.query), headers, self._body())
         status, payload = self.hub.handle(request)
-        body = json.dumps(payload).encode()
+        raw = isinstance(payload, Raw)
+        body = payload.content if raw else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
+        for name, value in (payload.headers.items() if raw else ()):
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
         self.close_connection = True
 
-    do_GET = do_POST = do_PUT = _serve
+    do_GET = do_POST = do_PUT = do_HEAD = _serve
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -68,7 +68,7 @@ def case_unknown_evomerge_key(recipe, zoo, tmp_path):
 
 def case_wrong_type(recipe, zoo, tmp_path):
     _edit(recipe, _gene(layer_groups="two"))
-    return _search(recipe, tmp_path), "evomerge.search[0].layer_groups: Input should be a valid integer"
+    return _search(recipe, tmp_path), "evomerge.search[0].layer_groups: expected a number of layer groups"
 
 
 def case_missing_model_folder(recipe, zoo, tmp_path):
@@ -157,6 +157,16 @@ def case_negative_noise_range(recipe, zoo, tmp_path):
 def case_too_many_layer_groups(recipe, zoo, tmp_path):
     _edit(recipe, _gene(layer_groups=9))
     return _search(recipe, tmp_path), "evomerge.search[0].layer_groups: 9 layer groups, but the models have 4 layers"
+
+
+def case_layer_ranges_with_a_gap(recipe, zoo, tmp_path):
+    _edit(recipe, _gene(layer_groups=[[0, 1], [2, 4]]))
+    return _search(recipe, tmp_path), "evomerge.search[0].layer_groups: expected a number of layer groups or contiguous layer ranges"
+
+
+def case_layer_ranges_short_of_the_last_layer(recipe, zoo, tmp_path):
+    _edit(recipe, _gene(layer_groups=[[0, 1], [1, 3]]))
+    return _search(recipe, tmp_path), "evomerge.search[0].layer_groups: the layer ranges end at layer 3, but the models have 4 layers"
 
 
 def case_nothing_to_search(recipe, zoo, tmp_path):

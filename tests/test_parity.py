@@ -184,3 +184,17 @@ def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specia
     stats = materializer.materialize(space.decode(x))
     attention_tensors = [n for n in materializer.model.state_dict() if "self_attn" in n]
     assert 0 < stats.recomputed <= len(attention_tensors) < every_tensor
+
+
+def test_explicit_layer_ranges_match_too(base_model, specialists, write_recipe, tmp_path):
+    """`layer_groups: [[0, 1], [1, 4]]` (as `evomerge tree --suggest-groups` prints) is a per-layer gradient."""
+    recipe = _searched_recipe("task_arithmetic", base_model, specialists)
+    recipe["evomerge"]["search"] = [{"parameter": "weight", "range": [0, 1], "layer_groups": [[0, 1], [1, 4]],
+                                     "filters": ["self_attn"]}]
+    candidate = _random_candidate(write_recipe(recipe))
+    fallback = candidate.merge.models[0].parameters["weight"][-1].value
+    assert len(fallback) == 4 and fallback[0] != fallback[1] and fallback[1] == fallback[2] == fallback[3]
+    materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)

@@ -37,6 +37,7 @@ from mergekit.tokenizer import BuildTokenizer, TokenizerInfo
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 
+from evomerge import layout
 from evomerge.random_state import preserved_random_state
 from evomerge.noise import add_noise, layer_positions, relative_std
 from evomerge.space import Candidate
@@ -128,7 +129,7 @@ class Materializer:
         self._check_coverage(plan)
         self._inputs = self._load_inputs(plan)
         self._gathers = {name: (task_key(task.gather_tensors), dtype) for name, task, dtype in plan}
-        self._sliced = bool(start.slices)
+        self._sections = layout.sections(start)
         self._written: Dict[str, tuple] = {}
 
     def _planned_tasks(self, merge: MergeConfiguration) -> List[Task]:
@@ -215,7 +216,8 @@ class Materializer:
 
     def load_parent(self, reference: ModelReference) -> None:
         """Write one parent's own weights into the resident model (`models:` recipes only)."""
-        if self._sliced or any(reference not in self._inputs[g] for g, _ in self._gathers.values()):
+        if not all(s.in_place(reference) for s in self._sections) \
+                or any(reference not in self._inputs[g] for g, _ in self._gathers.values()):
             raise ValueError(f"{reference} does not supply every tensor of the output model as it is")
         with torch.no_grad():
             for name, (gather, dtype) in self._gathers.items():

@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 from safetensors import safe_open
 
+from evomerge import layout
 from evomerge.errors import EvomergeError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def _references(merge: MergeConfiguration) -> Iterator[Tuple[str, ModelReference]]:
-    """(recipe key, model) for every place a model is named, first occurrence only."""
-    seen = set()
-    places: List[Tuple[str, ModelReference]] = []
-    if merge.base_model:
-        places.append(("base_model", merge.base_model))
-    for i, entry in enumerate(merge.models or []):
-        places.append((f"models[{i}].model", entry.model))
-    for j, out_slice in enumerate(merge.slices or []):
-        for k, source in enumerate(out_slice.sources):
-            places.append((f"slices[{j}].sources[{k}].model", source.model))
-    for key, reference in places:
-        if reference not in seen:
-            seen.add(reference)
-            yield key, reference
 
 
 def _is_hub_id(path: str) -> bool:
@@ -101,7 +85,7 @@ def _vocabulary(folder: Path) -> Optional[dict]:
 def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool = False) -> None:
     checker = _Checker(source, allow_pickle)
     local = []
-    for key, reference in _references(merge):
+    for key, reference in layout.references(merge):
         folder = checker.folder(reference, key)
         if folder is not None:
             local.append((key, reference, folder, checker.config(folder, key), checker.shapes(folder, key)))
@@ -116,7 +100,7 @@ def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool
                 raise checker.error(f"{reference}: {field} is {config.get(field)!r} but {first} has "
                                     f"{first_config.get(field)!r}", key)
         if shapes is not None and first_shapes is not None:
-            if not merge.slices and set(shapes) != set(first_shapes):
+            if layout.whole_models(merge) and set(shapes) != set(first_shapes):
                 name = sorted(set(shapes) ^ set(first_shapes))[0]
                 raise checker.error(f"tensor {name} is in {reference if name in shapes else first} only", key)
             for name in sorted(set(shapes) & set(first_shapes)):

@@ -19,6 +19,7 @@ from mergekit import merge_methods
 from mergekit.config import ConditionalParameter, ConfigYamlDumper, MergeConfiguration, evaluate_setting
 from mergekit.merge_methods.base import ParameterScope, ParameterSpec
 
+from evomerge import layout
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.recipe import SECTION, GeneSpec, Recipe, resolve_model_path
 
@@ -167,14 +168,7 @@ def _setting(entries: Dict[Optional[str], List[Tuple[int, float]]],
 
 def _parameter_dicts(merge: MergeConfiguration, model: Optional[str], slice_index: Optional[int]) -> Iterator[dict]:
     """The `parameters:` mappings a gene writes to, created when absent."""
-    if merge.slices:
-        out_slice = merge.slices[slice_index]
-        holders = [s for s in out_slice.sources if str(s.model) == model] if model else [out_slice]
-    elif model:
-        holders = [m for m in merge.models if str(m.model) == model]
-    else:
-        holders = [merge]
-    for holder in holders:
+    for holder in layout.parameter_holders(merge, slice_index, model):
         if holder.parameters is None:
             holder.parameters = {}
         yield holder.parameters
@@ -218,13 +212,8 @@ class _Builder:
         return parameter, spec.parameter in per_input
 
     def _slices(self) -> List[Tuple[Optional[int], List[str], int]]:
-        """(slice index, input models, layers) per place a gene can live."""
-        if self.merge.slices:
-            return [
-                (j, [str(s.model) for s in out_slice.sources], out_slice.sources[0].layer_range[1] - out_slice.sources[0].layer_range[0])
-                for j, out_slice in enumerate(self.merge.slices)
-            ]
-        return [(None, [str(m.model) for m in self.merge.models], self.layers())]
+        """(section index, input models, layers) per place a gene can live."""
+        return [(s.index, s.models(), s.layers or self.layers()) for s in layout.sections(self.merge)]
 
     def _models(self, index: int, spec: GeneSpec, parameter: ParameterSpec, inputs: List[str]) -> List[str]:
         base = str(self.merge.base_model) if self.merge.base_model else None
@@ -288,16 +277,7 @@ class _Builder:
 
     def _current_setting(self, parameter: str, model: Optional[str], slice_index: Optional[int]) -> List[Any]:
         """The recipe's own settings for this place, highest precedence first."""
-        chain: List[Any] = []
-        if self.merge.slices:
-            out_slice = self.merge.slices[slice_index]
-            if model:
-                chain += [s.parameters for s in out_slice.sources if str(s.model) == model]
-            chain.append(out_slice.parameters)
-        elif model:
-            chain += [m.parameters for m in self.merge.models if str(m.model) == model]
-        chain.append(self.merge.parameters)
-        return [c[parameter] for c in chain if c and parameter in c]
+        return [c[parameter] for c in layout.precedence(self.merge, slice_index, model) if parameter in c]
 
     def add_noise(self) -> None:
         noise = self.recipe.spec.noise

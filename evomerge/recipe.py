@@ -250,7 +250,7 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
         path=path.resolve(),
         text=text,
         merge=parse_merge_config(raw, path),
-        spec=_validated(EvomergeSpec, section, path, SECTION),
+        spec=validated(EvomergeSpec, section, path, SECTION),
     )
 
 
@@ -261,7 +261,7 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
         if key not in known:
             raise EvomergeError(f"unknown key{did_you_mean(key, known)}", path=path, key=key)
     raw = _resolve_model_paths(raw, path.parent)
-    config = _validated(MergeConfiguration, raw, path, None)
+    config = validated(MergeConfiguration, raw, path, None)
     try:
         merge_methods.get(config.merge_method)
     except RuntimeError:
@@ -274,7 +274,8 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
     return config
 
 
-def _validated(model: type, raw: Any, path: Path, prefix: Optional[str]):
+def validated(model: type, raw: Any, path: Optional[Path], prefix: Optional[str]):
+    """A pydantic model from raw data, or one EvomergeError naming the file, the key and what was expected."""
     try:
         return model.model_validate(raw)
     except ValidationError as error:

@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 
 from evomerge import scoreboard
 from evomerge.errors import EvomergeError, mergekit_refusals
-from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite, load_custom_fitness
+from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
 from evomerge.materialize import Materializer
-from evomerge.parents import check_parents
 from evomerge.recipe import Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
-from evomerge.space import SearchSpace
+from evomerge.validate import check_search
 from evomerge.store import Evaluation, RunStore
 
 RECIPE_COPY = "recipe.yaml"
@@ -52,7 +51,6 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
     """Validate and load everything first; the run directory is created only for a search that can start."""
     recipe = load_recipe(recipe_path).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
-    recipe.require_search()
     RunStore.check_new(run_dir)
     search = Search(recipe, options)
     store = RunStore.create(run_dir, {
@@ -100,13 +98,12 @@ class Search:
         self.recipe = recipe
         self.options = options
         spec = recipe.spec
-        check_parents(recipe.merge, recipe.path, allow_pickle=options.allow_pickle)
-        self.space = SearchSpace.from_recipe(recipe)
+        checked = check_search(recipe, allow_pickle=options.allow_pickle)
+        self.space = checked.space
         self.start = self.space.starting_point()
         self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path,
                                options=spec.eval, seed=spec.seed) if spec.tasks else None
-        custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
-        self.objective = Objective(spec.tasks, self.suite, custom, source=recipe.path)
+        self.objective = Objective(spec.tasks, self.suite, checked.custom_fitness, source=recipe.path)
         with mergekit_refusals(recipe.path):
             self.materializer = Materializer(self.start.merge, device=options.device, parents=spec.parents,
                                              dtype=spec.eval.dtype,
@@ -116,7 +113,7 @@ class Search:
         self.separate = spec.objectives == "separate"
         objectives = len(self.objective.names()) if self.separate else 1
         self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
-                                            spec.seed, objectives, source=recipe.path)
+                                            spec.seed, objectives, source=recipe.path, options=checked.searcher)
 
     def bind(self, store: RunStore) -> "Search":
         self.store = store

@@ -181,7 +181,7 @@ def case_unknown_searcher(recipe, zoo, tmp_path):
 
 def case_unknown_searcher_option(recipe, zoo, tmp_path):
     _edit(recipe, _ev(searcher={"name": "cma", "popsise": 8}))
-    return _search(recipe, tmp_path), "evomerge.searcher.popsise: unknown option for cma (did you mean 'popsize'?)"
+    return _search(recipe, tmp_path), "evomerge.searcher.popsise: unknown key (did you mean 'popsize'?)"
 
 
 def case_fitness_not_module_function(recipe, zoo, tmp_path):
@@ -232,3 +232,15 @@ def test_debug_shows_the_traceback(demo_recipe, tmp_path):
     recipe = _edit(demo_recipe(), lambda d: d.update(merge_method="nope"))
     result = CliRunner().invoke(main, ["--debug", "search", str(recipe), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and result.exc_info is not None
+
+
+def test_every_problem_found_before_loading_is_reported_at_once(demo_recipe, tmp_path):
+    recipe = _edit(demo_recipe(), lambda d: (d["evomerge"].update(searcher={"name": "cmaes"}, budget=None),
+                                             d["evomerge"]["search"][0].update(parameter="wieght")))
+    result = CliRunner().invoke(main, _search(recipe, tmp_path))
+    [line] = result.output.strip().splitlines()
+    assert result.exit_code == 2 and line.startswith(f"error: {recipe}: 3 problems: ")
+    for expected in ("evomerge.budget: expected a budget", "evomerge.searcher.name: unknown searcher 'cmaes'",
+                     "evomerge.search[0].parameter: task_arithmetic has no parameter 'wieght'"):
+        assert expected in line, expected
+    assert not (tmp_path / "run").exists()

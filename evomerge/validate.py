@@ -1,0 +1,57 @@
+"""Everything a search needs that can be checked before anything loads, in one step that
+reports every problem it finds at once; after it, the modules trust the types.
+
+Each check raises an `EvomergeError` naming the file, the key and what was expected; this
+step runs them all (a check that needs the model folders runs only once they are sound)
+and raises one error that lists every problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, TypeVar
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import load_custom_fitness
+from evomerge.parents import check_parents
+from evomerge.recipe import Recipe
+from evomerge.searchers import SearcherOptions, searcher_options
+from evomerge.space import SearchSpace
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks built on the way, for the search to use as it is."""
+
+    space: SearchSpace
+    searcher: SearcherOptions
+    custom_fitness: Optional[Callable]
+
+
+def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
+    problems: List[EvomergeError] = []
+
+    def attempt(check: Callable[[], T]) -> Optional[T]:
+        try:
+            return check()
+        except EvomergeError as error:
+            problems.append(error)
+            return None
+
+    spec = recipe.spec
+    attempt(recipe.require_search)
+    attempt(recipe.task_paths)
+    objectives = len(spec.tasks) if spec.objectives == "separate" else 1
+    searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
+    custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
+    space = None
+    if attempt(lambda: check_parents(recipe.merge, recipe.path, allow_pickle=allow_pickle) or True):
+        space = attempt(lambda: SearchSpace.from_recipe(recipe))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "; ".join(": ".join(part for part in (p.key, p.message) if part) for p in problems)
+        raise EvomergeError(f"{len(problems)} problems: {listed}", path=recipe.path)
+    return Checked(space, searcher, custom)

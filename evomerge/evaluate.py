@@ -42,7 +42,9 @@ def _reuse_requests(task) -> None:
 
     `lm_eval.evaluator.evaluate` rebuilds every request on every call, which for small
     models costs as much as scoring them. The requests depend only on the documents and
-    the prompt settings, never on the weights, so they are built once here.
+    the prompt settings, never on the weights, so they are built once here: once per task,
+    or once per document subset (`samples=`) when candidates are raced in stages. The
+    builds are kept on `task.build_all_requests.builds`, which a test reads.
     """
     build = task.build_all_requests
     built = {}
@@ -59,6 +61,7 @@ def _reuse_requests(task) -> None:
             instance.filtered_resps.clear()
         task._instances = built[key]
 
+    build_once.builds = built
     task.build_all_requests = build_once
 
 
@@ -117,6 +120,17 @@ class TaskSuite:
 
     def higher_is_better(self, task: str) -> Dict[str, bool]:
         return dict(self.tasks[task].higher_is_better())
+
+    def documents(self, task: str, limit: Optional[int] = None) -> int:
+        """How many documents a full evaluation scores (lm-eval's `limit` counts per task)."""
+        total = len(self.tasks[task].eval_docs)
+        return min(total, limit) if limit else total
+
+    def averaged(self, task: str, metric: str) -> bool:
+        """Whether the metric is a mean over documents, so a subset's mean estimates it."""
+        from lm_eval.api.metrics import mean
+
+        return self.tasks[task].aggregation().get(metric) is mean
 
     def filters(self, task: str) -> List[str]:
         """The task's filter pipelines by name ('none' when it has none), as lm-eval keys its results."""
@@ -180,23 +194,49 @@ class LMEvalScorer:
             self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
                                     max_length=options.max_length)
 
+    @property
+    def documents(self) -> int:
+        """Documents one `score()` scores, all tasks together."""
+        return sum(self.suite.documents(task, self.limit) for task in self.suite.names)
+
     def score(self) -> Metrics:
+        results = self._evaluate(limit=self.limit, samples=None, log_samples=False)
+        return {task: _metrics(results["results"][task]) for task in self.suite.names}
+
+    def score_documents(self, samples: Dict[str, Sequence[int]]) -> Dict[str, Dict[str, List[float]]]:
+        """Each document's metric values (task -> result key -> values in `samples` order), through
+        lm-eval's own `samples=`; a task given no documents is not scored."""
+        chosen = {task: list(ids) for task, ids in samples.items() if len(ids)}
+        if not chosen:
+            return {}
+        results = self._evaluate(limit=None, samples=chosen, log_samples=True,
+                                 tasks={task: self.suite.tasks[task] for task in chosen})
+        values: Dict[str, Dict[str, List[float]]] = {}
+        for task, logged in results["samples"].items():
+            position = {doc: i for i, doc in enumerate(chosen[task])}
+            for sample in sorted(logged, key=lambda s: position[s["doc_id"]]):
+                for metric in sample["metrics"]:
+                    key = metric if sample["filter"] == "none" else f"{metric},{sample['filter']}"
+                    values.setdefault(task, {}).setdefault(key, []).append(float(sample[metric]))
+        return values
+
+    def _evaluate(self, *, limit, samples, log_samples: bool, tasks=None) -> dict:
         from lm_eval.evaluator import evaluate
 
         with preserved_random_state(), torch.no_grad(), _silenced(self.bootstrap_iters > 0), \
                 _lm_eval_log_level(logging.WARNING):
-            results = evaluate(
+            return evaluate(
                 self.lm,
-                {"tasks": self.suite.tasks, "groups": {}},
-                limit=self.limit,
+                {"tasks": tasks or self.suite.tasks, "groups": {}},
+                limit=limit,
+                samples=samples,
                 bootstrap_iters=self.bootstrap_iters,
                 cache_requests=False,
-                log_samples=False,
+                log_samples=log_samples,
                 system_instruction=self.options.system_instruction,
                 apply_chat_template=self.options.apply_chat_template,
                 fewshot_as_multiturn=self.options.fewshot_as_multiturn,
             )
-        return {task: _metrics(results["results"][task]) for task in self.suite.names}
 
 
 def load_from_disk(path: str, trust_remote_code: bool = False):

@@ -112,7 +112,7 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         "",
         f"- Searcher: `{_searcher_name(store)}`{' (from --searcher)' if options.get('searcher') else ''}, "
         f"seed {candidate.seed}",
-        f"- Budget: {len(evaluations)} evaluations ({sum(not e.ok for e in evaluations)} failed)",
+        f"- Budget: {len(evaluations)} evaluations ({sum(e.failed for e in evaluations)} failed)",
         f"- This candidate: evaluation #{evaluation.id} (generation {evaluation.generation}, rank {rank}, "
         f"operator `{evaluation.operator or '-'}`"
         + (f", parents {', '.join(f'#{p}' for p in evaluation.parents)}" if evaluation.parents else "")

@@ -122,6 +122,23 @@ class TaskSpec(_Strict):
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+class RacingSpec(_Strict):
+    """Score each candidate in stages on growing shares of the search documents (one order,
+    shuffled once per run) and stop one that cannot, with this confidence, reach the bar:
+    the `rank`-th best fully scored candidate so far."""
+
+    stages: List[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    rank: PositiveInt = 1
+
+    @field_validator("stages")
+    @classmethod
+    def _growing_to_all(cls, stages: List[float]) -> List[float]:
+        if not stages or stages[-1] != 1.0 or any(not 0 <= a < b for a, b in zip([0.0] + stages, stages)):
+            raise ValueError(f"expected growing shares of the documents ending at 1.0, e.g. [0.25, 0.5, 1.0], got {stages}")
+        return stages
+
+
 class EvalSpec(_Strict):
     """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
 
@@ -134,6 +151,12 @@ class EvalSpec(_Strict):
     gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
     max_length: Optional[PositiveInt] = None
     dtype: Optional[str] = None  # the dtype candidates are scored in; default: the recipe's out_dtype or dtype
+    racing: Optional[RacingSpec] = None  # `true` for the defaults
+
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _racing_switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
 
     @field_validator("dtype")
     @classmethod

@@ -24,6 +24,7 @@ from evomerge.store import Evaluation, RunStore
 FITNESS_PNG = "fitness.png"
 PARAMETERS_PNG = "parameters.png"
 TASKS_PNG = "tasks.png"
+DOCUMENTS_PNG = "documents.png"
 LINEAGE_PNG = "lineage.png"
 REPORT_HTML = "report.html"
 LINEAGE_DEPTH = 6  # ancestors further back than this make the tree unreadable
@@ -56,6 +57,8 @@ def write_report(run_dir: Path) -> List[Path]:
             plots.append(plot_parameters(winner, genes, directory / PARAMETERS_PNG))
         if report is not None:
             plots.append(plot_tasks(report, directory / TASKS_PNG))
+        if any(e.documents for e in evaluations):
+            plots.append(plot_documents(evaluations, directory / DOCUMENTS_PNG))
         if winner is not None and any(e.parents for e in evaluations):
             plots.append(plot_lineage(evaluations, winner.id, directory / LINEAGE_PNG))
         page = directory / REPORT_HTML
@@ -76,8 +79,12 @@ def plot_fitness(evaluations: Sequence[Evaluation], winner: Optional[Evaluation]
     axes = figure.add_subplot()
     _shade_generations(axes, evaluations)
     ok = [e for e in evaluations if e.ok]
-    failed = [e for e in evaluations if not e.ok]
+    failed = [e for e in evaluations if e.failed]
+    raced = [e for e in evaluations if e.raced]
     axes.scatter([e.id for e in ok], [e.fitness for e in ok], s=22, color="tab:blue", alpha=0.7, label="candidate")
+    if raced:
+        axes.scatter([e.id for e in raced], [e.fitness for e in raced], s=22, facecolors="none",
+                     edgecolors="tab:blue", alpha=0.7, label="raced (estimate)")
     best = best_so_far(evaluations)
     axes.plot([e.id for e in evaluations], best, drawstyle="steps-post", color="tab:orange", lw=2, label="best so far")
     if winner is not None:
@@ -94,6 +101,27 @@ def plot_fitness(evaluations: Sequence[Evaluation], winner: Optional[Evaluation]
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     _save(figure, path)
     return Plot(path, _fitness_caption(evaluations, best))
+
+
+def plot_documents(evaluations: Sequence[Evaluation], path: Path) -> Plot:
+    """Documents scored over the run, against scoring every candidate in full: what racing saved."""
+    figure = Figure(figsize=(8, 4.0), layout="constrained")
+    axes = figure.add_subplot()
+    full = max(e.documents for e in evaluations if e.ok) if any(e.ok for e in evaluations) else 0
+    ids = [e.id for e in evaluations]
+    scored = np.cumsum([e.documents for e in evaluations])
+    axes.plot(ids, scored, drawstyle="steps-post", color="tab:blue", lw=2, label="documents scored")
+    if full:
+        axes.plot(ids, full * np.arange(1, len(ids) + 1), ls="--", color="0.5", label="every candidate in full")
+    raced = [e for e in evaluations if e.raced]
+    axes.set_title(f"Documents scored: {int(scored[-1]) if len(scored) else 0}")
+    axes.set_xlabel("evaluation #")
+    axes.set_ylabel("documents (all tasks together)")
+    axes.legend(loc="upper left", fontsize="small")
+    _save(figure, path)
+    saved = f", {1 - scored[-1] / (full * len(ids)):.0%} fewer than scoring every candidate in full" if full else ""
+    return Plot(path, f"Documents scored over the run, {len(raced)} of {len(evaluations)} candidates stopped early "
+                      f"by racing{saved}.")
 
 
 def best_so_far(evaluations: Sequence[Evaluation]) -> List[float]:
@@ -116,7 +144,7 @@ def _shade_generations(axes, evaluations: Sequence[Evaluation]) -> None:
 
 
 def _fitness_caption(evaluations: Sequence[Evaluation], best: List[float]) -> str:
-    failed = sum(not e.ok for e in evaluations)
+    failed = sum(e.failed for e in evaluations)
     known = [(e, b) for e, b in zip(evaluations, best) if not np.isnan(b)]
     if not known:
         return f"No successful evaluation yet ({len(evaluations)} evaluated, {failed} failed, shown as red crosses)."

@@ -97,7 +97,9 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         "seed": spec.seed,
         "budget": budget,
         "evaluations": len(evaluations),
-        "failed": sum(not e.ok for e in evaluations),
+        "failed": sum(e.failed for e in evaluations),
+        "raced": sum(e.raced for e in evaluations),
+        "documents": sum(e.documents for e in evaluations),
         "winner_id": best.id,
         "best_fitness": best.fitness,
         "objectives": objective.names(list(best.metrics.get("custom", {}))),
@@ -121,8 +123,10 @@ def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:
 
 def summary(report: Dict[str, Any]) -> str:
     """The line above the table: searcher, budget and the best search fitness."""
-    return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed); "
-            f"best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
+    raced = f", {report['raced']} raced" if report.get("raced") else ""
+    documents = f", {report['documents']} documents scored" if report.get("documents") else ""
+    return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
+            f"{raced}){documents}; best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
 
 
 def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:

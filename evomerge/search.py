@@ -24,7 +24,8 @@ from evomerge import scoreboard
 from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
 from evomerge.materialize import Materializer
-from evomerge.recipe import Recipe, load_recipe
+from evomerge.racing import Race, check_averaged
+from evomerge.recipe import SECTION, Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
 from evomerge.validate import check_search
 from evomerge.store import Evaluation, RunStore
@@ -110,6 +111,9 @@ class Search:
                                              trust_remote_code=options.trust_remote_code, quiet=options.quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit) if self.suite else None
+        self.race = Race(spec.eval.racing, self.scorer, self.objective, spec.seed) if spec.eval.racing else None
+        if self.race and (problem := check_averaged(self.objective, self.scorer)):
+            raise EvomergeError(problem, path=recipe.path, key=f"{SECTION}.eval.racing")
         self.separate = spec.objectives == "separate"
         objectives = len(self.objective.names()) if self.separate else 1
         self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
@@ -145,7 +149,7 @@ class Search:
                     results = self._generation(proposals, generation, progress)
                     if len(results) < len(proposals):
                         break  # the budget ends inside this generation
-                    if not any(r.ok for r in results):
+                    if all(r.failed for r in results):
                         self.store.set_meta("status", "failed")
                         raise EvomergeError(f"every candidate of generation {generation} failed; the first: "
                                             f"{results[0].error}", path=self.store.directory)
@@ -165,7 +169,7 @@ class Search:
         return ranked[0]
 
     def _fitness(self, evaluation: Evaluation):
-        if not evaluation.ok:
+        if evaluation.failed:
             return None
         return tuple(evaluation.objectives) if self.separate else (evaluation.fitness,)
 
@@ -200,8 +204,8 @@ class Search:
         try:
             evaluation.materialize_seconds = self.materializer.materialize(candidate).seconds
             scored = time.perf_counter()
-            metrics = self.scorer.score() if self.scorer else {}
             custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
+            metrics = self._score(evaluation, sum(custom.values()))
             evaluation.metrics = {**metrics, **({"custom": custom} if custom else {})}
             evaluation.objectives = self.objective.objectives(metrics, custom)
             evaluation.fitness = float(sum(evaluation.objectives))
@@ -214,6 +218,22 @@ class Search:
             if evaluation.materialize_seconds is None:
                 evaluation.materialize_seconds = time.perf_counter() - started
         return evaluation
+
+    def _score(self, evaluation: Evaluation, custom: float) -> dict:
+        """The lm-eval metrics, whole or raced in stages against the bar; counts the documents."""
+        if self.scorer is None:
+            return {}
+        if self.race is None:
+            evaluation.documents = self.scorer.documents
+            return self.scorer.score()
+        ranked = self.store.ranked()
+        rank = self.recipe.spec.eval.racing.rank
+        bar = ranked[rank - 1].fitness - custom if len(ranked) >= rank else None
+        result = self.race.run(bar)
+        evaluation.documents = result.documents
+        if not result.complete:
+            evaluation.status = "raced"
+        return result.metrics
 
     def finish(self) -> dict:
         """Score the report (scoreboard.py) and store it; write the run's views."""

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     generation INTEGER NOT NULL,
     genotype TEXT NOT NULL,
     recipe TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'raced')),
     fitness REAL,
     objectives TEXT,
     metrics TEXT NOT NULL,
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     evaluate_seconds REAL,
     parents TEXT NOT NULL,
     operator TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    documents INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     generation INTEGER PRIMARY KEY,
@@ -64,10 +65,21 @@ class Evaluation:
     parents: List[int] = field(default_factory=list)
     operator: str = ""
     created: float = field(default_factory=time.time)
+    documents: int = 0  # lm-eval documents scored, all tasks together (fewer when raced)
 
     @property
     def ok(self) -> bool:
+        """Fully scored: the only evaluations that can win."""
         return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def raced(self) -> bool:
+        """Stopped early by racing: its fitness is an estimate from fewer documents."""
+        return self.status == "raced"
 
 
 _JSON_FIELDS = ("genotype", "objectives", "metrics", "parents")
@@ -115,6 +127,9 @@ class RunStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(evaluations)")}
+        if "documents" not in columns:  # a run directory from before documents were counted
+            db.execute("ALTER TABLE evaluations ADD COLUMN documents INTEGER NOT NULL DEFAULT 0")
         return db
 
     def close(self) -> None:

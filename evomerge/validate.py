@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, TypeVar
 from evomerge.errors import EvomergeError
 from evomerge.evaluate import load_custom_fitness
 from evomerge.parents import check_parents
-from evomerge.recipe import Recipe
+from evomerge.recipe import SECTION, Recipe
 from evomerge.searchers import SearcherOptions, searcher_options
 from evomerge.space import SearchSpace
 
@@ -30,6 +30,18 @@ class Checked:
     custom_fitness: Optional[Callable]
 
 
+def _check_racing(recipe: Recipe) -> None:
+    spec = recipe.spec
+    if spec.eval.racing is None:
+        return
+    if not spec.tasks:
+        raise EvomergeError("racing stops candidates early on lm-eval documents; the recipe has no tasks",
+                            path=recipe.path, key=f"{SECTION}.eval.racing")
+    if spec.objectives == "separate":
+        raise EvomergeError("racing compares one fitness with a bar; use `objectives: sum`",
+                            path=recipe.path, key=f"{SECTION}.eval.racing")
+
+
 def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     problems: List[EvomergeError] = []
 
@@ -43,6 +55,7 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     spec = recipe.spec
     attempt(recipe.require_search)
     attempt(recipe.task_paths)
+    attempt(lambda: _check_racing(recipe))
     objectives = len(spec.tasks) if spec.objectives == "separate" else 1
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None

@@ -65,12 +65,12 @@ def test_the_report_command_draws_every_plot_and_a_page_that_shows_them(demo_rec
 
     assert result.exit_code == 0, result.output
     written = [Path(line) for line in result.output.split()]
-    assert [p.name for p in written] == ["fitness.png", "parameters.png", "tasks.png", "report.html"]
+    assert [p.name for p in written] == ["fitness.png", "parameters.png", "tasks.png", "documents.png", "report.html"]
     for image in written[:-1]:
         _assert_png(image)
     page = (run_dir / "report.html").read_text()
     assert all(f'<img src="{p.name}"' in page for p in written[:-1])
-    assert "winner (#" in page and "zoo_pair_report (acc)" in page and page.count("<figcaption>") == 3
+    assert "winner (#" in page and "zoo_pair_report (acc)" in page and page.count("<figcaption>") == 4
     assert "which the search never saw" in page
     assert not (run_dir / "lineage.png").exists(), "CMA-ES records no parents"
 

@@ -1,0 +1,109 @@
+"""Racing: candidates scored in stages on growing shares of the search documents, through
+lm-eval's own `samples=`, and stopped when they cannot reach the bar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
+from evomerge.materialize import Materializer
+from evomerge.racing import Race
+from evomerge.recipe import RacingSpec, TaskSpec, load_recipe
+from evomerge.search import SearchOptions, start_search
+from evomerge.space import SearchSpace
+from evomerge.store import RunStore
+
+TASKS = ["zoo_rev_search", "zoo_sort_search"]
+
+
+@pytest.fixture
+def resident(demo_recipe):
+    """The demo's starting point, resident, with a scorer on two search tasks."""
+    recipe = load_recipe(demo_recipe())
+    space = SearchSpace.from_recipe(recipe)
+    materializer = Materializer(space.starting_point().merge, quiet=True)
+    materializer.materialize(space.starting_point())
+    suite = TaskSuite(TASKS, recipe.task_paths())
+    scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer)
+    objective = Objective([TaskSpec(name=t, metric="acc", weight=0.5) for t in TASKS], suite)
+    return recipe, space, materializer, scorer, objective
+
+
+def test_staged_scores_equal_a_plain_lm_eval_run_on_the_same_documents(resident):
+    recipe, _, materializer, scorer, objective = resident
+    race = Race(RacingSpec(stages=[0.2, 0.6, 1.0]), scorer, objective, seed=3)
+    first = race.stages[0]
+    staged = scorer.score_documents(first)
+    plain = simple_evaluate(model=HFLM(pretrained=materializer.model, tokenizer=materializer.tokenizer), tasks=TASKS,
+                            task_manager=TaskManager(include_path=[str(p) for p in recipe.task_paths()]),
+                            samples=first, bootstrap_iters=0)["results"]
+    for task in TASKS:
+        assert len(staged[task]["acc"]) == len(first[task]) == 30
+        assert sum(staged[task]["acc"]) / 30 == plain[task]["acc,none"]
+    whole = race.run(bar=None)
+    assert whole.complete and whole.documents == 300 and whole.upper == pytest.approx(whole.estimate)
+    assert whole.metrics == {task: {k: v for k, v in whole.metrics[task].items()} for task in TASKS}
+    full = scorer.score()
+    assert all(whole.metrics[task]["acc"] == full[task]["acc"] for task in TASKS)
+
+
+def test_the_stages_share_one_shuffled_order_and_never_score_a_document_twice(resident):
+    _, _, _, scorer, objective = resident
+    race = Race(RacingSpec(), scorer, objective, seed=0)
+    for task in TASKS:
+        ids = [i for stage in race.stages for i in stage[task]]
+        assert sorted(ids) == list(range(150)) and ids != list(range(150))
+        assert [len(stage[task]) for stage in race.stages] == [38, 37, 75]
+    again = Race(RacingSpec(), scorer, objective, seed=0)
+    assert again.stages == race.stages and Race(RacingSpec(), scorer, objective, seed=1).stages != race.stages
+
+
+def test_requests_are_built_once_per_stage_whatever_the_number_of_candidates(resident):
+    _, space, materializer, scorer, objective = resident
+    race = Race(RacingSpec(), scorer, objective, seed=0)
+    for value in (0.0, 0.5, 1.0):
+        materializer.materialize(space.decode(space.from_unit([value] * space.dimension)))
+        race.run(bar=None)
+    for task in TASKS:
+        assert len(scorer.suite.tasks[task].build_all_requests.builds) == len(race.stages)
+
+
+def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(resident):
+    _, _, _, scorer, objective = resident
+    race = Race(RacingSpec(), scorer, objective, seed=0)
+    hopeless = race.run(bar=2.0)  # above any fitness two accuracies at weight 0.5 can reach
+    assert not hopeless.complete and hopeless.documents == 76 and hopeless.upper < 2.0
+    assert race.run(bar=-1.0).complete
+
+
+def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winner(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"racing": {"stages": [0.3, 1.0], "confidence": 0.9}},
+                         searcher={"name": "ga", "population": 6, "elitism": 1})
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=18, quiet=True))
+    best = search.run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    raced = [e for e in evaluations if e.raced]
+    full = 4 * 150
+    assert raced and all(0 < e.documents < full and e.fitness is not None for e in raced)
+    assert all(e.documents == full for e in evaluations if e.ok)
+    assert best.ok and best.fitness == max(e.fitness for e in evaluations if e.ok)
+    report = search.finish()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["documents"] for r in rows] == [e.documents for e in evaluations]
+    assert report["raced"] == len(raced) and report["documents"] == sum(e.documents for e in evaluations)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objectives": "separate"}, "racing compares one fitness with a bar"),
+    ({"tasks": [{"name": "zoo_rev_search", "metric": "perplexity"}]}, "zoo_rev_search's perplexity is not"),
+])
+def test_racing_needs_one_fitness_of_averaged_metrics(change, message, demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"racing": True}, searcher={"name": "optuna", "sampler": "nsga2"}, **change)
+    with pytest.raises(EvomergeError, match=message):
+        start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -51,16 +51,23 @@ class Race:
                 done[task] = end
             self.stages.append(stage)
 
-    def run(self, bar: Optional[float]) -> RaceResult:
-        """Stages until the last or until the candidate cannot reach `bar` (None: never stops)."""
+    def run(self, bar: Optional[float], prune: Optional[Callable[[int, float], Optional[bool]]] = None) -> RaceResult:
+        """Stages until the last or until the candidate cannot reach `bar` (None: never stops).
+
+        `prune(stage, estimate)`, when given and not None, decides instead of the bar: how
+        Optuna's pruners see each stage as an intermediate value.
+        """
         values: Dict[str, Dict[str, List[float]]] = {}
         for number, stage in enumerate(self.stages, start=1):
             for task, found in self.scorer.score_documents(stage).items():
                 for key, scores in found.items():
                     values.setdefault(task, {}).setdefault(key, []).extend(scores)
             result = self._estimate(values, complete=number == len(self.stages))
-            if not result.complete and bar is not None and result.upper < bar:
-                return result
+            if result.complete:
+                break
+            decision = prune(number, result.estimate) if prune else None
+            if decision if decision is not None else (bar is not None and result.upper < bar):
+                break
         return result
 
     def _estimate(self, values: Dict[str, Dict[str, List[float]]], complete: bool) -> RaceResult:

@@ -139,6 +139,7 @@ class Search:
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""
         searcher, generation = self._searcher()
+        self.searcher = searcher  # racing asks it whether to prune (Optuna's pruners)
         self.store.set_meta("status", "running")
         progress = tqdm(total=self.budget, initial=min(self.store.count(), self.budget), desc="search",
                         disable=self.options.quiet, unit="cand")
@@ -229,7 +230,8 @@ class Search:
         ranked = self.store.ranked()
         rank = self.recipe.spec.eval.racing.rank
         bar = ranked[rank - 1].fitness - custom if len(ranked) >= rank else None
-        result = self.race.run(bar)
+        result = self.race.run(bar, prune=lambda stage, estimate: self.searcher.prune(evaluation.id, stage,
+                                                                                       estimate + custom))
         evaluation.documents = result.documents
         if not result.complete:
             evaluation.status = "raced"

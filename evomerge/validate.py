@@ -42,6 +42,12 @@ def _check_racing(recipe: Recipe) -> None:
                             path=recipe.path, key=f"{SECTION}.eval.racing")
 
 
+def _check_pruner(recipe: Recipe) -> None:
+    if recipe.spec.searcher.options().get("pruner") and recipe.spec.eval.racing is None:
+        raise EvomergeError("a pruner sees each racing stage; set eval.racing (its stages) too",
+                            path=recipe.path, key=f"{SECTION}.searcher.pruner")
+
+
 def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     problems: List[EvomergeError] = []
 
@@ -56,6 +62,7 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     attempt(recipe.require_search)
     attempt(recipe.task_paths)
     attempt(lambda: _check_racing(recipe))
+    attempt(lambda: _check_pruner(recipe))
     objectives = len(spec.tasks) if spec.objectives == "separate" else 1
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None

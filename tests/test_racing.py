@@ -107,3 +107,21 @@ def test_racing_needs_one_fitness_of_averaged_metrics(change, message, demo_reci
     recipe = demo_recipe(eval={"racing": True}, searcher={"name": "optuna", "sampler": "nsga2"}, **change)
     with pytest.raises(EvomergeError, match=message):
         start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
+
+
+def test_optunas_pruner_sees_every_stage_and_prunes_instead_of_the_bar(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"racing": {"stages": [0.25, 0.5, 1.0]}},
+                         searcher={"name": "optuna", "sampler": "tpe", "batch": 4, "pruner": "median"})
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True))
+    search.run()
+    trials = search.searcher.study.trials
+    raced = {e.id for e in search.store.evaluations() if e.raced}
+    assert raced and {t.number for t in trials if t.state.name == "PRUNED"} == raced
+    assert all(set(t.intermediate_values) == {1, 2} for t in trials if t.state.name == "COMPLETE")
+    assert all(max(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")
+
+
+def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):
+    recipe = demo_recipe(searcher={"name": "optuna", "pruner": "median"})
+    with pytest.raises(EvomergeError, match="evomerge.searcher.pruner: a pruner sees each racing stage"):
+        start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))

@@ -65,6 +65,11 @@ class Searcher(ABC):
     def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
         """Results for every proposal of the last `ask()`, in the same order."""
 
+    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
+        """A raced candidate's estimate after a stage: True stops it, False lets it go on, None (the
+        default) leaves the decision to racing's own bar."""
+        return None
+
     def state(self) -> bytes:
         return pickle.dumps(self)
 

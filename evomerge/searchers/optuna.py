@@ -3,7 +3,7 @@ objectives: the run keeps the Pareto front) and random."""
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence, Set
 
 import optuna
 from pydantic import Field, PositiveInt
@@ -17,6 +17,8 @@ class OptunaOptions(SearcherOptions):
     sampler: Literal["tpe", "cmaes", "nsga2", "random"] = "tpe"
     batch: PositiveInt = Field(8, description="trials asked per generation (NSGA-II's population size)")
     startup_trials: Optional[PositiveInt] = Field(None, description="TPE's random start-up trials (Optuna's default 10)")
+    pruner: Optional[Literal["median", "successive_halving", "hyperband"]] = Field(
+        None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing)")
 
 
 class OptunaSearch(Searcher):
@@ -29,9 +31,11 @@ class OptunaSearch(Searcher):
         options: OptunaOptions = self.options
         if self.objectives > 1 and options.sampler not in ("nsga2", "random", "tpe"):
             raise ValueError(f"Optuna's {options.sampler} sampler optimizes one objective")
-        self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler())
+        self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler(),
+                                         pruner=self._pruner())
         self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
-        self._trials = []
+        self._trials: Dict[int, optuna.trial.Trial] = {}  # proposal id -> its trial, until told
+        self._pruned: Set[int] = set()
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
         options: OptunaOptions = self.options
@@ -44,6 +48,26 @@ class OptunaSearch(Searcher):
             return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=options.batch)
         return optuna.samplers.RandomSampler(seed=self.seed)
 
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        pruner = self.options.pruner
+        if pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=self.options.batch)
+        if pruner == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner()
+        if pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.NopPruner()
+
+    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
+        if self.options.pruner is None:
+            return None
+        trial = self._trials[proposal_id]
+        trial.report(estimate, stage)
+        if trial.should_prune():
+            self._pruned.add(proposal_id)
+            return True
+        return False
+
     def _params(self, genotype) -> dict:
         return {f"g{index}": float(value) for index, value in enumerate(genotype)}
 
@@ -52,13 +76,21 @@ class OptunaSearch(Searcher):
         return self.options.batch
 
     def ask(self) -> List[Proposal]:
-        self._trials = [self.study.ask() for _ in range(self.generation_size)]
-        return [self._proposal([t.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
-                               operator=f"optuna:{self.options.sampler}", trial=t.number) for t in self._trials]
+        proposals = []
+        for _ in range(self.generation_size):
+            trial = self.study.ask()
+            proposals.append(self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
+                                            operator=f"optuna:{self.options.sampler}", trial=trial.number))
+            self._trials[proposals[-1].id] = trial
+        return proposals
 
     def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
-        for trial, fitness in zip(self._trials, fitnesses):
+        for proposal, fitness in zip(proposals, fitnesses):
+            trial = self._trials.pop(proposal.id)
             if fitness is None:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif proposal.id in self._pruned:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last stage's value counts
             else:
                 self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
+        self._pruned -= {p.id for p in proposals}

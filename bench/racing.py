@@ -5,6 +5,7 @@ plain run itself, and by the raced run, if ever), the totals, and both winners' 
 score on the report tasks with its standard error.
 
     python bench/racing.py [--seeds 3] [--evaluations 64] [--searcher ga] [--threads 1]
+                           [--stages 0.25 0.5 1.0] [--confidence 0.95]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -29,8 +31,8 @@ SEARCHERS = {
 }
 
 
-def _run(work: Path, label: str, searcher: dict, seed: int, evaluations: int, racing: bool) -> dict:
-    extra = {"eval": {"racing": True}} if racing else {}
+def _run(work: Path, label: str, searcher: dict, seed: int, evaluations: int, racing: Optional[dict]) -> dict:
+    extra = {"eval": {"racing": racing}} if racing else {}
     recipe = write_demo_recipe(work, name=f"{label}.yaml", searcher=searcher, seed=seed, **extra)
     started = time.perf_counter()
     search = start_search(recipe, work / f"run-{label}", SearchOptions(evaluations=evaluations, quiet=True))
@@ -61,20 +63,24 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=64)
     parser.add_argument("--searcher", choices=sorted(SEARCHERS), default="ga")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one when anything else runs)")
+    parser.add_argument("--stages", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    parser.add_argument("--confidence", type=float, default=0.95)
     args = parser.parse_args()
+    racing = {"stages": args.stages, "confidence": args.confidence}
     torch.set_num_threads(args.threads)
     build_zoo(DEFAULT_ZOO_DIR)
     work = Path(tempfile.mkdtemp(prefix="evomerge-racing-"))
     rows = []
     for seed in range(args.seeds):
-        plain = _run(work, f"plain-{seed}", SEARCHERS[args.searcher], seed, args.evaluations, racing=False)
-        raced = _run(work, f"raced-{seed}", SEARCHERS[args.searcher], seed, args.evaluations, racing=True)
+        plain = _run(work, f"plain-{seed}", SEARCHERS[args.searcher], seed, args.evaluations, racing=None)
+        raced = _run(work, f"raced-{seed}", SEARCHERS[args.searcher], seed, args.evaluations, racing=racing)
         target = max(e.fitness for e in plain["evaluations"] if e.ok)
         rows.append({"seed": seed, "target": target, "plain": plain, "raced": raced,
                      "plain_reach": _reach(plain, target), "raced_reach": _reach(raced, target)})
         print(f"  seed {seed} done", flush=True)
 
-    print(f"\ndemo problem, searcher {args.searcher}, {args.evaluations} evaluations per run, {args.threads} torch thread(s)")
+    print(f"\ndemo problem, searcher {args.searcher}, {args.evaluations} evaluations per run, {args.threads} torch "
+          f"thread(s), racing stages {args.stages} at confidence {args.confidence}")
     print(f"{'seed':>4} {'target':>7} | {'docs to target':>15} {'s to target':>12} | {'docs total':>11} {'s total':>8}"
           f" | {'report mean ± se':>17} | raced")
     for row in rows:

@@ -100,6 +100,7 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         "failed": sum(e.failed for e in evaluations),
         "raced": sum(e.raced for e in evaluations),
         "documents": sum(e.documents for e in evaluations),
+        "restarts": max((e.info.get("restart", 0) for e in evaluations), default=0),
         "winner_id": best.id,
         "best_fitness": best.fitness,
         "objectives": objective.names(list(best.metrics.get("custom", {}))),
@@ -125,6 +126,7 @@ def summary(report: Dict[str, Any]) -> str:
     """The line above the table: searcher, budget and the best search fitness."""
     raced = f", {report['raced']} raced" if report.get("raced") else ""
     documents = f", {report['documents']} documents scored" if report.get("documents") else ""
+    documents += f", {report['restarts']} restarts (IPOP)" if report.get("restarts") else ""
     return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
             f"{raced}){documents}; best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
 

@@ -200,7 +200,7 @@ class Search:
         candidate = self.space.decode(genotype)
         evaluation = Evaluation(id=proposal.id, generation=generation, genotype=genotype.tolist(),
                                 recipe=candidate.to_yaml(), status="ok", parents=list(proposal.parents),
-                                operator=proposal.operator)
+                                operator=proposal.operator, info=dict(proposal.info))
         started = time.perf_counter()
         try:
             evaluation.materialize_seconds = self.materializer.materialize(candidate).seconds

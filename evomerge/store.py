@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     parents TEXT NOT NULL,
     operator TEXT NOT NULL,
     created REAL NOT NULL,
-    documents INTEGER NOT NULL DEFAULT 0
+    documents INTEGER NOT NULL DEFAULT 0,
+    info TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     generation INTEGER PRIMARY KEY,
@@ -66,6 +67,7 @@ class Evaluation:
     operator: str = ""
     created: float = field(default_factory=time.time)
     documents: int = 0  # lm-eval documents scored, all tasks together (fewer when raced)
+    info: Dict[str, Any] = field(default_factory=dict)  # what the searcher said of it (a restart, a trial, a rationale)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +84,7 @@ class Evaluation:
         return self.status == "raced"
 
 
-_JSON_FIELDS = ("genotype", "objectives", "metrics", "parents")
+_JSON_FIELDS = ("genotype", "objectives", "metrics", "parents", "info")
 
 
 class RunStore:
@@ -128,8 +130,9 @@ class RunStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(evaluations)")}
-        if "documents" not in columns:  # a run directory from before documents were counted
-            db.execute("ALTER TABLE evaluations ADD COLUMN documents INTEGER NOT NULL DEFAULT 0")
+        for column, declaration in (("documents", "INTEGER NOT NULL DEFAULT 0"), ("info", "TEXT NOT NULL DEFAULT '{}'")):
+            if column not in columns:  # a run directory from before the column existed
+                db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} {declaration}")
         return db
 
     def close(self) -> None:

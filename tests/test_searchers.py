@@ -170,3 +170,16 @@ def test_the_command_line_chooses_the_searcher(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 10})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, searcher="random")).run()
     assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations()} == {"uniform"}
+
+
+def test_cma_es_restarts_with_a_doubled_population_and_says_so():
+    searcher = make_searcher(SearcherSpec(name="cma", popsize=4), dimension=3, x0=np.full(3, 0.5), seed=0)
+    sizes, restarts = [], []
+    for _ in range(12):
+        proposals = searcher.ask()
+        sizes.append(len(proposals))
+        restarts.append({p.info["restart"] for p in proposals})
+        searcher.tell(proposals, [(0.0,)] * len(proposals))  # flat: pycma stops on tolflatfitness
+    first = next(i for i, r in enumerate(restarts) if r == {1})
+    assert all(r == {0} for r in restarts[:first]) and sizes[:first] == [4] * first
+    assert sizes[first] == 8

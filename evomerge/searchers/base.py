@@ -26,7 +26,7 @@ class Proposal:
     genotype: np.ndarray  # in the unit cube
     parents: Tuple[int, ...] = ()
     operator: str = ""
-    extra: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # stored with the evaluation: a CMA restart, an Optuna trial, a rationale
 
 
 class SearcherOptions(BaseModel):
@@ -46,9 +46,9 @@ class Searcher(ABC):
         self.objectives = objectives
         self._next_id = 0
 
-    def _proposal(self, genotype: np.ndarray, parents: Sequence[int] = (), operator: str = "", **extra) -> Proposal:
+    def _proposal(self, genotype: np.ndarray, parents: Sequence[int] = (), operator: str = "", **info) -> Proposal:
         proposal = Proposal(self._next_id, np.clip(np.asarray(genotype, dtype=float), 0.0, 1.0),
-                            tuple(parents), operator, extra)
+                            tuple(parents), operator, info)
         self._next_id += 1
         return proposal
 

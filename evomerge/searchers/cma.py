@@ -1,4 +1,9 @@
-"""CMA-ES through pycma, with its own seeded generator and pycma's boundary handling."""
+"""CMA-ES through pycma, with its own seeded generator and pycma's boundary handling.
+
+When pycma's own stopping criteria fire, the search restarts as IPOP-CMA-ES does (pycma's
+`restarts` with `incpopsize=2`): from the best point found, with twice the population.
+Every proposal records the restart it belongs to.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class CMAES(Searcher):
         self.es = self._strategy(self.x0)
 
     def _strategy(self, mean: np.ndarray) -> cma.CMAEvolutionStrategy:
-        popsize = self.options.popsize or 4 + int(3 * math.log(max(self.dimension, 1)))
+        popsize = (self.options.popsize or 4 + int(3 * math.log(max(self.dimension, 1)))) * 2 ** self.restarts
         return cma.CMAEvolutionStrategy(list(mean), self.options.sigma0, {
             "bounds": [0.0, 1.0], "popsize": popsize, "randn": self.normal,
             "seed": np.nan, "verbose": -9, "verb_log": 0, "verb_disp": 0,
@@ -51,7 +56,7 @@ class CMAES(Searcher):
     def ask(self) -> List[Proposal]:
         if self.es.stop():
             self.restarts += 1
-            self.es = self._strategy(np.clip(self.es.mean, 0.0, 1.0))
+            self.es = self._strategy(np.clip(self.es.result.xbest, 0.0, 1.0))
         self._asked = self.es.ask()
         return [self._proposal(x, operator="cma", restart=self.restarts) for x in self._asked]
 

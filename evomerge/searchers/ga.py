@@ -105,7 +105,7 @@ class GeneticAlgorithm(Searcher):
         r1, r2 = self.rng.choice(others, size=2, replace=False)
         trio = [self.population[index], self.population[r1], self.population[r2]]
         genotype = self.differential.crossover(np.stack([p.genotype for p in trio]), self.rng)
-        return self._proposal(genotype, parents=[p.id for p in trio], operator="differential", target=index)
+        return self._proposal(genotype, parents=[p.id for p in trio], operator="differential")
 
     def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
         children = [Individual(p.id, p.genotype, -np.inf if scalar(f) is None else scalar(f))
@@ -114,7 +114,7 @@ class GeneticAlgorithm(Searcher):
             self.population = children
         elif self.differential:
             for proposal, child in zip(proposals, children):
-                target = proposal.extra["target"]
+                target = next(i for i, member in enumerate(self.population) if member.id == proposal.parents[0])
                 if child.fitness > self.population[target].fitness:
                     self.population[target] = child
         else:

@@ -21,6 +21,7 @@ SEARCHERS = {
     "cma": {"name": "cma", "popsize": 8},
     "ga": {"name": "ga", "population": 8, "elitism": 2},
     "ga-differential": {"name": "ga", "population": 8, "differential": {"f": 0.5, "cr": 0.5}},
+    "ga-succession": {"name": "ga", "population": 8, "elitism": 2, "succession": {"step": 0.5, "decay": 0.95}},
     "optuna-tpe": {"name": "optuna", "sampler": "tpe", "batch": 8},
     "random": {"name": "random", "batch": 8},
 }

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -76,6 +76,12 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     return search.bind(store)
 
 
+def _flat_scores(evaluation: Evaluation) -> Dict[str, float]:
+    """'task.metric' -> value (and 'custom.x'), standard errors left out."""
+    return {f"{task}.{metric}": value for task, metrics in evaluation.metrics.items()
+            for metric, value in metrics.items() if "_stderr" not in metric}
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
@@ -117,7 +123,8 @@ class Search:
         self.separate = spec.objectives == "separate"
         objectives = len(self.objective.names()) if self.separate else 1
         self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
-                                            spec.seed, objectives, source=recipe.path, options=checked.searcher)
+                                            spec.seed, objectives, source=recipe.path, options=checked.searcher,
+                                            genes=self.space.describe())
 
     def bind(self, store: RunStore) -> "Search":
         self.store = store
@@ -146,7 +153,11 @@ class Search:
         try:
             with _sigterm_as_interrupt():
                 while self.store.count() < self.budget:
-                    proposals = searcher.ask()
+                    if not searcher.asked:  # a resumed run evaluates what its searcher had asked
+                        searcher.asked = searcher.ask()
+                        if not searcher.replayable:
+                            self.store.save_checkpoint(generation, searcher.state())
+                    proposals = searcher.asked
                     results = self._generation(proposals, generation, progress)
                     if len(results) < len(proposals):
                         break  # the budget ends inside this generation
@@ -154,7 +165,10 @@ class Search:
                         self.store.set_meta("status", "failed")
                         raise EvomergeError(f"every candidate of generation {generation} failed; the first: "
                                             f"{results[0].error}", path=self.store.directory)
+                    for result in results:
+                        searcher.note(result.id, _flat_scores(result))
                     searcher.tell(proposals, [self._fitness(r) for r in results])
+                    searcher.asked = []
                     generation += 1
                     self.store.save_checkpoint(generation, searcher.state())
                     self.store.write_views()

@@ -115,6 +115,27 @@ class SearchSpace:
     def starting_point(self) -> Candidate:
         return self.decode(self.x0)
 
+    def describe(self) -> List[Dict[str, Any]]:
+        """Each gene as a person reads it: its name, range and what it controls in the recipe."""
+        return [{"name": g.name, "low": g.low, "high": g.high, "controls": _controls(g)} for g in self.genes]
+
+
+def _controls(gene: Gene) -> str:
+    if gene.parameter == NOISE:
+        what = "std of Gaussian weight noise, relative to each merged tensor's std"
+    else:
+        what = f"mergekit parameter `{gene.parameter}`" + (f" of model {gene.model}" if gene.model else " (shared)")
+    if gene.slice_index is not None:
+        what += f" in output slice {gene.slice_index}"
+    if gene.filter is not None:
+        what += f", tensors matching '{gene.filter}'"
+    if gene.layer_ranges is not None:
+        start, end = gene.layer_ranges[gene.group]
+        what += f", layers {start}-{end - 1}"
+    elif gene.groups > 1:
+        what += f", gradient point {gene.group + 1} of {gene.groups} across the layers (first to last)"
+    return what
+
 
 def count_layers(merge: MergeConfiguration) -> int:
     """Layers of the recipe's models (mergekit's own architecture tables)."""

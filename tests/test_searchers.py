@@ -19,6 +19,7 @@ CONFIGS = {
     "ga-tournament-blend": {"name": "ga", "population": 4, "elitism": 1},
     "ga-roulette-uniform": {"name": "ga", "population": 4, "elitism": 1, "selection": "roulette", "crossover": "uniform"},
     "ga-differential": {"name": "ga", "population": 4, "differential": {"f": 0.4, "cr": 0.6}},
+    "ga-succession": {"name": "ga", "population": 4, "elitism": 1, "succession": {"step": 0.5, "decay": 0.95}},
     "optuna-tpe": {"name": "optuna", "sampler": "tpe", "batch": 4, "startup_trials": 4},
     "optuna-cmaes": {"name": "optuna", "sampler": "cmaes", "batch": 4},
     "optuna-nsga2": {"name": "optuna", "sampler": "nsga2", "batch": 4},
@@ -32,7 +33,8 @@ def _sphere(proposal) -> tuple:
 
 
 def test_every_searcher_is_configured_here():
-    assert {c["name"] for c in CONFIGS.values()} == set(SEARCHERS)
+    # llm needs an endpoint: tests/test_llm_searcher.py drives it against a fake one
+    assert {c["name"] for c in CONFIGS.values()} | {"llm"} == set(SEARCHERS)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -183,3 +185,22 @@ def test_cma_es_restarts_with_a_doubled_population_and_says_so():
     first = next(i for i, r in enumerate(restarts) if r == {1})
     assert all(r == {0} for r in restarts[:first]) and sizes[:first] == [4] * first
     assert sizes[first] == 8
+
+
+def test_genome_succession_moves_children_toward_the_best_with_a_decaying_step():
+    from evomerge.searchers.operators import Succession
+
+    rng = np.random.default_rng(0)
+    step = Succession(step=0.5, decay=0.95)
+    x, own, best, worst = np.full(4, 0.5), np.full(4, 0.6), np.full(4, 0.9), np.full(4, 0.1)
+    moved = step.move(x, own, best, worst, generation=0, rng=rng)
+    assert np.all(moved > x)  # toward the bests, away from the worst: all push up here
+    late = step.move(x, own, best, worst, generation=40, rng=np.random.default_rng(0))
+    assert np.all(late - x < (moved - x) * 0.95 ** 40 * 1.0001)
+    searcher = make_searcher(SearcherSpec(name="ga", population=6, elitism=1, succession={"step": 0.5, "decay": 0.95}),
+                             dimension=3, x0=np.full(3, 0.5), seed=1)
+    for _ in range(3):
+        proposals = searcher.ask()
+        searcher.tell(proposals, [_sphere(p) for p in proposals])
+    children = searcher.ask()
+    assert all(c.operator.endswith("+succession") and c.parents for c in children)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Sequence, Type
 
 import numpy as np
 
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.recipe import SECTION, SearcherSpec, validated
-from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
+from evomerge.searchers.base import Fitness, GeneInfo, Proposal, Searcher, SearcherOptions
 from evomerge.searchers.cma import CMAES
 from evomerge.searchers.ga import GeneticAlgorithm
+from evomerge.searchers.llm import LLMSearch
 from evomerge.searchers.optuna import OptunaSearch
 from evomerge.searchers.random import RandomSearch
 
-SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, GeneticAlgorithm, OptunaSearch, RandomSearch)}
+SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, GeneticAlgorithm, LLMSearch, OptunaSearch,
+                                                                   RandomSearch)}
 
 __all__ = ["SEARCHERS", "Fitness", "Proposal", "Searcher", "make_searcher", "searcher_options"]
 
@@ -34,10 +36,11 @@ def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[P
 
 
 def make_searcher(spec: SearcherSpec, dimension: int, x0: np.ndarray, seed: int, objectives: int = 1,
-                  source: Optional[Path] = None, options: Optional[SearcherOptions] = None) -> Searcher:
+                  source: Optional[Path] = None, options: Optional[SearcherOptions] = None,
+                  genes: Sequence[GeneInfo] = ()) -> Searcher:
     """A fresh searcher; `options` already validated by `searcher_options` skip the check."""
     options = options or searcher_options(spec, objectives, source)
     try:
-        return SEARCHERS[spec.name](dimension, x0, seed, options, objectives)
+        return SEARCHERS[spec.name](dimension, x0, seed, options, objectives, genes)
     except ValueError as error:
         raise EvomergeError(str(error), path=source, key=f"{SECTION}.searcher") from None

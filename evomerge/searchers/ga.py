@@ -6,7 +6,9 @@ each generation keeps the `elitism` best individuals and fills the population wi
 children of selected parents (crossover with probability `crossover_rate`, then Gaussian
 mutation). With `differential`, every individual instead gets one child
 x + F·(x_r1 − x_r2) (binomially crossed with it), and the child replaces its parent only
-if it scores better (Evolver). Every proposal names its parents and the operator.
+if it scores better (Evolver). With `succession`, each child then takes GENOME+'s
+particle-swarm step (toward its better parent and the best, away from the worst; the step
+decays every generation). Every proposal names its parents and the operator.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from evomerge.searchers.operators import (
     DifferentialMutation,
     GaussianMutation,
     RouletteSelection,
+    Succession,
     TournamentSelection,
     UniformCrossover,
 )
@@ -31,6 +34,11 @@ from evomerge.searchers.operators import (
 class DifferentialOptions(SearcherOptions):
     f: float = Field(0.5, gt=0, description="Evolver's F (typically 0.1-0.5)")
     cr: float = Field(0.5, ge=0, le=1, description="binomial crossover rate")
+
+
+class SuccessionOptions(SearcherOptions):
+    step: float = Field(0.5, gt=0, description="GENOME+'s step size")
+    decay: float = Field(0.95, gt=0, le=1, description="the step's factor per generation")
 
 
 class GAOptions(SearcherOptions):
@@ -44,6 +52,7 @@ class GAOptions(SearcherOptions):
     mutation_rate: float = Field(0.2, ge=0, le=1)
     mutation_scale: float = Field(0.1, gt=0)
     differential: Optional[DifferentialOptions] = None
+    succession: Optional[SuccessionOptions] = None
 
 
 @dataclass
@@ -69,6 +78,9 @@ class GeneticAlgorithm(Searcher):
         self.mutation = GaussianMutation(options.mutation_rate, options.mutation_scale)
         self.differential = (DifferentialMutation(options.differential.f, options.differential.cr)
                              if options.differential else None)
+        self.succession = (Succession(options.succession.step, options.succession.decay)
+                           if options.succession else None)
+        self.generation = 0
         self.population: List[Individual] = []
 
     @property
@@ -98,6 +110,13 @@ class GeneticAlgorithm(Searcher):
         else:
             parents, genotype, operator = parents[:1], parents[0].genotype.copy(), "mutation"
         genotype = self.mutation.mutate(genotype, self.rng)
+        if self.succession:
+            alive = [i for i in self.population if np.isfinite(i.fitness)] or self.population
+            ranked = sorted(alive, key=lambda i: (-i.fitness, i.id))
+            own = max(parents, key=lambda i: i.fitness)
+            genotype = self.succession.move(genotype, own.genotype, ranked[0].genotype, ranked[-1].genotype,
+                                            self.generation, self.rng)
+            operator += "+succession"
         return self._proposal(genotype, parents=[p.id for p in parents], operator=operator)
 
     def _differential_child(self, index: int) -> Proposal:
@@ -108,6 +127,7 @@ class GeneticAlgorithm(Searcher):
         return self._proposal(genotype, parents=[p.id for p in trio], operator="differential")
 
     def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+        self.generation += 1
         children = [Individual(p.id, p.genotype, -np.inf if scalar(f) is None else scalar(f))
                     for p, f in zip(proposals, fitnesses)]
         if not self.population:

@@ -78,3 +78,19 @@ class DifferentialMutation:
         take = rng.random(target.shape) < self.cr
         take[rng.integers(len(target))] = True  # at least one gene from the mutant
         return np.where(take, mutant, target)
+
+
+@dataclass(frozen=True)
+class Succession:
+    """GENOME+'s succession: a particle-swarm step that moves an offspring toward its own best
+    (its better parent) and the population's best and away from the population's worst, with
+    a step size that decays by `decay` every generation."""
+
+    step: float
+    decay: float
+
+    def move(self, x: np.ndarray, own_best: np.ndarray, best: np.ndarray, worst: np.ndarray, generation: int,
+             rng: np.random.Generator) -> np.ndarray:
+        size = self.step * self.decay ** generation
+        r1, r2, r3 = rng.random((3, len(x)))
+        return x + size * (r1 * (own_best - x) + r2 * (best - x) - r3 * (worst - x))

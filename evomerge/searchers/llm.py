@@ -1,0 +1,249 @@
+"""An LLM-guided searcher: a language model behind any OpenAI-compatible chat endpoint
+(vLLM, llama.cpp's server, Ollama, a hosted API) proposes the next candidates, is shown how
+its earlier proposals scored with its own earlier reasoning, and reflects on them (the
+feedback loop of Guided Evolution's "Evolution of Thought").
+
+What the model answers is input from outside and is never trusted, and nothing in it is
+executed: an answer that is not JSON, names unknown genes, is out of range or repeats a
+point already proposed is repaired where it can be (clipped, completed from the best
+candidate) or replaced by a Gaussian mutation of a good candidate. Every proposal records
+its operator (`llm`, `llm-repaired`, `fallback`) and its rationale. A timeout, a refused
+connection or an HTTP error is retried with backoff, then that batch falls back: the run
+never stops for the endpoint. The state is plain data (the history, the proposals and the
+reflections), checkpointed like any searcher's; the client is rebuilt after a resume.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
+from evomerge.searchers.operators import GaussianMutation
+
+CHARS_PER_TOKEN = 4  # the budget's estimate of a token, whatever the model's tokenizer
+SYSTEM = (
+    "You help an evolutionary search over model-merge recipes (mergekit). Each candidate is a set of "
+    "numbers, one per gene; its fitness (higher is better) is measured on held-in tasks. Study the results, "
+    "then propose new candidates that should score higher. Answer with JSON only, in this form: "
+    '{"reflection": "<what the results so far teach, at most three sentences>", '
+    '"proposals": [{"genes": {"<gene name>": <number>, ...}, "rationale": "<one sentence>"}, ...]}. '
+    "Use only the gene names listed, with values inside their ranges."
+)
+
+
+class LLMOptions(SearcherOptions):
+    endpoint: str = Field(description="the OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    batch: PositiveInt = 4
+    timeout: PositiveFloat = 60.0
+    retries: NonNegativeInt = 2
+    backoff: PositiveFloat = 1.0  # seconds before the first retry, doubled after each
+    token_budget: PositiveInt = Field(3000, ge=500)
+    temperature: float = Field(0.7, ge=0, le=2)
+    mutation_scale: PositiveFloat = 0.1  # of the fallback, in the unit cube
+
+
+class LLMSearch(Searcher):
+    name = "llm"
+    Options = LLMOptions
+    replayable = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if importlib.util.find_spec("openai") is None:
+            raise ValueError("the llm searcher needs the openai package: pip install 'evomerge[llm]'")
+        if not self.genes:
+            self.genes = [{"name": f"g{i}", "low": 0.0, "high": 1.0, "controls": "a number"} for i in range(self.dimension)]
+        self.rng = np.random.default_rng(self.seed)
+        self.history: List[Dict[str, Any]] = []  # id, x (unit cube), fitness, scores, operator, rationale
+        self.pending: Dict[int, Dict[str, Any]] = {}  # proposals not told yet, the same fields
+        self.reflections: List[str] = []
+        self.answers = {"requested": 0, "unreachable": 0, "usable": 0, "repaired": 0, "fallback": 0}
+        self._scores: Dict[int, Dict[str, float]] = {}
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}  # a connection is not state
+
+    @property
+    def generation_size(self) -> int:
+        return self.options.batch
+
+    # -- ask ----------------------------------------------------------------------------------
+    def ask(self) -> List[Proposal]:
+        proposals: List[Proposal] = []
+        if not self.history and not self.pending:
+            proposals.append(self._keep(self._proposal(self.x0, operator="start"), ""))
+        wanted = self.generation_size - len(proposals)
+        answer = self._request(self.messages(wanted))
+        reflection, suggested = _parse(answer) if answer is not None else (None, [])
+        if reflection:
+            self.reflections.append(reflection[:600])
+        for genes, rationale in suggested[:wanted]:
+            x, repaired, parents = self._repair(genes)
+            if x is None or self._seen(x, proposals):
+                continue
+            self.answers["repaired" if repaired else "usable"] += 1
+            proposal = self._proposal(x, parents, "llm-repaired" if repaired else "llm", rationale=rationale[:400])
+            proposals.append(self._keep(proposal, rationale))
+        while len(proposals) < self.generation_size:
+            self.answers["fallback"] += 1
+            proposals.append(self._keep(self._fallback(proposals), ""))
+        if reflection:  # stored once a batch, with its first proposal that is not the start
+            next(p for p in proposals if p.operator != "start").info["reflection"] = reflection[:600]
+        return proposals
+
+    def _keep(self, proposal: Proposal, rationale: str) -> Proposal:
+        self.pending[proposal.id] = {"id": proposal.id, "x": proposal.genotype.tolist(), "operator": proposal.operator,
+                                     "rationale": rationale}
+        return proposal
+
+    def _repair(self, genes: Any) -> Tuple[Optional[np.ndarray], bool, Tuple[int, ...]]:
+        """A vector in the unit cube from the model's gene values, whether it needed repair, its parents."""
+        if not isinstance(genes, dict):
+            return None, True, ()
+        best = self._best()
+        x = np.array(best["x"]) if best else self.x0.copy()
+        known = {g["name"]: i for i, g in enumerate(self.genes)}
+        repaired = set(genes) - set(known) != set()
+        given = 0
+        for name, value in genes.items():
+            if name not in known or isinstance(value, bool):
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                repaired = True
+                continue
+            if not np.isfinite(value):
+                repaired = True
+                continue
+            gene = self.genes[known[name]]
+            unit = (value - gene["low"]) / (gene["high"] - gene["low"])
+            repaired |= not 0.0 <= unit <= 1.0
+            x[known[name]] = float(np.clip(unit, 0.0, 1.0))
+            given += 1
+        if given == 0:
+            return None, True, ()
+        completed = given < len(self.genes)
+        parents = (best["id"],) if completed and best else ()
+        return x, repaired or completed, parents
+
+    def _seen(self, x: np.ndarray, batch: Sequence[Proposal]) -> bool:
+        earlier = [np.asarray(r["x"]) for r in self.history] + [np.asarray(r["x"]) for r in self.pending.values()]
+        earlier += [p.genotype for p in batch]
+        return any(np.allclose(x, other, atol=1e-9) for other in earlier)
+
+    def _fallback(self, batch: Sequence[Proposal]) -> Proposal:
+        """A Gaussian mutation of one of the three best candidates (or of the start)."""
+        ranked = sorted((r for r in self.history if r["fitness"] is not None), key=lambda r: -r["fitness"])[:3]
+        mutation = GaussianMutation(rate=0.5, scale=self.options.mutation_scale)
+        for _ in range(100):
+            parent = ranked[int(self.rng.integers(len(ranked)))] if ranked else None
+            x = np.clip(mutation.mutate(np.asarray(parent["x"]) if parent else self.x0, self.rng), 0.0, 1.0)
+            if not self._seen(x, batch):
+                break
+        return self._proposal(x, (parent["id"],) if parent else (), "fallback")
+
+    def _best(self) -> Optional[Dict[str, Any]]:
+        done = [r for r in self.history if r["fitness"] is not None]
+        return max(done, key=lambda r: r["fitness"]) if done else None
+
+    # -- the request --------------------------------------------------------------------------
+    def messages(self, wanted: int) -> List[Dict[str, str]]:
+        """The chat to send: the genes, the best candidates and a sample of the rest, the model's
+        own proposals with their outcomes and rationales, its reflections; within the budget."""
+        budget = self.options.token_budget * CHARS_PER_TOKEN - len(SYSTEM)
+        head = ["Genes (name: range; what it controls):"]
+        head += [f"- {g['name']}: [{g['low']:g}, {g['high']:g}]; {g['controls']}" for g in self.genes]
+        tail = [f"Propose {wanted} new candidates, each different from every candidate above.",
+                f"(This message is kept within about {self.options.token_budget} tokens, counting "
+                f"{CHARS_PER_TOKEN} characters a token; older history is left out.)"]
+        done = [r for r in self.history if r["fitness"] is not None]
+        best = sorted(done, key=lambda r: -r["fitness"])[:3]
+        own = [r for r in self.history if r["operator"].startswith("llm")][::-1]
+        rest = [r for r in done if r not in best]
+        sample = [rest[i] for i in self.rng.permutation(len(rest))]
+        sections = [("Best candidates so far:", best), ("Your earlier proposals, newest first, and how they scored:", own),
+                    ("Other evaluated candidates (a sample):", sample)]
+        lines = head + (["Your earlier reflections: " + " | ".join(self.reflections[-3:])] if self.reflections else [])
+        used = sum(len(line) + 1 for line in lines + tail)
+        for title, records in sections:
+            if not records:
+                continue
+            block = [title]
+            for record in records:
+                line = self._describe(record, with_rationale=title.startswith("Your"))
+                if used + len(line) + len(title) + 2 > budget:
+                    break
+                block.append(line)
+                used += len(line) + 1
+            if len(block) > 1:
+                lines += block
+                used += len(title) + 1
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines + tail)}]
+
+    def _describe(self, record: Dict[str, Any], with_rationale: bool) -> str:
+        genes = ", ".join(f"{g['name']}={g['low'] + x * (g['high'] - g['low']):.4g}" for g, x in zip(self.genes, record["x"]))
+        outcome = "failed" if record["fitness"] is None else f"fitness {record['fitness']:.4f}"
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(record["scores"].items()))
+        why = f"; your rationale: {record['rationale']}" if with_rationale and record["rationale"] else ""
+        return f"- #{record['id']} {outcome}" + (f" ({scores})" if scores else "") + f": {genes}{why}"
+
+    def _request(self, messages: List[Dict[str, str]]) -> Optional[str]:
+        """The model's answer, or None once every retry failed (that batch falls back)."""
+        import openai
+
+        if self._client is None:
+            self._client = openai.OpenAI(base_url=self.options.endpoint, max_retries=0, timeout=self.options.timeout,
+                                         api_key=os.environ.get(self.options.api_key_env) or "not-needed")
+        for attempt in range(self.options.retries + 1):
+            self.answers["requested"] += 1
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.options.model, messages=messages, temperature=self.options.temperature)
+                return response.choices[0].message.content or ""
+            except (openai.APIError, IndexError, AttributeError):  # timeouts, refused connections, HTTP errors
+                self.answers["unreachable"] += 1
+                if attempt < self.options.retries:
+                    time.sleep(self.options.backoff * 2 ** attempt)
+        return None
+
+    # -- tell ---------------------------------------------------------------------------------
+    def note(self, proposal_id: int, scores: Dict[str, float]) -> None:
+        self._scores[proposal_id] = scores
+
+    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+        for proposal, fitness in zip(proposals, fitnesses):
+            record = self.pending.pop(proposal.id)
+            record.update(fitness=scalar(fitness), scores=self._scores.pop(proposal.id, {}))
+            self.history.append(record)
+
+
+def _parse(answer: str) -> Tuple[Optional[str], List[Tuple[Any, str]]]:
+    """(reflection, [(genes, rationale)]) from an answer that should be JSON, perhaps wrapped in
+    prose or a code fence; nothing usable gives (None, [])."""
+    for text in [answer] + re.findall(r"```(?:json)?\s*(.*?)```", answer, flags=re.S) + [_outer_braces(answer)]:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("proposals"), list):
+            reflection = data.get("reflection") if isinstance(data.get("reflection"), str) else None
+            found = [(p.get("genes"), str(p.get("rationale", ""))) for p in data["proposals"] if isinstance(p, dict)]
+            return reflection, found
+    return None, []
+
+
+def _outer_braces(text: str) -> Optional[str]:
+    start, end = text.find("{"), text.rfind("}")
+    return text[start:end + 1] if 0 <= start < end else None

@@ -1,0 +1,94 @@
+"""A fake OpenAI-compatible chat endpoint on 127.0.0.1 for the LLM-guided searcher's tests.
+
+It plays a script of answers, one per request: a message content (valid JSON, prose, broken
+JSON, anything), an HTTP error status, or a stall longer than the client's timeout. When
+the script runs out it answers with `default(request)`. Every request body is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator, List, Optional
+
+
+@dataclass
+class Status:
+    code: int
+
+
+@dataclass
+class Stall:
+    seconds: float
+
+
+@dataclass
+class FakeLLM:
+    script: List[object] = field(default_factory=list)
+    default: Optional[Callable[[dict], str]] = None
+    requests: List[dict] = field(default_factory=list)
+
+    def prompt(self, index: int = -1) -> str:
+        """The user message of a recorded request."""
+        return next(m["content"] for m in self.requests[index]["messages"] if m["role"] == "user")
+
+    def answer(self, body: dict) -> object:
+        self.requests.append(body)
+        if self.script:
+            return self.script.pop(0)
+        return self.default(body) if self.default else Status(503)
+
+
+def _handler(fake: FakeLLM):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self.path.endswith("/chat/completions"):
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            answer = fake.answer(body)
+            if isinstance(answer, Stall):
+                time.sleep(answer.seconds)
+                return self._send(200, _completion(body, "{}"))
+            if isinstance(answer, Status):
+                return self._send(answer.code, {"error": {"message": "scripted failure", "type": "server_error"}})
+            self._send(200, _completion(body, str(answer)))
+
+        def _send(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a stall)
+                pass
+
+    return Handler
+
+
+def _completion(body: dict, content: str) -> dict:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+@contextlib.contextmanager
+def serve(fake: FakeLLM) -> Iterator[str]:
+    """The endpoint's base URL while the server runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

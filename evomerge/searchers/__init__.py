@@ -13,8 +13,7 @@ from evomerge.searchers.base import Fitness, GeneInfo, Proposal, Searcher, Searc
 from evomerge.searchers.cma import CMAES
 from evomerge.searchers.ga import GeneticAlgorithm
 from evomerge.searchers.llm import LLMSearch
-from evomerge.searchers.optuna import OptunaSearch
-from evomerge.searchers.random import RandomSearch
+from evomerge.searchers.optuna import OptunaSearch, RandomSearch
 
 SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, GeneticAlgorithm, LLMSearch, OptunaSearch,
                                                                    RandomSearch)}

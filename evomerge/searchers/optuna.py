@@ -94,3 +94,15 @@ class OptunaSearch(Searcher):
             else:
                 self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
         self._pruned -= {p.id for p in proposals}
+
+
+class RandomOptions(OptunaOptions):
+    sampler: Literal["random"] = "random"
+
+
+class RandomSearch(OptunaSearch):
+    """Random search, the honest baseline: Optuna's RandomSampler, uniform in the unit cube
+    (after the recipe's own point), under its own name."""
+
+    name = "random"
+    Options = RandomOptions

@@ -2,15 +2,23 @@
 evaluations it needs to reach 95% of the best fitness any run found, its best search
 fitness, and its winner's mean score on the report tasks (which no search sees).
 
-    python bench/searchers.py [--seeds 3] [--evaluations 64]
+    python bench/searchers.py [--seeds 3] [--evaluations 64] [--only ga-succession ...]
+                              [--llm-model recipes/zoo-real/base] [--threads 1]
+
+With --llm-model, the `llm` searcher runs too, against that model behind bench/llm_server.py
+on 127.0.0.1, and the share of its proposals that were usable is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 from pathlib import Path
+
+import torch
+from llm_server import serve
 
 from evomerge.paths import DEFAULT_ZOO_DIR
 from evomerge.search import SearchOptions, start_search
@@ -31,11 +39,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--evaluations", type=int, default=64)
+    parser.add_argument("--only", nargs="+", help="run only these rows")
+    parser.add_argument("--llm-model", help="a model folder to serve for the llm searcher")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     build_zoo(DEFAULT_ZOO_DIR)
+    with contextlib.ExitStack() as stack:
+        searchers = dict(SEARCHERS)
+        if args.llm_model:
+            url = stack.enter_context(serve(args.llm_model))
+            searchers["llm"] = {"name": "llm", "endpoint": url, "model": "local", "batch": 8, "timeout": 900,
+                                "retries": 0, "token_budget": 1500}
+        _compare({k: v for k, v in searchers.items() if not args.only or k in args.only}, args)
+
+
+def _compare(searchers: dict, args) -> None:
     work = Path(tempfile.mkdtemp(prefix="evomerge-searchers-"))
     runs = []
-    for label, searcher in SEARCHERS.items():
+    for label, searcher in searchers.items():
         for seed in range(args.seeds):
             recipe = write_demo_recipe(work, name=f"{label}-{seed}.yaml", searcher=searcher, seed=seed)
             search = start_search(recipe, work / f"run-{label}-{seed}",
@@ -46,7 +68,11 @@ def main() -> None:
             best_so_far = [max(fitness[: i + 1]) for i in range(len(fitness))]
             winner = next(r for r in report["rows"] if r["role"] == "winner")
             runs.append({"searcher": label, "seed": seed, "curve": best_so_far, "report": winner["mean"]})
-            print(f"  {label} seed {seed}: best {best_so_far[-1]:.4f}, report {winner['mean']:.4f}", flush=True)
+            answers = getattr(search.searcher, "answers", None)
+            usable = (f", usable LLM proposals {answers['usable'] + answers['repaired']} of "
+                      f"{answers['usable'] + answers['repaired'] + answers['fallback']} ({answers['repaired']} repaired)"
+                      if answers else "")
+            print(f"  {label} seed {seed}: best {best_so_far[-1]:.4f}, report {winner['mean']:.4f}{usable}", flush=True)
     target = 0.95 * max(r["curve"][-1] for r in runs)
     for run in runs:
         run["to_target"] = next((i + 1 for i, f in enumerate(run["curve"]) if f >= target), None)
@@ -57,7 +83,7 @@ def main() -> None:
         reached = run["to_target"] if run["to_target"] is not None else f">{args.evaluations}"
         print(f"{run['searcher']:<16}{run['seed']:>5}{reached:>17}{run['curve'][-1]:>14.4f}{run['report']:>13.4f}")
     print(f"\n{'median over seeds':<21}{'evals to target':>17}{'best fitness':>14}{'report mean':>13}")
-    for label in SEARCHERS:
+    for label in searchers:
         mine = [r for r in runs if r["searcher"] == label]
         reached = statistics.median(r["to_target"] or args.evaluations + 1 for r in mine)
         print(f"{label:<21}{reached:>17g}{statistics.median(r['curve'][-1] for r in mine):>14.4f}"

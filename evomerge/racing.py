@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from evomerge.evaluate import LMEvalScorer, Metrics, Objective
+from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite
 from evomerge.recipe import RacingSpec
 
 
@@ -51,24 +51,25 @@ class Race:
                 done[task] = end
             self.stages.append(stage)
 
+    def stages_scored(self) -> Iterator[RaceResult]:
+        """The estimate after each stage, the last one complete; the caller stops when it decides to."""
+        values: Dict[str, Dict[str, List[float]]] = {}
+        for number, stage in enumerate(self.stages, start=1):
+            for task, found in self.scorer.score_documents(stage).items():
+                for key, scores in found.items():
+                    values.setdefault(task, {}).setdefault(key, []).extend(scores)
+            yield self._estimate(values, complete=number == len(self.stages))
+
     def run(self, bar: Optional[float], prune: Optional[Callable[[int, float], Optional[bool]]] = None) -> RaceResult:
         """Stages until the last or until the candidate cannot reach `bar` (None: never stops).
 
         `prune(stage, estimate)`, when given and not None, decides instead of the bar: how
         Optuna's pruners see each stage as an intermediate value.
         """
-        values: Dict[str, Dict[str, List[float]]] = {}
-        for number, stage in enumerate(self.stages, start=1):
-            for task, found in self.scorer.score_documents(stage).items():
-                for key, scores in found.items():
-                    values.setdefault(task, {}).setdefault(key, []).extend(scores)
-            result = self._estimate(values, complete=number == len(self.stages))
-            if result.complete:
-                break
-            decision = prune(number, result.estimate) if prune else None
-            if decision if decision is not None else (bar is not None and result.upper < bar):
-                break
-        return result
+        for number, result in enumerate(self.stages_scored(), start=1):
+            if result.complete or stops(prune(number, result.estimate) if prune else None, bar, result.upper):
+                return result
+        raise AssertionError("the last stage is complete")
 
     def _estimate(self, values: Dict[str, Dict[str, List[float]]], complete: bool) -> RaceResult:
         metrics: Metrics = {}
@@ -89,15 +90,20 @@ class Race:
         return RaceResult(metrics, float(estimate), float(estimate + self.z * math.sqrt(variance)), documents, complete)
 
 
+def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:
+    """A searcher's own decision (a pruner) when it has one; else whether the bound is below the bar."""
+    return decision if decision is not None else (bar is not None and upper < bar)
+
+
 def _stderr_key(key: str) -> str:
     metric, _, filter_name = key.partition(",")
     return f"{metric}_stderr" + (f",{filter_name}" if filter_name else "")
 
 
-def check_averaged(objective: Objective, scorer: LMEvalScorer) -> Optional[str]:
+def check_averaged(objective: Objective, suite: TaskSuite) -> Optional[str]:
     """Racing estimates means from subsets: a metric aggregated otherwise (perplexity) cannot race."""
     for task, key, _, _ in objective.terms:
         metric = key.split(",")[0]
-        if not scorer.suite.averaged(task, metric):
+        if not suite.averaged(task, metric):
             return f"racing needs metrics that are means over documents; {task}'s {metric} is not"
     return None

@@ -1,36 +1,42 @@
-"""The search loop: the only place that knows the recipe, space, materializer, scorer,
-searcher and store together.
+"""The search loop: the only place that knows the recipe, space, searcher, workers and store together.
 
-ask → decode → materialize in place → score with lm-eval → store → tell → checkpoint.
-Every evaluation is in the store before the searcher is told about it, so a run killed
-at any moment resumes from its last checkpoint without re-evaluating anything stored.
+ask → store as pending → send to a free worker (merge in place, score with lm-eval, racing
+stage by stage) → store the result → tell. Workers are one in this process, or Ray actors
+(`--workers N`); the loop keeps every worker busy, takes results in the order they finish
+and is the only writer of the store. A searcher is rebuilt on resume by replaying the
+store's log, so a run killed at any moment loses nothing stored and re-runs only what
+was in flight.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from evomerge import scoreboard
-from evomerge.errors import EvomergeError, mergekit_refusals
-from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
-from evomerge.materialize import Materializer
-from evomerge.racing import Race, check_averaged
-from evomerge.recipe import SECTION, Recipe, load_recipe
+from evomerge.errors import EvomergeError
+from evomerge.pool import LocalPool, Pool, Step, WorkerLost
+from evomerge.racing import stops
+from evomerge.recipe import Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
-from evomerge.validate import check_search
+from evomerge.space import Candidate
 from evomerge.store import Evaluation, RunStore
+from evomerge.validate import check_search
+from evomerge.worker import Worker, scoring
 
 RECIPE_COPY = "recipe.yaml"
+VIEWS_EVERY = 5.0  # seconds between rewrites of the run's views while it runs
+ATTEMPTS = 2  # a candidate whose worker dies this often is stored as failed
 
 
 @dataclass(frozen=True)
@@ -42,18 +48,21 @@ class SearchOptions:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     quiet: bool = False
+    workers: int = 0  # Ray workers; 0: one worker in this process, without Ray
+    ray_address: Optional[str] = None  # join this Ray cluster instead of starting a local one
 
 
 class SearchInterrupted(Exception):
     """Ctrl-C or SIGTERM: everything evaluated so far is stored."""
 
 
-def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions()) -> "Search":
+def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions(),
+                 worker_factory: Optional[Callable[..., Any]] = None) -> "Search":
     """Validate and load everything first; the run directory is created only for a search that can start."""
     recipe = load_recipe(recipe_path).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
     RunStore.check_new(run_dir)
-    search = Search(recipe, options)
+    search = Search(recipe, options, worker_factory)
     store = RunStore.create(run_dir, {
         "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
     })
@@ -62,17 +71,20 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
 
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
-                  quiet: bool = False) -> "Search":
-    """Continue a stopped run with the options it was started with (the budget may grow)."""
+                  quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None) -> "Search":
+    """Continue a stopped run with the options it was started with (the budget may grow; the
+    device and the workers may change)."""
     store = RunStore.open(run_dir)
     stored = SearchOptions(**store.meta("options"))
-    options = SearchOptions(**{**asdict(stored), "device": device or stored.device, "quiet": quiet,
-                               "evaluations": evaluations or stored.evaluations})
+    options = replace(stored, device=device or stored.device, quiet=quiet,
+                      evaluations=evaluations or stored.evaluations,
+                      workers=stored.workers if workers is None else workers,
+                      ray_address=ray_address or stored.ray_address)
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
     search = Search(recipe, options)
-    if evaluations:
-        store.set_meta("options", asdict(options))
+    if options != replace(stored, quiet=quiet):
+        store.set_meta("options", asdict(replace(options, quiet=stored.quiet)))
     return search.bind(store)
 
 
@@ -98,33 +110,56 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class _Slot:
+    """A worker slot as the loop sees it: idle, starting (a restarted worker loading), or busy with a candidate."""
+
+    state: str = "idle"
+    evaluation: Optional[Evaluation] = None
+
+
+@dataclass
+class _Queue:
+    """Stored proposals waiting for a worker, lowest id first; a retry avoids the worker it killed."""
+
+    waiting: List[Evaluation] = field(default_factory=list)
+    avoid: Dict[int, int] = field(default_factory=dict)
+
+    def take(self, slot: int, slots: int) -> Optional[Evaluation]:
+        for index, evaluation in enumerate(self.waiting):
+            if self.avoid.get(evaluation.id) != slot or slots == 1:
+                self.avoid.pop(evaluation.id, None)
+                return self.waiting.pop(index)
+        return None
+
+    def put_back(self, evaluation: Evaluation, avoid: int) -> None:
+        self.avoid[evaluation.id] = avoid
+        self.waiting.insert(0, evaluation)
+
+
 class Search:
     store: RunStore
 
-    def __init__(self, recipe: Recipe, options: SearchOptions):
+    def __init__(self, recipe: Recipe, options: SearchOptions, worker_factory: Optional[Callable[..., Any]] = None):
         self.recipe = recipe
         self.options = options
         spec = recipe.spec
         checked = check_search(recipe, allow_pickle=options.allow_pickle)
         self.space = checked.space
         self.start = self.space.starting_point()
-        self.suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path,
-                               options=spec.eval, seed=spec.seed) if spec.tasks else None
-        self.objective = Objective(spec.tasks, self.suite, checked.custom_fitness, source=recipe.path)
-        with mergekit_refusals(recipe.path):
-            self.materializer = Materializer(self.start.merge, device=options.device, parents=spec.parents,
-                                             dtype=spec.eval.dtype,
-                                             trust_remote_code=options.trust_remote_code, quiet=options.quiet)
-        self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
-                                   options=spec.eval, limit=spec.eval.limit) if self.suite else None
-        self.race = Race(spec.eval.racing, self.scorer, self.objective, spec.seed) if spec.eval.racing else None
-        if self.race and (problem := check_averaged(self.objective, self.scorer)):
-            raise EvomergeError(problem, path=recipe.path, key=f"{SECTION}.eval.racing")
         self.separate = spec.objectives == "separate"
-        objectives = len(self.objective.names()) if self.separate else 1
-        self.fresh_searcher = make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0),
-                                            spec.seed, objectives, source=recipe.path, options=checked.searcher,
-                                            genes=self.space.describe())
+        self._searcher_options = checked.searcher
+        self._factory = worker_factory or functools.partial(
+            Worker, recipe, device=options.device, trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        self._local: Optional[Worker] = None
+        if options.workers:
+            from evomerge.ray_pool import require_ray
+
+            require_ray()
+            if worker_factory is None:
+                scoring(recipe)  # what workers would refuse, refused here, before anything starts
+        else:
+            self._local = self._factory()
 
     def bind(self, store: RunStore) -> "Search":
         self.store = store
@@ -135,127 +170,196 @@ class Search:
     def budget(self) -> int:
         return self.recipe.spec.budget.evaluations
 
-    def _searcher(self) -> tuple[Searcher, int]:
-        checkpoint = self.store.latest_checkpoint()
-        if checkpoint is not None:
-            generation, state = checkpoint
-            return Searcher.from_state(state), generation
-        self.store.save_checkpoint(0, self.fresh_searcher.state())
-        return self.fresh_searcher, 0
+    @property
+    def worker(self) -> Worker:
+        """A worker in this process, for the report: the one that searched, or one built now."""
+        if self._local is None:
+            self._local = Worker(self.recipe, device=self.options.device,
+                                 trust_remote_code=self.options.trust_remote_code, quiet=True)
+        return self._local
+
+    def fresh_searcher(self) -> Searcher:
+        spec = self.recipe.spec
+        objectives = len(spec.tasks) if self.separate else 1
+        return make_searcher(spec.searcher, self.space.dimension, self.space.to_unit(self.space.x0), spec.seed,
+                             objectives, source=self.recipe.path, options=self._searcher_options,
+                             genes=self.space.describe())
+
+    def _replayed_searcher(self) -> Searcher:
+        """A fresh searcher that has replayed the store's log: asks, racing stages and tells, in order."""
+        searcher = self.fresh_searcher()
+        rows = {e.id: e for e in self.store.evaluations("")}
+        for event in self.store.events():
+            if event.kind == "ask":
+                searcher.replay_inputs(event.data["inputs"])
+                proposals = searcher.ask()
+                if [p.id for p in proposals] != event.data["ids"] or not all(
+                        np.array_equal(self.space.from_unit(p.genotype), rows[p.id].genotype) for p in proposals):
+                    raise EvomergeError(f"the searcher does not replay this run's log (at evaluations "
+                                        f"{event.data['ids']}); was the run made with other versions of evomerge, "
+                                        "Optuna or pycma?", path=self.store.directory)
+            elif event.kind == "stage":
+                searcher.prune(event.evaluation, event.data["stage"], event.data["estimate"])
+            else:
+                told = rows[event.evaluation]
+                searcher.tell(told.id, self._fitness(told), _flat_scores(told))
+        searcher.recorded = []
+        return searcher
+
+    def _pool(self) -> Pool:
+        if self._local is not None:
+            return LocalPool(self._local)
+        from evomerge.ray_pool import RayPool
+
+        return RayPool(self._factory, self.options.workers, address=self.options.ray_address,
+                       device=self.options.device)
 
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""
-        searcher, generation = self._searcher()
-        self.searcher = searcher  # racing asks it whether to prune (Optuna's pruners)
+        self.searcher = self._replayed_searcher()
+        self.store.requeue_running()
+        self._queue = _Queue(self.store.pending())
+        self._candidates: Dict[int, Candidate] = {}
+        finished = self.store.evaluations()
+        self._finished = len(finished)
+        self._ok = sorted(-e.fitness for e in finished if e.ok)  # negated: the bar is the rank-th
+        self._failures: List[str] = []  # errors of the failures in a row
+        self._views_written = time.monotonic()
         self.store.set_meta("status", "running")
-        progress = tqdm(total=self.budget, initial=min(self.store.count(), self.budget), desc="search",
-                        disable=self.options.quiet, unit="cand")
+        self._progress = tqdm(total=self.budget, initial=min(self._finished, self.budget), desc="search",
+                              disable=self.options.quiet, unit="cand")
+        pool = None
         try:
             with _sigterm_as_interrupt():
-                while self.store.count() < self.budget:
-                    if not searcher.asked:  # a resumed run evaluates what its searcher had asked
-                        searcher.asked = searcher.ask()
-                        if not searcher.replayable:
-                            self.store.save_checkpoint(generation, searcher.state())
-                    proposals = searcher.asked
-                    results = self._generation(proposals, generation, progress)
-                    if len(results) < len(proposals):
-                        break  # the budget ends inside this generation
-                    if all(r.failed for r in results):
-                        self.store.set_meta("status", "failed")
-                        raise EvomergeError(f"every candidate of generation {generation} failed; the first: "
-                                            f"{results[0].error}", path=self.store.directory)
-                    for result in results:
-                        searcher.note(result.id, _flat_scores(result))
-                    searcher.tell(proposals, [self._fitness(r) for r in results])
-                    searcher.asked = []
-                    generation += 1
-                    self.store.save_checkpoint(generation, searcher.state())
-                    self.store.write_views()
+                pool = self._pool()
+                slots = [_Slot() for _ in pool.names]
+                while True:
+                    self._fill(pool, slots)
+                    if all(slot.state == "idle" for slot in slots):
+                        break  # the budget is spent (or nothing more can be asked)
+                    self._handle(pool, slots, *pool.wait())
         except KeyboardInterrupt:
             self.store.set_meta("status", "interrupted")
             raise SearchInterrupted(str(self.store.directory)) from None
         finally:
-            progress.close()
+            if pool is not None:
+                pool.close()
+            self._progress.close()
+            self.store.write_views()
         self.store.set_meta("status", "searched")
         ranked = self.store.ranked()
         if not ranked:
             raise EvomergeError("no candidate succeeded", path=self.store.directory)
         return ranked[0]
 
+    def _fill(self, pool: Pool, slots: List[_Slot]) -> None:
+        """Send a candidate to every idle worker while the budget lasts: a stored one first, else a new proposal."""
+        for index, slot in enumerate(slots):
+            if slot.state != "idle":
+                continue
+            busy = sum(s.state == "busy" for s in slots)
+            if self._finished + busy >= self.budget:
+                return
+            evaluation = self._queue.take(index, len(slots)) or self._ask()
+            if evaluation is None:
+                continue
+            self.store.mark_running(evaluation.id, pool.names[index])
+            evaluation.attempts += 1
+            slot.state, slot.evaluation = "busy", evaluation
+            candidate = self._candidates.pop(evaluation.id, None) or self.space.decode(np.asarray(evaluation.genotype))
+            pool.submit(index, "begin", candidate)
+
+    def _ask(self) -> Optional[Evaluation]:
+        """The searcher's next proposals, stored as pending before any is evaluated; the first of them."""
+        self.searcher.recorded = []
+        proposals = self.searcher.ask()
+        if not proposals:
+            return None
+        rows = [self._pending(p) for p in proposals]
+        self.store.add_proposals(rows, self.searcher.recorded)
+        self._queue.waiting.extend(rows[1:])
+        return rows[0]
+
+    def _pending(self, proposal: Proposal) -> Evaluation:
+        genotype = self.space.from_unit(proposal.genotype)
+        candidate = self._candidates[proposal.id] = self.space.decode(genotype)  # decoded once, sent when it runs
+        return Evaluation(id=proposal.id, generation=proposal.generation, genotype=genotype.tolist(),
+                          recipe=candidate.to_yaml(), status="pending", parents=list(proposal.parents),
+                          operator=proposal.operator, info=dict(proposal.info))
+
+    def _handle(self, pool: Pool, slots: List[_Slot], index: int, answer: Any) -> None:
+        slot = slots[index]
+        if isinstance(answer, WorkerLost):
+            self._lost(pool, slots, index, answer)
+        elif slot.state == "starting":  # a restarted worker has loaded
+            slot.state = "idle"
+        elif answer.outcome is not None:
+            slot.state = "idle"
+            self._finish(slot.evaluation, answer, pool.names[index])
+        else:
+            self._race(pool, index, slot.evaluation, answer)
+
+    def _race(self, pool: Pool, index: int, evaluation: Evaluation, step: Step) -> None:
+        """After a racing stage: the searcher's pruner, else the bar, decides whether the candidate goes on."""
+        self.store.add_stage(evaluation.id, step.stage, step.estimate)
+        decision = self.searcher.prune(evaluation.id, step.stage, step.estimate)
+        rank = self.recipe.spec.eval.racing.rank
+        bar = -self._ok[rank - 1] if len(self._ok) >= rank else None
+        pool.submit(index, "stop" if stops(decision, bar, step.upper) else "advance")
+
+    def _lost(self, pool: Pool, slots: List[_Slot], index: int, lost: WorkerLost) -> None:
+        """A worker died: a new one takes its slot; its candidate is retried elsewhere, or failed the second time."""
+        slot = slots[index]
+        evaluation, was_busy = slot.evaluation, slot.state == "busy"
+        pool.restart(index)
+        pool.submit(index, "ready")
+        slot.state, slot.evaluation = "starting", None
+        if not was_busy:
+            return
+        evaluation.info.setdefault("lost", []).append({"worker": pool.names[index], "reason": lost.reason})
+        if evaluation.attempts >= ATTEMPTS:
+            self._finish(evaluation, Step(), pool.names[index],
+                         error=f"WorkerLost: its worker died {evaluation.attempts} times; the last: {lost.reason}")
+        else:
+            self.store.mark_pending(evaluation.id)
+            self._queue.put_back(evaluation, avoid=index)
+
+    def _finish(self, evaluation: Evaluation, step: Step, worker: str, error: Optional[str] = None) -> None:
+        """Store the result (and its tell in the log), then tell the searcher."""
+        outcome = step.outcome
+        if outcome is not None:
+            evaluation = replace(evaluation, **asdict(outcome))
+        else:
+            evaluation = replace(evaluation, status="failed", error=error)
+        evaluation = replace(evaluation, worker=worker, created=time.time())
+        self.store.add_result(evaluation)
+        self._finished += 1
+        if evaluation.ok:
+            bisect.insort(self._ok, -evaluation.fitness)
+        self.searcher.tell(evaluation.id, self._fitness(evaluation), _flat_scores(evaluation))
+        self._progress.set_postfix(best=f"{-self._ok[0]:.4f}" if self._ok else "-",
+                                   s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
+        self._progress.update(1)
+        if time.monotonic() - self._views_written > VIEWS_EVERY:
+            self.store.write_views()
+            self._views_written = time.monotonic()
+        self._failures = self._failures + [evaluation.error] if evaluation.failed else []
+        if len(self._failures) >= self.searcher.generation_size:
+            self.store.set_meta("status", "failed")
+            raise EvomergeError(f"the last {len(self._failures)} candidates (a generation) all failed; "
+                                f"the first of them: {self._failures[0]}", path=self.store.directory)
+
     def _fitness(self, evaluation: Evaluation):
         if evaluation.failed:
             return None
         return tuple(evaluation.objectives) if self.separate else (evaluation.fitness,)
 
-    def _generation(self, proposals: List[Proposal], generation: int, progress: tqdm) -> List[Evaluation]:
-        results = []
-        for proposal in proposals:
-            genotype = self.space.from_unit(proposal.genotype)
-            stored = self.store.evaluation(proposal.id)
-            if stored is not None:
-                if not np.array_equal(np.asarray(stored.genotype), genotype):
-                    raise EvomergeError(f"evaluation {proposal.id} does not match the searcher's checkpoint",
-                                        path=self.store.directory)
-                results.append(stored)
-                continue
-            if self.store.count() >= self.budget:
-                break
-            evaluation = self._evaluate(proposal, genotype, generation)
-            self.store.add_evaluation(evaluation)
-            results.append(evaluation)
-            best = self.store.best_fitness()
-            progress.set_postfix(best=f"{best:.4f}" if best is not None else "-",
-                                 s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
-            progress.update(1)
-        return results
-
-    def _evaluate(self, proposal: Proposal, genotype: np.ndarray, generation: int) -> Evaluation:
-        candidate = self.space.decode(genotype)
-        evaluation = Evaluation(id=proposal.id, generation=generation, genotype=genotype.tolist(),
-                                recipe=candidate.to_yaml(), status="ok", parents=list(proposal.parents),
-                                operator=proposal.operator, info=dict(proposal.info))
-        started = time.perf_counter()
-        try:
-            evaluation.materialize_seconds = self.materializer.materialize(candidate).seconds
-            scored = time.perf_counter()
-            custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
-            metrics = self._score(evaluation, sum(custom.values()))
-            evaluation.metrics = {**metrics, **({"custom": custom} if custom else {})}
-            evaluation.objectives = self.objective.objectives(metrics, custom)
-            evaluation.fitness = float(sum(evaluation.objectives))
-            evaluation.evaluate_seconds = time.perf_counter() - scored
-        except Exception as error:  # a failed candidate is data, not the end of the run
-            if isinstance(error, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            evaluation.status, evaluation.error = "failed", f"{type(error).__name__}: {error}"
-            evaluation.fitness = evaluation.objectives = None
-            if evaluation.materialize_seconds is None:
-                evaluation.materialize_seconds = time.perf_counter() - started
-        return evaluation
-
-    def _score(self, evaluation: Evaluation, custom: float) -> dict:
-        """The lm-eval metrics, whole or raced in stages against the bar; counts the documents."""
-        if self.scorer is None:
-            return {}
-        if self.race is None:
-            evaluation.documents = self.scorer.documents
-            return self.scorer.score()
-        ranked = self.store.ranked()
-        rank = self.recipe.spec.eval.racing.rank
-        bar = ranked[rank - 1].fitness - custom if len(ranked) >= rank else None
-        result = self.race.run(bar, prune=lambda stage, estimate: self.searcher.prune(evaluation.id, stage,
-                                                                                       estimate + custom))
-        evaluation.documents = result.documents
-        if not result.complete:
-            evaluation.status = "raced"
-        return result.metrics
-
     def finish(self) -> dict:
         """Score the report (scoreboard.py) and store it; write the run's views."""
         best = self.store.ranked()[0]
+        worker = self.worker
         report = scoreboard.build_report(
-            self.recipe, self.materializer, self.objective, self.start, best, self.space.decode(best.genotype),
+            self.recipe, worker.materializer, worker.objective, self.start, best, self.space.decode(best.genotype),
             self.store.evaluations(), budget=self.budget, separate=self.separate,
             trust_remote_code=self.options.trust_remote_code, quiet=self.options.quiet)
         self.store.put_report("report", report)

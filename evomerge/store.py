@@ -1,9 +1,12 @@
-"""The run directory: one SQLite database (WAL) holding everything a run has computed.
+"""The run directory: one SQLite database (WAL), the single source of truth of a run.
 
-Every evaluation is committed as it completes, before the searcher hears of it; the
-searcher is checkpointed after every generation. A run killed at any moment resumes
-from the last checkpoint and re-evaluates nothing that is stored. The JSON, YAML and
-Markdown files beside the database are views generated from it.
+Every proposal is stored when the searcher makes it (`pending`), marked `running` with its
+worker when it is sent out, and completed (`ok`, `failed` or `raced`) when its result
+arrives, in any order. Beside the rows, an event log records, in order, every ask (with
+what the searcher fetched from outside), every racing stage a searcher was shown and every
+tell; a fresh searcher that replays it is in the state the run left it in. So a run killed
+at any moment resumes, re-evaluating only what was in flight, and nothing in the
+directory is code. The JSON, YAML and Markdown files beside the database are views of it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from evomerge.errors import EvomergeError
 
 DATABASE = "run.db"
 BEST_RECIPE = "best.yaml"
 EVALUATIONS = "evaluations.jsonl"
+FORMAT = 2  # 1: searcher checkpoints were pickles
+FINISHED = ("ok", "failed", "raced")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -27,7 +32,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     generation INTEGER NOT NULL,
     genotype TEXT NOT NULL,
     recipe TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'raced')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'ok', 'failed', 'raced')),
     fitness REAL,
     objectives TEXT,
     metrics TEXT NOT NULL,
@@ -37,14 +42,16 @@ CREATE TABLE IF NOT EXISTS evaluations (
     parents TEXT NOT NULL,
     operator TEXT NOT NULL,
     created REAL NOT NULL,
-    documents INTEGER NOT NULL DEFAULT 0,
-    info TEXT NOT NULL DEFAULT '{}'
+    documents INTEGER NOT NULL,
+    info TEXT NOT NULL,
+    worker TEXT,
+    attempts INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS checkpoints (
-    generation INTEGER PRIMARY KEY,
-    evaluations INTEGER NOT NULL,
-    searcher BLOB NOT NULL,
-    created REAL NOT NULL
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('ask', 'stage', 'tell')),
+    evaluation INTEGER,
+    data TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reports (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -68,6 +75,12 @@ class Evaluation:
     created: float = field(default_factory=time.time)
     documents: int = 0  # lm-eval documents scored, all tasks together (fewer when raced)
     info: Dict[str, Any] = field(default_factory=dict)  # what the searcher said of it (a restart, a trial, a rationale)
+    worker: Optional[str] = None  # the worker that evaluated it last
+    attempts: int = 0  # times it was sent to a worker (a worker that died takes one)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
 
     @property
     def ok(self) -> bool:
@@ -85,6 +98,15 @@ class Evaluation:
 
 
 _JSON_FIELDS = ("genotype", "objectives", "metrics", "parents", "info")
+_RESULT_FIELDS = ("status", "fitness", "objectives", "metrics", "error", "materialize_seconds", "evaluate_seconds",
+                  "created", "documents", "info", "worker")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # ask | stage | tell
+    evaluation: Optional[int]  # the evaluation a stage or tell is about
+    data: Dict[str, Any]  # ask: {"ids": [...], "inputs": [...]}; stage: {"stage": k, "estimate": x}
 
 
 class RunStore:
@@ -108,7 +130,8 @@ class RunStore:
         directory.mkdir(parents=True, exist_ok=True)
         store = cls(directory, cls._connect(directory))
         with store.db:
-            store.db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            store.db.executemany("INSERT INTO meta VALUES (?, ?)",
+                                 [(k, json.dumps(v)) for k, v in {**meta, "format": FORMAT}.items()])
         return store
 
     @classmethod
@@ -117,6 +140,13 @@ class RunStore:
         if not (directory / DATABASE).is_file():
             raise EvomergeError(f"not a run directory (no {DATABASE})", path=directory)
         try:
+            db = sqlite3.connect(directory / DATABASE)
+            found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            db.close()
+            if found is None or json.loads(found[0]) != FORMAT:
+                raise EvomergeError(f"this run was made by an older evomerge (run format {json.loads(found[0]) if found else 1}, "
+                                    f"expected {FORMAT}); its searcher checkpoints are pickles, which evomerge no longer "
+                                    "loads: start a new run", path=directory / DATABASE)
             store = cls(directory, cls._connect(directory))
             store.meta("recipe_text")
         except (sqlite3.DatabaseError, KeyError) as error:
@@ -129,10 +159,6 @@ class RunStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(evaluations)")}
-        for column, declaration in (("documents", "INTEGER NOT NULL DEFAULT 0"), ("info", "TEXT NOT NULL DEFAULT '{}'")):
-            if column not in columns:  # a run directory from before the column existed
-                db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} {declaration}")
         return db
 
     def close(self) -> None:
@@ -148,16 +174,59 @@ class RunStore:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def add_evaluation(self, evaluation: Evaluation) -> None:
+    @staticmethod
+    def _row(evaluation: Evaluation) -> Dict[str, Any]:
         row = asdict(evaluation)
         for name in _JSON_FIELDS:
             row[name] = json.dumps(row[name])
-        columns = ", ".join(row)
-        with self.db:
-            self.db.execute(f"INSERT INTO evaluations ({columns}) VALUES ({', '.join('?' * len(row))})",
-                            tuple(row.values()))
+        return row
 
-    def evaluations(self, where: str = "", parameters: Tuple = ()) -> List[Evaluation]:
+    def add_proposals(self, proposals: Sequence[Evaluation], inputs: Sequence[Any] = ()) -> None:
+        """A searcher's ask: its proposals as pending rows, and the ask in the log, in one transaction."""
+        with self.db:
+            for evaluation in proposals:
+                row = self._row(evaluation)
+                self.db.execute(f"INSERT INTO evaluations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                                tuple(row.values()))
+            self._log("ask", None, {"ids": [e.id for e in proposals], "inputs": list(inputs)})
+
+    def mark_running(self, evaluation_id: int, worker: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE evaluations SET status = 'running', worker = ?, attempts = attempts + 1 "
+                            "WHERE id = ?", (worker, evaluation_id))
+
+    def mark_pending(self, evaluation_id: int) -> None:
+        """Back in the queue: its worker died (or the run stopped) before it finished."""
+        with self.db:
+            self.db.execute("UPDATE evaluations SET status = 'pending' WHERE id = ?", (evaluation_id,))
+
+    def requeue_running(self) -> None:
+        """What was in flight when the run stopped goes back in the queue, attempts reset."""
+        with self.db:
+            self.db.execute("UPDATE evaluations SET status = 'pending', attempts = 0 WHERE status = 'running'")
+
+    def add_result(self, evaluation: Evaluation) -> None:
+        """A finished evaluation and its tell in the log, in one transaction, before the searcher hears of it."""
+        row = self._row(evaluation)
+        with self.db:
+            self.db.execute(f"UPDATE evaluations SET {', '.join(f'{k} = ?' for k in _RESULT_FIELDS)} WHERE id = ?",
+                            tuple(row[k] for k in _RESULT_FIELDS) + (evaluation.id,))
+            self._log("tell", evaluation.id, {})
+
+    def add_stage(self, evaluation_id: int, stage: int, estimate: float) -> None:
+        """A racing stage's estimate, logged because the searcher is shown it (Optuna's pruners)."""
+        with self.db:
+            self._log("stage", evaluation_id, {"stage": stage, "estimate": estimate})
+
+    def _log(self, kind: str, evaluation: Optional[int], data: Dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO events (kind, evaluation, data) VALUES (?, ?, ?)", (kind, evaluation, json.dumps(data)))
+
+    def events(self) -> List[Event]:
+        return [Event(kind, evaluation, json.loads(data))
+                for kind, evaluation, data in self.db.execute("SELECT kind, evaluation, data FROM events ORDER BY seq")]
+
+    def evaluations(self, where: str = "WHERE status IN ('ok', 'failed', 'raced')", parameters: Tuple = ()) -> List[Evaluation]:
+        """Finished evaluations by id (`where` chooses others)."""
         cursor = self.db.execute(f"SELECT * FROM evaluations {where} ORDER BY id", parameters)
         names = [d[0] for d in cursor.description]
         rows = []
@@ -169,20 +238,16 @@ class RunStore:
         return rows
 
     def evaluation(self, evaluation_id: int) -> Optional[Evaluation]:
+        """One row, whatever its status."""
         found = self.evaluations("WHERE id = ?", (evaluation_id,))
         return found[0] if found else None
 
+    def pending(self) -> List[Evaluation]:
+        return self.evaluations("WHERE status = 'pending'")
+
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-
-    def save_checkpoint(self, generation: int, searcher_state: bytes) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
-                            (generation, self.count(), searcher_state, time.time()))
-
-    def latest_checkpoint(self) -> Optional[Tuple[int, bytes]]:
-        row = self.db.execute("SELECT generation, searcher FROM checkpoints ORDER BY generation DESC LIMIT 1").fetchone()
-        return (row[0], row[1]) if row else None
+        """Finished evaluations: what the budget counts."""
+        return self.db.execute("SELECT COUNT(*) FROM evaluations WHERE status IN ('ok', 'failed', 'raced')").fetchone()[0]
 
     def put_report(self, name: str, value: Any) -> None:
         with self.db:

@@ -49,8 +49,7 @@ def _searcher(url, **options):
 
 def _tell(searcher, proposals, fitness=0.5):
     for p in proposals:
-        searcher.note(p.id, {"zoo_rev_search.acc": fitness})
-    searcher.tell(proposals, [(fitness + 0.01 * p.id,) for p in proposals])
+        searcher.tell(p.id, (fitness + 0.01 * p.id,), {"zoo_rev_search.acc": fitness})
 
 
 def test_the_model_is_shown_the_genes_then_the_history_its_proposals_and_its_reflections(llm):
@@ -129,21 +128,27 @@ def test_a_search_against_the_endpoint_spends_its_budget_and_resumes(llm, demo_r
     assert len({tuple(e.genotype) for e in evaluations}) == 10
 
 
-def test_a_restored_checkpoint_asks_and_repairs_exactly_as_the_original(llm):
-    from evomerge.searchers import Searcher
-
+def test_a_replay_of_the_recorded_answers_asks_and_repairs_exactly_as_the_original(llm):
     fake, url = llm
     fake.default = _any_valid_answer
     searcher = _searcher(url)
-    _tell(searcher, searcher.ask())
-    restored = Searcher.from_state(searcher.state())
+    first = searcher.ask()
+    recorded = list(searcher.recorded)
+    _tell(searcher, first)
+    replayed = _searcher(url)
+    replayed.replay_inputs(recorded)
+    requests = len(fake.requests)
+    assert [p.genotype.tolist() for p in replayed.ask()] == [p.genotype.tolist() for p in first]
+    assert len(fake.requests) == requests  # the recorded answer, not a new request
+    _tell(replayed, first)
     fake.script = ["no JSON here", "no JSON here"]
-    original, again = searcher.ask(), restored.ask()
+    original, again = searcher.ask(), replayed.ask()
     assert [p.operator for p in original] == [p.operator for p in again] == ["fallback"] * 3
     assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(original, again))
 
 
-def test_the_prompt_keeps_within_its_token_budget_and_the_key_stays_out_of_the_checkpoint(llm, monkeypatch):
+def test_the_prompt_keeps_within_its_token_budget_and_the_key_stays_out_of_the_run(llm, monkeypatch, demo_recipe,
+                                                                                    tmp_path):
     fake, url = llm
     monkeypatch.setenv("MERGE_LLM_KEY", "sk-secret-value")
     fake.default = _any_valid_answer
@@ -154,4 +159,7 @@ def test_the_prompt_keeps_within_its_token_budget_and_the_key_stays_out_of_the_c
     assert len(system["content"]) + len(user["content"]) <= 500 * 4
     assert "Best candidates so far:" in user["content"] and "Propose 3 new candidates" in user["content"]
     assert user["content"].count("\n- #") < len(searcher.history)  # older history left out
-    assert fake.requests and b"sk-secret-value" not in searcher.state()
+    spec = {"name": "llm", "endpoint": url, "model": "fake-model", "batch": 2, "api_key_env": "MERGE_LLM_KEY"}
+    start_search(demo_recipe(eval={"limit": 5}, searcher=spec), tmp_path / "run",
+                 SearchOptions(evaluations=3, quiet=True)).run()
+    assert all(b"sk-secret-value" not in path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file())

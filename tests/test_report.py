@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,11 @@ def _lineage_store(run_dir, generations=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2), family=F
         operator = ("crossover:blx+mutation" if len(parents) == 2 else "mutation") if parents else "init"
         failed = id_ == 6
         genotype = [g.low + (g.high - g.low) * ((id_ + i) % 7) / 6 for i, g in enumerate(GENES)]
-        store.add_evaluation(Evaluation(
-            id=id_, generation=generation, genotype=genotype, recipe="",
-            status="failed" if failed else "ok", fitness=None if failed else 0.5 + 0.04 * id_ - 0.3 * (id_ == 9),
-            parents=parents, operator=operator))
+        proposal = Evaluation(id=id_, generation=generation, genotype=genotype, recipe="", status="pending",
+                              parents=parents, operator=operator)
+        store.add_proposals([proposal])
+        store.add_result(replace(proposal, status="failed" if failed else "ok",
+                                 fitness=None if failed else 0.5 + 0.04 * id_ - 0.3 * (id_ == 9)))
     return store
 
 

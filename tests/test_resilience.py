@@ -152,7 +152,7 @@ def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path
 def test_a_generation_where_every_candidate_fails_stops_with_the_first_error(demo_recipe, tmp_path):
     recipe = _recipe(demo_recipe, tmp_path, "def score(model, tokenizer):\n    raise ValueError('boom')\n")
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
-    with pytest.raises(EvomergeError, match="every candidate of generation 0 failed; the first: ValueError: boom"):
+    with pytest.raises(EvomergeError, match="the last 4 candidates \(a generation\) all failed; the first of them: ValueError: boom"):
         search.run()
     store = RunStore.open(tmp_path / "run")
     assert store.count() == 4 and store.meta("status") == "failed"
@@ -195,3 +195,21 @@ def test_pickle_checkpoints_need_allow_pickle(zoo, demo_recipe, tmp_path):
         start_search(recipe, tmp_path / "refused", SearchOptions(quiet=True))
     search = start_search(recipe, tmp_path / "allowed", SearchOptions(evaluations=1, quiet=True, allow_pickle=True))
     assert search.run().ok
+
+
+def test_a_run_from_before_the_event_log_is_refused_in_one_line_without_loading_its_pickles(tmp_path):
+    import sqlite3
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    db = sqlite3.connect(run_dir / "run.db")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("CREATE TABLE checkpoints (generation INTEGER, evaluations INTEGER, searcher BLOB, created REAL)")
+    db.execute("INSERT INTO checkpoints VALUES (1, 4, ?, 0)", (b"\x80\x04cos\nsystem\n.",))  # a pickle that runs code
+    db.execute("""INSERT INTO meta VALUES ('recipe_text', '""')""")
+    db.commit()
+    result = CliRunner().invoke(main, ["resume", str(run_dir)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {run_dir / 'run.db'}: this run was made by an older evomerge (run format 1, "
+                                     "expected 2); its searcher checkpoints are pickles, which evomerge no longer "
+                                     "loads: start a new run")

@@ -1,5 +1,5 @@
-"""Interchangeable searchers: each one drives a real search on the zoo, checkpoints and
-restores its whole state, and only the recipe (or --searcher) chooses it."""
+"""Interchangeable searchers: each one drives a real search on the zoo, is rebuilt exactly by
+replaying what it was asked and told, and only the recipe (or --searcher) chooses it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from evomerge.errors import EvomergeError
 from evomerge.recipe import SearcherSpec
 from evomerge.search import SearchOptions, resume_search, start_search
-from evomerge.searchers import SEARCHERS, Searcher, make_searcher
+from evomerge.searchers import SEARCHERS, make_searcher
 from evomerge.store import RunStore
 
 CONFIGS = {
@@ -24,11 +24,33 @@ CONFIGS = {
     "optuna-cmaes": {"name": "optuna", "sampler": "cmaes", "batch": 4},
     "optuna-nsga2": {"name": "optuna", "sampler": "nsga2", "batch": 4},
     "random": {"name": "random", "batch": 4},
+    "ga-steady": {"name": "ga", "population": 4, "steady": True},
+    "ga-steady-differential": {"name": "ga", "population": 4, "steady": True, "differential": {"f": 0.4, "cr": 0.6}},
 }
 
 
 def _sphere(proposal) -> tuple:
     return (-float(np.sum((proposal.genotype - 0.3) ** 2)),)
+
+
+def _tell(searcher, proposals, fitnesses) -> None:
+    for proposal, fitness in zip(proposals, fitnesses):
+        searcher.tell(proposal.id, fitness)
+
+
+def _round(searcher, rng=None, log=None) -> list:
+    """Ask until the searcher waits, then tell every result (shuffled by `rng`); `log` records the calls."""
+    asked = []
+    while len(asked) < 8 and (proposals := searcher.ask()):
+        asked += proposals
+        if log is not None:
+            log.append(("ask", [p.id for p in proposals]))
+    order = list(asked) if rng is None else [asked[i] for i in rng.permutation(len(asked))]
+    for proposal in order:
+        searcher.tell(proposal.id, _sphere(proposal))
+        if log is not None:
+            log.append(("tell", proposal))
+    return asked
 
 
 def test_every_searcher_is_configured_here():
@@ -37,19 +59,59 @@ def test_every_searcher_is_configured_here():
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_a_restored_checkpoint_continues_exactly(config):
-    searcher = make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=11)
+def test_a_fresh_searcher_that_replays_the_asks_and_tells_continues_exactly(config):
+    make = lambda: make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=11)
+    searcher, log, rng = make(), [], np.random.default_rng(0)
+    for _ in range(3):
+        _round(searcher, rng, log)  # results arrive in any order
+    replayed = make()
+    for kind, what in log:
+        if kind == "ask":
+            assert [p.id for p in replayed.ask()] == what
+        else:
+            replayed.tell(what.id, _sphere(what))
     for _ in range(2):
-        proposals = searcher.ask()
-        searcher.tell(proposals, [_sphere(p) for p in proposals])
-    restored = Searcher.from_state(searcher.state())
-    for _ in range(2):
-        original, again = searcher.ask(), restored.ask()
-        assert [p.id for p in original] == [p.id for p in again]
+        original, again = _round(searcher), _round(replayed)
+        assert [p.id for p in original] == [p.id for p in again] and original
         assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(original, again))
-        fitness = [_sphere(p) for p in original]
-        searcher.tell(original, fitness)
-        restored.tell(again, fitness)
+
+
+@pytest.mark.parametrize("config", ["cma", "ga-tournament-blend", "ga-differential"])
+def test_a_generational_searcher_learns_the_same_whatever_order_its_results_arrive_in(config):
+    make = lambda: make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=3)
+    in_order, shuffled = make(), make()
+    for generation in range(3):
+        first = _round(in_order)
+        again = _round(shuffled, np.random.default_rng(generation))
+        assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(first, again))
+    assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(in_order.ask(), shuffled.ask()))
+
+
+def test_a_generational_searcher_waits_for_its_whole_generation_and_a_steady_one_does_not():
+    cma = make_searcher(SearcherSpec(name="cma", popsize=4), dimension=3, x0=np.full(3, 0.5), seed=0)
+    generation = cma.ask()
+    _tell(cma, generation[:3], [_sphere(p) for p in generation[:3]])
+    assert cma.ask() == []  # one result is still out
+    cma.tell(generation[3].id, _sphere(generation[3]))
+    assert len(cma.ask()) == 4
+    steady = make_searcher(SearcherSpec(name="ga", population=4, steady=True), dimension=3, x0=np.full(3, 0.5), seed=0)
+    initial = [steady.ask()[0] for _ in range(4)]
+    assert [p.operator for p in initial] == ["start", "init", "init", "init"]
+    assert steady.ask() == []  # nothing to breed from yet
+    _tell(steady, initial[:2], [_sphere(p) for p in initial[:2]])
+    [child] = steady.ask()  # two results are enough, while two are still out
+    assert set(child.parents) <= {initial[0].id, initial[1].id}
+    worst = min(steady.population, key=lambda i: i.fitness)
+    steady.tell(child.id, (worst.fitness + 1.0,))
+    assert child.id in {i.id for i in steady.population} and worst.id not in {i.id for i in steady.population}
+
+
+def test_told_twice_or_never_asked_is_an_error():
+    searcher = make_searcher(SearcherSpec(name="random", batch=2), dimension=2, x0=np.full(2, 0.5), seed=0)
+    [proposal] = searcher.ask()
+    searcher.tell(proposal.id, (1.0,))
+    with pytest.raises(ValueError, match="was not asked or was told already"):
+        searcher.tell(proposal.id, (1.0,))
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -83,14 +145,14 @@ def test_differential_evolution_keeps_a_child_only_if_it_beats_its_parent():
     searcher = make_searcher(SearcherSpec(name="ga", population=6, differential={"f": 0.5, "cr": 0.5}),
                              dimension=4, x0=np.full(4, 0.5), seed=2)
     proposals = searcher.ask()
-    searcher.tell(proposals, [_sphere(p) for p in proposals])
+    _tell(searcher, proposals, [_sphere(p) for p in proposals])
     replaced = 0
     for _ in range(5):
         before = [i.fitness for i in searcher.population]
         children = searcher.ask()
         assert all(c.operator == "differential" and len(c.parents) == 3 for c in children)
         assert [c.parents[0] for c in children] == [i.id for i in searcher.population]
-        searcher.tell(children, [_sphere(c) for c in children])
+        _tell(searcher, children, [_sphere(c) for c in children])
         after = [i.fitness for i in searcher.population]
         assert all(a >= b for a, b in zip(after, before))
         replaced += sum(a > b for a, b in zip(after, before))
@@ -122,11 +184,11 @@ def test_nsga2s_own_front_is_the_complete_pareto_front_of_what_it_was_told():
     searcher = make_searcher(SearcherSpec(name="optuna", sampler="nsga2", batch=6), dimension=3,
                              x0=np.full(3, 0.5), seed=4, objectives=2)
     told = {}
-    for _ in range(4):
+    for _ in range(24):
         proposals = searcher.ask()
         fitness = [(-float(np.sum((p.genotype - 0.2) ** 2)), -float(np.sum((p.genotype - 0.8) ** 2)))
                    for p in proposals]
-        searcher.tell(proposals, fitness)
+        _tell(searcher, proposals, fitness)
         told.update({tuple(np.round(p.genotype, 12)): f for p, f in zip(proposals, fitness)})
     expected = {g for g, f in told.items() if not any(_dominates(other, f) for other in told.values())}
     own = {tuple(np.round([t.params[f"g{i}"] for i in range(3)], 12)) for t in searcher.study.best_trials}
@@ -143,7 +205,7 @@ def test_failed_candidates_never_become_parents_or_elites_of_the_genetic_algorit
             assert not failed & {parent for child in proposals for parent in child.parents}, selection
             outcome = [None if p.id % 3 == 1 else _sphere(p) for p in proposals]
             failed |= {p.id for p, f in zip(proposals, outcome) if f is None}
-            searcher.tell(proposals, outcome)
+            _tell(searcher, proposals, outcome)
             if generation:
                 assert not failed & {i.id for i in searcher.population[:2]}, selection  # the elites
         assert failed
@@ -152,13 +214,13 @@ def test_failed_candidates_never_become_parents_or_elites_of_the_genetic_algorit
 def test_failed_candidates_are_failed_trials_of_optuna_and_the_study_goes_on():
     searcher = make_searcher(SearcherSpec(name="optuna", sampler="tpe", batch=4, startup_trials=4),
                              dimension=3, x0=np.full(3, 0.5), seed=6)
-    for _ in range(3):
+    for _ in range(12):
         proposals = searcher.ask()
-        searcher.tell(proposals, [None if p.id % 2 else _sphere(p) for p in proposals])
+        _tell(searcher, proposals, [None if p.id % 2 else _sphere(p) for p in proposals])
     states = [t.state.name for t in searcher.study.trials]
     assert states == ["COMPLETE", "FAIL"] * 6
     assert searcher.study.best_trial.number % 2 == 0
-    assert len(searcher.ask()) == 4
+    assert len(searcher.ask()) == 1  # one trial whenever a worker is free
 
 
 def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tmp_path):
@@ -180,7 +242,7 @@ def test_cma_es_restarts_with_a_doubled_population_and_says_so():
         proposals = searcher.ask()
         sizes.append(len(proposals))
         restarts.append({p.info["restart"] for p in proposals})
-        searcher.tell(proposals, [(0.0,)] * len(proposals))  # flat: pycma stops on tolflatfitness
+        _tell(searcher, proposals, [(0.0,)] * len(proposals))  # flat: pycma stops on tolflatfitness
     first = next(i for i, r in enumerate(restarts) if r == {1})
     assert all(r == {0} for r in restarts[:first]) and sizes[:first] == [4] * first
     assert sizes[first] == 8
@@ -200,6 +262,6 @@ def test_genome_succession_moves_children_toward_the_best_with_a_decaying_step()
                              dimension=3, x0=np.full(3, 0.5), seed=1)
     for _ in range(3):
         proposals = searcher.ask()
-        searcher.tell(proposals, [_sphere(p) for p in proposals])
+        _tell(searcher, proposals, [_sphere(p) for p in proposals])
     children = searcher.ask()
     assert all(c.operator.endswith("+succession") and c.parents for c in children)

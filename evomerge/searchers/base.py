@@ -1,18 +1,23 @@
 """The ask/tell protocol every searcher follows, in the unit cube [0, 1]^d.
 
-Searchers maximize. They number their proposals in the order they make them; the search
-loop evaluates proposals in that order, so a proposal's id is its evaluation's id and
-lineage can name parents by id. A failed candidate is told as `None`: each searcher
-treats it as the worst outcome in its own way. State is a pickle of the whole object
-(pycma's recommendation for its own strategy objects), restored with `from_state`.
+Searchers maximize. `ask()` returns what can be proposed now: a whole generation, one
+proposal, or nothing while the searcher waits for results. `tell(id, fitness)` takes one
+result at a time, in any order, paired with its proposal by id; a failed candidate is told
+as `None`, which each searcher treats as the worst outcome in its own way. Proposals are
+numbered in the order they are made, so lineage can name parents by id.
+
+A searcher is never saved as an object (a pickle of code would run on `resume`): the run
+store logs every ask, racing stage and tell, and a fresh searcher with the same seed that
+replays the log is in the same state. What a searcher takes from outside the process (a
+language model's answers) goes through `external()`, whose values the log records and the
+replay hands back.
 """
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -28,6 +33,7 @@ class Proposal:
     parents: Tuple[int, ...] = ()
     operator: str = ""
     info: dict = field(default_factory=dict)  # stored with the evaluation: a CMA restart, an Optuna trial, a rationale
+    generation: int = 0
 
 
 class SearcherOptions(BaseModel):
@@ -38,10 +44,6 @@ class Searcher(ABC):
     name: ClassVar[str]
     Options: ClassVar[Type[SearcherOptions]] = SearcherOptions
     multi_objective: ClassVar[bool] = False
-    # Asking again after a restore gives the same proposals (seeded generators). Otherwise (a
-    # language model answers) the loop also checkpoints right after `ask`, so a resumed run
-    # evaluates what was asked. pycma's strategy must not be pickled between ask and tell.
-    replayable: ClassVar[bool] = True
 
     def __init__(self, dimension: int, x0: np.ndarray, seed: int, options: SearcherOptions, objectives: int = 1,
                  genes: Sequence[GeneInfo] = ()):
@@ -51,46 +53,87 @@ class Searcher(ABC):
         self.seed = seed
         self.options = options
         self.objectives = objectives
+        self.generation = 0
+        self.outstanding: Dict[int, Proposal] = {}  # asked, not told yet
+        self.recorded: List[Any] = []  # what `external()` fetched since the last ask began, for the log
+        self._replayed: List[Any] = []
         self._next_id = 0
-        self.asked: List[Proposal] = []  # the generation asked and not told yet, kept in the checkpoint
 
     def _proposal(self, genotype: np.ndarray, parents: Sequence[int] = (), operator: str = "", **info) -> Proposal:
         proposal = Proposal(self._next_id, np.clip(np.asarray(genotype, dtype=float), 0.0, 1.0),
-                            tuple(parents), operator, info)
+                            tuple(parents), operator, info, self.generation)
         self._next_id += 1
+        self.outstanding[proposal.id] = proposal
         return proposal
 
     @property
     @abstractmethod
     def generation_size(self) -> int:
-        """How many proposals one `ask()` makes."""
+        """How many proposals make one generation (for a steady-state searcher: one round of the population)."""
 
     @abstractmethod
     def ask(self) -> List[Proposal]:
-        """The next generation of proposals."""
+        """What can be proposed now; empty while the searcher waits for results."""
+
+    def tell(self, proposal_id: int, fitness: Fitness, scores: Optional[Dict[str, float]] = None) -> None:
+        """One result, by proposal id; `scores` are its per-task scores, for searchers that show their history."""
+        proposal = self.outstanding.pop(proposal_id, None)
+        if proposal is None:
+            raise ValueError(f"proposal {proposal_id} was not asked or was told already")
+        self._told(proposal, fitness, dict(scores or {}))
 
     @abstractmethod
-    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
-        """Results for every proposal of the last `ask()`, in the same order."""
-
-    def note(self, proposal_id: int, scores: Dict[str, float]) -> None:
-        """A result's per-task scores, before `tell`; searchers that show their history keep them."""
+    def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
+        """Take one result in."""
 
     def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
         """A raced candidate's estimate after a stage: True stops it, False lets it go on, None (the
         default) leaves the decision to racing's own bar."""
         return None
 
-    def state(self) -> bytes:
-        return pickle.dumps(self)
+    def external(self, fetch: Callable[[], Any]) -> Any:
+        """A value from outside (JSON data): fetched and recorded, or, in a replay, the recorded one."""
+        if self._replayed:
+            return self._replayed.pop(0)
+        value = fetch()
+        self.recorded.append(value)
+        return value
 
-    @staticmethod
-    def from_state(blob: bytes) -> "Searcher":
-        searcher = pickle.loads(blob)
-        if not isinstance(searcher, Searcher):
-            raise TypeError(f"expected a searcher checkpoint, got {type(searcher).__name__}")
-        searcher.__dict__.setdefault("asked", [])  # a checkpoint from before it was kept
-        return searcher
+    def replay_inputs(self, values: Sequence[Any]) -> None:
+        """What the next ask's `external()` calls return instead of fetching (a replay of the log)."""
+        self._replayed = list(values)
+
+
+class GenerationalSearcher(Searcher):
+    """Asks a whole generation and waits for all of its results, in any order, before it
+    learns from them in proposal order (CMA-ES, the generational GA). The result does not
+    depend on the order results arrive in, so a run on workers equals the run in process."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._asked: List[Proposal] = []
+        self._results: Dict[int, Fitness] = {}
+
+    def ask(self) -> List[Proposal]:
+        if self.outstanding:
+            return []
+        self._asked = self._ask_generation()
+        return list(self._asked)
+
+    def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
+        self._results[proposal.id] = fitness
+        if not self.outstanding:
+            self._tell_generation(self._asked, [self._results[p.id] for p in self._asked])
+            self._results = {}
+            self.generation += 1
+
+    @abstractmethod
+    def _ask_generation(self) -> List[Proposal]:
+        """The next generation."""
+
+    @abstractmethod
+    def _tell_generation(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+        """Every result of the generation, in proposal order."""
 
 
 def scalar(fitness: Fitness) -> Optional[float]:

@@ -2,7 +2,8 @@
 
 When pycma's own stopping criteria fire, the search restarts as IPOP-CMA-ES does (pycma's
 `restarts` with `incpopsize=2`): from the best point found, with twice the population.
-Every proposal records the restart it belongs to.
+Every proposal records the restart it belongs to. CMA-ES keeps its generations: with
+workers, a worker that finishes early waits for the generation's last result.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cma
 import numpy as np
 from pydantic import PositiveFloat, PositiveInt
 
-from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
+from evomerge.searchers.base import Fitness, GenerationalSearcher, Proposal, SearcherOptions, scalar
 
 
 class CMAOptions(SearcherOptions):
@@ -32,7 +33,7 @@ class _Normal:
         return self.rng.standard_normal(shape)
 
 
-class CMAES(Searcher):
+class CMAES(GenerationalSearcher):
     name = "cma"
     Options = CMAOptions
 
@@ -53,15 +54,15 @@ class CMAES(Searcher):
     def generation_size(self) -> int:
         return self.es.popsize
 
-    def ask(self) -> List[Proposal]:
+    def _ask_generation(self) -> List[Proposal]:
         if self.es.stop():
             self.restarts += 1
             self.es = self._strategy(np.clip(self.es.result.xbest, 0.0, 1.0))
-        self._asked = self.es.ask()
-        return [self._proposal(x, operator="cma", restart=self.restarts) for x in self._asked]
+        self._solutions = self.es.ask()
+        return [self._proposal(x, operator="cma", restart=self.restarts) for x in self._solutions]
 
-    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
+    def _tell_generation(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
         values = [scalar(f) for f in fitnesses]
         ok = [v for v in values if v is not None]
         worst = -(min(ok) - 1.0) if ok else 1.0
-        self.es.tell(self._asked, [-v if v is not None else worst for v in values])
+        self.es.tell(self._solutions, [-v if v is not None else worst for v in values])

@@ -9,6 +9,12 @@ x + F·(x_r1 − x_r2) (binomially crossed with it), and the child replaces its 
 if it scores better (Evolver). With `succession`, each child then takes GENOME+'s
 particle-swarm step (toward its better parent and the best, away from the worst; the step
 decays every generation). Every proposal names its parents and the operator.
+
+With `steady: true` the GA is steady-state, for workers that should never wait: it asks
+one child at a time from the population as it stands, and each result is taken in as it
+arrives (a child replaces the population's worst if it is better; with `differential`, its
+own parent if it is better). The first `population` proposals are the starting point and
+uniform samples, as in the generational GA.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import List, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
+from evomerge.searchers.base import Fitness, GenerationalSearcher, Proposal, SearcherOptions, scalar
 from evomerge.searchers.operators import (
     BlendCrossover,
     DifferentialMutation,
@@ -53,6 +59,7 @@ class GAOptions(SearcherOptions):
     mutation_scale: float = Field(0.1, gt=0)
     differential: Optional[DifferentialOptions] = None
     succession: Optional[SuccessionOptions] = None
+    steady: bool = Field(False, description="steady-state: one child at a time, each result taken as it arrives")
 
 
 @dataclass
@@ -62,7 +69,7 @@ class Individual:
     fitness: float = -np.inf  # -inf: failed, never selected while anything else lives
 
 
-class GeneticAlgorithm(Searcher):
+class GeneticAlgorithm(GenerationalSearcher):
     name = "ga"
     Options = GAOptions
 
@@ -80,23 +87,41 @@ class GeneticAlgorithm(Searcher):
                              if options.differential else None)
         self.succession = (Succession(options.succession.step, options.succession.decay)
                            if options.succession else None)
-        self.generation = 0
         self.population: List[Individual] = []
+        self.initial = 0  # initial proposals made (steady state asks them one at a time)
+        self.told = 0
+        self._target = 0  # the steady differential step's next target
 
     @property
     def generation_size(self) -> int:
-        if not self.population or self.differential:
+        if not self.population or self.differential or self.options.steady:
             return self.options.population
         return self.options.population - self.options.elitism
 
-    def ask(self) -> List[Proposal]:
+    def _initial(self) -> Proposal:
+        self.initial += 1
+        if self.initial == 1:
+            return self._proposal(self.x0, operator="start")
+        return self._proposal(self.rng.uniform(size=self.dimension), operator="init")
+
+    def _ask_generation(self) -> List[Proposal]:
         if not self.population:
-            first = [self._proposal(self.x0, operator="start")]
-            return first + [self._proposal(self.rng.uniform(size=self.dimension), operator="init")
-                            for _ in range(self.options.population - 1)]
+            return [self._initial() for _ in range(self.options.population)]
         if self.differential:
             return [self._differential_child(index) for index in range(len(self.population))]
         return [self._child() for _ in range(self.generation_size)]
+
+    def ask(self) -> List[Proposal]:
+        if not self.options.steady:
+            return super().ask()
+        if self.initial < self.options.population:
+            return [self._initial()]
+        if len(self.population) < (3 if self.differential else 2):
+            return []  # too few results to breed from yet
+        if self.differential:
+            self._target = (self._target + 1) % len(self.population)
+            return [self._differential_child(self._target)]
+        return [self._child()]
 
     def _fitness(self) -> np.ndarray:
         return np.array([i.fitness for i in self.population])
@@ -126,8 +151,23 @@ class GeneticAlgorithm(Searcher):
         genotype = self.differential.crossover(np.stack([p.genotype for p in trio]), self.rng)
         return self._proposal(genotype, parents=[p.id for p in trio], operator="differential")
 
-    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
-        self.generation += 1
+    def _told(self, proposal: Proposal, fitness: Fitness, scores) -> None:
+        if not self.options.steady:
+            return super()._told(proposal, fitness, scores)
+        child = Individual(proposal.id, proposal.genotype, -np.inf if scalar(fitness) is None else scalar(fitness))
+        self.told += 1
+        self.generation = self.told // self.options.population
+        if proposal.operator in ("start", "init"):
+            self.population.append(child)
+            return
+        if self.differential:
+            target = next((i for i, member in enumerate(self.population) if member.id == proposal.parents[0]), None)
+        else:
+            target = int(np.argmin(self._fitness()))
+        if target is not None and child.fitness > self.population[target].fitness:
+            self.population[target] = child
+
+    def _tell_generation(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
         children = [Individual(p.id, p.genotype, -np.inf if scalar(f) is None else scalar(f))
                     for p, f in zip(proposals, fitnesses)]
         if not self.population:

@@ -9,8 +9,8 @@ point already proposed is repaired where it can be (clipped, completed from the 
 candidate) or replaced by a Gaussian mutation of a good candidate. Every proposal records
 its operator (`llm`, `llm-repaired`, `fallback`) and its rationale. A timeout, a refused
 connection or an HTTP error is retried with backoff, then that batch falls back: the run
-never stops for the endpoint. The state is plain data (the history, the proposals and the
-reflections), checkpointed like any searcher's; the client is rebuilt after a resume.
+never stops for the endpoint. Every request's outcome goes through `external()`, so the run
+store's log keeps the model's answers and a resumed run replays them instead of asking again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
@@ -55,7 +55,6 @@ class LLMOptions(SearcherOptions):
 class LLMSearch(Searcher):
     name = "llm"
     Options = LLMOptions
-    replayable = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -65,14 +64,9 @@ class LLMSearch(Searcher):
             self.genes = [{"name": f"g{i}", "low": 0.0, "high": 1.0, "controls": "a number"} for i in range(self.dimension)]
         self.rng = np.random.default_rng(self.seed)
         self.history: List[Dict[str, Any]] = []  # id, x (unit cube), fitness, scores, operator, rationale
-        self.pending: Dict[int, Dict[str, Any]] = {}  # proposals not told yet, the same fields
         self.reflections: List[str] = []
         self.answers = {"requested": 0, "unreachable": 0, "usable": 0, "repaired": 0, "fallback": 0}
-        self._scores: Dict[int, Dict[str, float]] = {}
         self._client = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}  # a connection is not state
 
     @property
     def generation_size(self) -> int:
@@ -81,31 +75,29 @@ class LLMSearch(Searcher):
     # -- ask ----------------------------------------------------------------------------------
     def ask(self) -> List[Proposal]:
         proposals: List[Proposal] = []
-        if not self.history and not self.pending:
-            proposals.append(self._keep(self._proposal(self.x0, operator="start"), ""))
+        if not self.history and not self.outstanding:
+            proposals.append(self._proposal(self.x0, operator="start"))
         wanted = self.generation_size - len(proposals)
-        answer = self._request(self.messages(wanted))
+        outcome = self.external(lambda: self._request(self.messages(wanted)))
+        self.answers["requested"] += outcome["requested"]
+        self.answers["unreachable"] += outcome["unreachable"]
+        answer = outcome["answer"]
         reflection, suggested = _parse(answer) if answer is not None else (None, [])
         if reflection:
             self.reflections.append(reflection[:600])
         for genes, rationale in suggested[:wanted]:
             x, repaired, parents = self._repair(genes)
-            if x is None or self._seen(x, proposals):
+            if x is None or self._seen(x):
                 continue
             self.answers["repaired" if repaired else "usable"] += 1
-            proposal = self._proposal(x, parents, "llm-repaired" if repaired else "llm", rationale=rationale[:400])
-            proposals.append(self._keep(proposal, rationale))
+            proposals.append(self._proposal(x, parents, "llm-repaired" if repaired else "llm",
+                                            rationale=rationale[:400]))
         while len(proposals) < self.generation_size:
             self.answers["fallback"] += 1
-            proposals.append(self._keep(self._fallback(proposals), ""))
+            proposals.append(self._fallback())
         if reflection:  # stored once a batch, with its first proposal that is not the start
             next(p for p in proposals if p.operator != "start").info["reflection"] = reflection[:600]
         return proposals
-
-    def _keep(self, proposal: Proposal, rationale: str) -> Proposal:
-        self.pending[proposal.id] = {"id": proposal.id, "x": proposal.genotype.tolist(), "operator": proposal.operator,
-                                     "rationale": rationale}
-        return proposal
 
     def _repair(self, genes: Any) -> Tuple[Optional[np.ndarray], bool, Tuple[int, ...]]:
         """A vector in the unit cube from the model's gene values, whether it needed repair, its parents."""
@@ -138,19 +130,18 @@ class LLMSearch(Searcher):
         parents = (best["id"],) if completed and best else ()
         return x, repaired or completed, parents
 
-    def _seen(self, x: np.ndarray, batch: Sequence[Proposal]) -> bool:
-        earlier = [np.asarray(r["x"]) for r in self.history] + [np.asarray(r["x"]) for r in self.pending.values()]
-        earlier += [p.genotype for p in batch]
+    def _seen(self, x: np.ndarray) -> bool:
+        earlier = [np.asarray(r["x"]) for r in self.history] + [p.genotype for p in self.outstanding.values()]
         return any(np.allclose(x, other, atol=1e-9) for other in earlier)
 
-    def _fallback(self, batch: Sequence[Proposal]) -> Proposal:
+    def _fallback(self) -> Proposal:
         """A Gaussian mutation of one of the three best candidates (or of the start)."""
         ranked = sorted((r for r in self.history if r["fitness"] is not None), key=lambda r: -r["fitness"])[:3]
         mutation = GaussianMutation(rate=0.5, scale=self.options.mutation_scale)
         for _ in range(100):
             parent = ranked[int(self.rng.integers(len(ranked)))] if ranked else None
             x = np.clip(mutation.mutate(np.asarray(parent["x"]) if parent else self.x0, self.rng), 0.0, 1.0)
-            if not self._seen(x, batch):
+            if not self._seen(x):
                 break
         return self._proposal(x, (parent["id"],) if parent else (), "fallback")
 
@@ -199,34 +190,33 @@ class LLMSearch(Searcher):
         why = f"; your rationale: {record['rationale']}" if with_rationale and record["rationale"] else ""
         return f"- #{record['id']} {outcome}" + (f" ({scores})" if scores else "") + f": {genes}{why}"
 
-    def _request(self, messages: List[Dict[str, str]]) -> Optional[str]:
-        """The model's answer, or None once every retry failed (that batch falls back)."""
+    def _request(self, messages: List[Dict[str, str]]) -> Dict[str, Any]:
+        """The model's answer (None once every retry failed: that batch falls back) and how many
+        requests it took, as plain data for the run store's log."""
         import openai
 
         if self._client is None:
             self._client = openai.OpenAI(base_url=self.options.endpoint, max_retries=0, timeout=self.options.timeout,
                                          api_key=os.environ.get(self.options.api_key_env) or "not-needed")
+        outcome: Dict[str, Any] = {"answer": None, "requested": 0, "unreachable": 0}
         for attempt in range(self.options.retries + 1):
-            self.answers["requested"] += 1
+            outcome["requested"] += 1
             try:
                 response = self._client.chat.completions.create(
                     model=self.options.model, messages=messages, temperature=self.options.temperature)
-                return response.choices[0].message.content or ""
+                outcome["answer"] = response.choices[0].message.content or ""
+                return outcome
             except (openai.APIError, IndexError, AttributeError):  # timeouts, refused connections, HTTP errors
-                self.answers["unreachable"] += 1
+                outcome["unreachable"] += 1
                 if attempt < self.options.retries:
                     time.sleep(self.options.backoff * 2 ** attempt)
-        return None
+        return outcome
 
     # -- tell ---------------------------------------------------------------------------------
-    def note(self, proposal_id: int, scores: Dict[str, float]) -> None:
-        self._scores[proposal_id] = scores
-
-    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
-        for proposal, fitness in zip(proposals, fitnesses):
-            record = self.pending.pop(proposal.id)
-            record.update(fitness=scalar(fitness), scores=self._scores.pop(proposal.id, {}))
-            self.history.append(record)
+    def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
+        self.history.append({"id": proposal.id, "x": proposal.genotype.tolist(), "operator": proposal.operator,
+                             "rationale": proposal.info.get("rationale", ""), "fitness": scalar(fitness),
+                             "scores": scores})
 
 
 def _parse(answer: str) -> Tuple[Optional[str], List[Tuple[Any, str]]]:

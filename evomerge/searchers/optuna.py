@@ -1,9 +1,15 @@
 """Optuna's samplers through its ask/tell interface: TPE, CMA-ES, NSGA-II (several
-objectives: the run keeps the Pareto front) and random."""
+objectives: the run keeps the Pareto front) and random.
+
+Optuna asks one trial whenever a worker is free and takes each result as it arrives, as
+its own distributed optimization does; TPE uses its constant liar, so trials still running
+count as bad ones and parallel workers do not all sample the same region.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Sequence, Set
+import warnings
+from typing import Dict, List, Literal, Optional, Set
 
 import optuna
 from pydantic import Field, PositiveInt
@@ -15,7 +21,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 class OptunaOptions(SearcherOptions):
     sampler: Literal["tpe", "cmaes", "nsga2", "random"] = "tpe"
-    batch: PositiveInt = Field(8, description="trials asked per generation (NSGA-II's population size)")
+    batch: PositiveInt = Field(8, description="a generation: NSGA-II's population, Optuna CMA-ES's popsize")
     startup_trials: Optional[PositiveInt] = Field(None, description="TPE's random start-up trials (Optuna's default 10)")
     pruner: Optional[Literal["median", "successive_halving", "hyperband"]] = Field(
         None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing)")
@@ -36,12 +42,15 @@ class OptunaSearch(Searcher):
         self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
         self._trials: Dict[int, optuna.trial.Trial] = {}  # proposal id -> its trial, until told
         self._pruned: Set[int] = set()
+        self.told = 0
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
         options: OptunaOptions = self.options
         if options.sampler == "tpe":
             extra = {"n_startup_trials": options.startup_trials} if options.startup_trials else {}
-            return optuna.samplers.TPESampler(seed=self.seed, **extra)
+            with warnings.catch_warnings():  # constant_liar is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, **extra)
         if options.sampler == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=self.seed, x0=self._params(self.x0), popsize=options.batch)
         if options.sampler == "nsga2":
@@ -76,24 +85,23 @@ class OptunaSearch(Searcher):
         return self.options.batch
 
     def ask(self) -> List[Proposal]:
-        proposals = []
-        for _ in range(self.generation_size):
-            trial = self.study.ask()
-            proposals.append(self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
-                                            operator=f"optuna:{self.options.sampler}", trial=trial.number))
-            self._trials[proposals[-1].id] = trial
-        return proposals
+        trial = self.study.ask()
+        proposal = self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
+                                  operator=f"optuna:{self.options.sampler}", trial=trial.number)
+        self._trials[proposal.id] = trial
+        return [proposal]
 
-    def tell(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
-        for proposal, fitness in zip(proposals, fitnesses):
-            trial = self._trials.pop(proposal.id)
-            if fitness is None:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            elif proposal.id in self._pruned:
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last stage's value counts
-            else:
-                self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
-        self._pruned -= {p.id for p in proposals}
+    def _told(self, proposal: Proposal, fitness: Fitness, scores) -> None:
+        trial = self._trials.pop(proposal.id)
+        if fitness is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif proposal.id in self._pruned:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last stage's value counts
+        else:
+            self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
+        self._pruned.discard(proposal.id)
+        self.told += 1
+        self.generation = self.told // self.options.batch
 
 
 class RandomOptions(OptunaOptions):

@@ -1,0 +1,110 @@
+"""What one device holds for a search, and how it evaluates one candidate.
+
+A worker keeps the parents resident, one output model that candidates are merged into in
+place, and the lm-eval tasks built once. It evaluates one candidate at a time: `begin`
+merges it and scores it (or its first racing stage), `advance` scores the next stage and
+`stop` ends a raced candidate with its estimate. The search loop calls these directly in
+its own process, or through one Ray actor per device (ray_pool.py); between stages only
+the loop decides whether a candidate goes on, because only it knows the bar and the searcher.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from evomerge.errors import EvomergeError, mergekit_refusals
+from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite, load_custom_fitness
+from evomerge.materialize import Materializer
+from evomerge.pool import Outcome, Step
+from evomerge.racing import Race, RaceResult, check_averaged
+from evomerge.recipe import SECTION, Recipe
+from evomerge.space import Candidate, SearchSpace
+
+
+def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
+    """The lm-eval tasks and the fitness, checked against each other; needs no model."""
+    spec = recipe.spec
+    custom = load_custom_fitness(spec.fitness, recipe.directory, recipe.path) if spec.fitness else None
+    suite = TaskSuite([t.name for t in spec.tasks], recipe.task_paths(), source=recipe.path,
+                      options=spec.eval, seed=spec.seed) if spec.tasks else None
+    objective = Objective(spec.tasks, suite, custom, source=recipe.path)
+    if spec.eval.racing and suite and (problem := check_averaged(objective, suite)):
+        raise EvomergeError(problem, path=recipe.path, key=f"{SECTION}.eval.racing")
+    return suite, objective
+
+
+class Worker:
+    def __init__(self, recipe: Recipe, *, device: Optional[str] = None, trust_remote_code: bool = False,
+                 quiet: bool = True, threads: Optional[int] = None):
+        if threads:
+            torch.set_num_threads(threads)
+        spec = recipe.spec
+        self.start = SearchSpace.from_recipe(recipe).starting_point()
+        self.suite, self.objective = scoring(recipe)
+        with mergekit_refusals(recipe.path):
+            self.materializer = Materializer(self.start.merge, device=device, parents=spec.parents,
+                                             dtype=spec.eval.dtype, trust_remote_code=trust_remote_code, quiet=quiet)
+        self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
+                                   options=spec.eval, limit=spec.eval.limit) if self.suite else None
+        self.race = Race(spec.eval.racing, self.scorer, self.objective, spec.seed) if spec.eval.racing else None
+        self._stages: Optional[Iterator[RaceResult]] = None
+        self._stage = 0
+        self._result: Optional[RaceResult] = None
+
+    def ready(self) -> int:
+        """The worker's process id, once everything is loaded."""
+        return os.getpid()
+
+    def begin(self, candidate: Candidate) -> Step:
+        self._started = time.perf_counter()
+        self._materialize_seconds: Optional[float] = None
+        self._stage = 0
+        try:
+            self._materialize_seconds = self.materializer.materialize(candidate).seconds
+            self._scored = time.perf_counter()
+            self._custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
+            if self.race is None:
+                metrics = self.scorer.score() if self.scorer else {}
+                return Step(outcome=self._outcome("ok", metrics, self.scorer.documents if self.scorer else 0))
+            self._stages = self.race.stages_scored()
+        except Exception as error:  # a failed candidate is data, not the end of the run
+            return Step(outcome=self._failed(error))
+        return self.advance()
+
+    def advance(self) -> Step:
+        """The next racing stage."""
+        try:
+            self._result = next(self._stages)
+        except Exception as error:
+            return Step(self._stage, outcome=self._failed(error))
+        self._stage += 1
+        result = self._result
+        if result.complete:
+            return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents))
+        custom = sum(self._custom.values())
+        return Step(self._stage, estimate=result.estimate + custom, upper=result.upper + custom)
+
+    def stop(self) -> Step:
+        """End a raced candidate with its estimate from the documents scored so far."""
+        self._stages = None
+        return Step(self._stage, outcome=self._outcome("raced", self._result.metrics, self._result.documents))
+
+    def _outcome(self, status: str, metrics: Metrics, documents: int) -> Outcome:
+        try:
+            objectives = self.objective.objectives(metrics, self._custom)
+        except ValueError as error:  # a non-finite score
+            return self._failed(error)
+        return Outcome(status, {**metrics, **({"custom": self._custom} if self._custom else {})}, objectives,
+                       float(sum(objectives)), None, self._materialize_seconds, time.perf_counter() - self._scored,
+                       documents)
+
+    def _failed(self, error: Exception) -> Outcome:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        seconds = self._materialize_seconds
+        return Outcome("failed", error=f"{type(error).__name__}: {error}",
+                       materialize_seconds=seconds if seconds is not None else time.perf_counter() - self._started)

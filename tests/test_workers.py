@@ -1,0 +1,150 @@
+"""Candidates evaluated on Ray workers (a real local Ray, two CPU workers on the zoo): the same
+winner as in process for a generational searcher, a killed worker replaced and its candidate
+retried, a candidate that kills its worker twice stored as failed, and a driver killed with
+SIGKILL that resumes to exactly its budget and leaves no Ray process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from evomerge.cli import main
+from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.store import RunStore
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+TROUBLE = textwrap.dedent('''
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    FOLDER = Path({folder!r})
+
+    def score(model, tokenizer):
+        """The test's trouble, by files in FOLDER: the first call to find `arm` takes it, writes its
+        process id to `blocked` and waits to be killed; a call that finds `die` takes one of its
+        lines and kills its own process."""
+        try:
+            os.rename(FOLDER / "arm", FOLDER / "armed")  # one worker wins
+        except FileNotFoundError:
+            pass
+        else:
+            (FOLDER / "blocked").write_text(str(os.getpid()))
+            time.sleep(600)
+        die = FOLDER / "die"
+        if die.exists() and die.read_text().strip():
+            die.write_text(die.read_text().strip()[1:])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0.0
+''')
+
+
+def _recipe(demo_recipe, tmp_path, searcher, **evomerge):
+    (tmp_path / "trouble.py").write_text(TROUBLE.format(folder=str(tmp_path)))
+    return demo_recipe(eval={"limit": 20}, searcher=searcher, fitness="trouble:score", **evomerge)
+
+
+def _wait_for(path: Path, seconds: float = 300) -> str:
+    deadline = time.monotonic() + seconds
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_a_generational_search_on_two_workers_ends_exactly_as_in_process(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4})
+    start_search(recipe, tmp_path / "here", SearchOptions(evaluations=8, quiet=True)).run()
+    best = start_search(recipe, tmp_path / "ray", SearchOptions(evaluations=8, quiet=True, workers=2)).run()
+    here, there = (RunStore.open(tmp_path / name).evaluations() for name in ("here", "ray"))
+    assert [(e.id, e.genotype, e.fitness) for e in there] == [(e.id, e.genotype, e.fitness) for e in here]
+    assert {e.worker for e in there} == {"ray-0", "ray-1"} and {e.worker for e in here} == {"local"}
+    assert best.id == RunStore.open(tmp_path / "here").ranked()[0].id
+
+
+def test_a_worker_killed_mid_candidate_is_replaced_and_the_candidate_retried_on_another(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, {"name": "random"})
+    (tmp_path / "arm").touch()
+
+    def kill_the_blocked_worker():
+        os.kill(int(_wait_for(tmp_path / "blocked")), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_blocked_worker, daemon=True)
+    killer.start()
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True, workers=2)).run()
+    killer.join(timeout=1)
+    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    assert [e.id for e in evaluations] == list(range(6)) and all(e.ok for e in evaluations)
+    retried = [e for e in evaluations if e.attempts == 2]
+    assert len(retried) == 1 and all(e.attempts == 1 for e in evaluations if e not in retried)
+    [lost] = retried[0].info["lost"]
+    assert lost["worker"] != retried[0].worker and "ActorDiedError" in lost["reason"]
+
+
+def test_a_candidate_that_kills_its_worker_twice_is_stored_as_failed_and_the_run_goes_on(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, {"name": "random"})
+    (tmp_path / "die").write_text("xx")  # the first two calls kill their worker: both are candidate 0's
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, workers=1)).run()
+    first, *rest = RunStore.open(tmp_path / "run").evaluations()
+    assert first.failed and first.attempts == 2 and first.error.startswith("WorkerLost: its worker died 2 times")
+    assert [e.id for e in rest] == [1, 2] and all(e.ok for e in rest)
+
+
+def _ray_processes() -> set:
+    found = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return {int(line.split()[0]) for line in found
+            if any(word in line for word in ("ray::", "raylet", "gcs_server", "ray/dashboard", "ray/_private"))}
+
+
+def test_the_driver_killed_with_sigkill_resumes_to_exactly_its_budget_and_leaves_no_ray_behind(demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, {"name": "random"})
+    run_dir = tmp_path / "run"
+    before = _ray_processes()
+    driver = subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out", str(run_dir),
+                               "--evaluations", "8", "--workers", "2", "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "run.db").exists() or RunStore.open(run_dir).count() < 3:
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline, "the search never stored three evaluations"
+        time.sleep(0.2)
+    (tmp_path / "arm").touch()
+    _wait_for(tmp_path / "blocked")
+    started = _ray_processes() - before
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    stored = {e.id: e.created for e in RunStore.open(run_dir).evaluations()}
+    assert 3 <= len(stored) < 8
+
+    result = CliRunner().invoke(main, ["resume", str(run_dir), "--quiet"])  # on the run's own two workers
+    assert result.exit_code == 0, result.output
+    evaluations = RunStore.open(run_dir).evaluations()
+    assert [e.id for e in evaluations] == list(range(8)) and all(e.ok for e in evaluations)
+    assert len({tuple(e.genotype) for e in evaluations}) == 8
+    assert all(e.created == stored[e.id] for e in evaluations if e.id in stored), "a stored evaluation was redone"
+    assert {e.worker for e in evaluations} == {"ray-0", "ray-1"}
+    deadline = time.monotonic() + 120  # Ray's agents notice their raylet is gone within a minute
+    while started & _ray_processes():
+        assert time.monotonic() < deadline, f"Ray processes left behind: {started & _ray_processes()}"
+        time.sleep(1)
+
+
+def test_workers_without_ray_installed_is_a_one_line_error(demo_recipe, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = CliRunner().invoke(main, ["search", str(demo_recipe()), "--out", str(tmp_path / "run"), "--workers", "2"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: --workers: workers run on Ray, which is not installed: "
+                                     "pip install 'evomerge[ray]'")
+    assert not (tmp_path / "run").exists()

@@ -5,10 +5,11 @@
     once the workers run (from the first result to the last).
 (b) evomerge's own search loop, store and Ray pool with each worker's scorer replaced by a
     sleep drawn from per-candidate costs measured in (a) (normalized to their median; one
-    candidate in ten takes 3x): 8, 32 and 128 workers, the generational GA (a barrier after
-    every generation of one candidate per worker) against the steady-state GA (asynchronous),
-    1,000 evaluations each. Utilization = time the workers slept / (workers x wall time
-    from the first candidate sent to the last result).
+    candidate in ten takes 3x): 8, 32 and 128 workers, 1,000 evaluations each, with
+    generation-synchronous searchers (CMA-ES and the generational GA, one candidate per
+    worker in a generation, a barrier after each) against the steady-state GA
+    (asynchronous). Utilization = time the workers slept / (workers x wall time from the
+    first candidate sent to the last result).
 
     python bench/workers.py [--evaluations 24] [--simulated 1000] [--median 0.25] [--sizes 8,32,128]
 """
@@ -43,10 +44,10 @@ class SleepWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def begin(self, candidate) -> Step:
+    def begin(self, genotype: List[float]) -> Step:
         seconds = float(self.rng.choice(self.costs)) * (3.0 if self.rng.random() < 0.1 else 1.0)
         time.sleep(seconds)
-        fitness = float(self.rng.random())
+        fitness = -float(np.sum((np.asarray(genotype) - 0.5) ** 2))  # something for the GA to climb
         return Step(outcome=Outcome("ok", objectives=[fitness], fitness=fitness, materialize_seconds=0.0,
                                     evaluate_seconds=seconds))
 
@@ -89,15 +90,18 @@ def simulated(work: Path, costs: List[float], median: float, total: int, sizes: 
     scaled = [c * scale for c in costs]
     print(f"\n(b) simulated: {total} evaluations, sleeps from {len(costs)} measured costs scaled to a median of "
           f"{median} s, one in ten at 3x")
-    print("| workers | generational: utilization | time to finish s | steady-state: utilization | time to finish s |")
-    print("|---|---|---|---|---|")
+    searchers = {"cma": lambda size: {"name": "cma", "popsize": size},
+                 "generational GA": lambda size: {"name": "ga", "population": size, "elitism": 0},
+                 "steady-state GA": lambda size: {"name": "ga", "population": size, "steady": True}}
+    print("| workers | " + " | ".join(f"{name}: utilization | time s" for name in searchers) + " |")
+    print("|---|" + "---|---|" * len(searchers))
     for size in sizes:
         ray.init(num_cpus=size, include_dashboard=False, log_to_driver=False)
         cells = []
-        for steady in (False, True):
-            searcher = {"name": "ga", "population": size, "elitism": 0, "steady": steady}
-            recipe = write_demo_recipe(work, f"sim-{size}-{steady}.yaml", searcher=searcher, eval={"limit": 1})
-            run_dir = work / f"b-{size}-{steady}"
+        for name, searcher in searchers.items():
+            tag = f"{size}-{name.replace(' ', '-')}"
+            recipe = write_demo_recipe(work, name=f"sim-{tag}.yaml", searcher=searcher(size), eval={"limit": 1})
+            run_dir = work / f"b-{tag}"
             start_search(recipe, run_dir, SearchOptions(evaluations=total, quiet=True, workers=size),
                          worker_factory=lambda threads=None: SleepWorker(scaled, seed=size)).run()
             done = RunStore.open(run_dir).evaluations()

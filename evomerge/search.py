@@ -29,7 +29,6 @@ from evomerge.pool import LocalPool, Pool, Step, WorkerLost
 from evomerge.racing import stops
 from evomerge.recipe import Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
-from evomerge.space import Candidate
 from evomerge.store import Evaluation, RunStore
 from evomerge.validate import check_search
 from evomerge.worker import Worker, scoring
@@ -219,7 +218,6 @@ class Search:
         self.searcher = self._replayed_searcher()
         self.store.requeue_running()
         self._queue = _Queue(self.store.pending())
-        self._candidates: Dict[int, Candidate] = {}
         finished = self.store.evaluations()
         self._finished = len(finished)
         self._ok = sorted(-e.fitness for e in finished if e.ok)  # negated: the bar is the rank-th
@@ -266,8 +264,7 @@ class Search:
             self.store.mark_running(evaluation.id, pool.names[index])
             evaluation.attempts += 1
             slot.state, slot.evaluation = "busy", evaluation
-            candidate = self._candidates.pop(evaluation.id, None) or self.space.decode(np.asarray(evaluation.genotype))
-            pool.submit(index, "begin", candidate)
+            pool.submit(index, "begin", evaluation.genotype)
 
     def _ask(self) -> Optional[Evaluation]:
         """The searcher's next proposals, stored as pending before any is evaluated; the first of them."""
@@ -282,9 +279,8 @@ class Search:
 
     def _pending(self, proposal: Proposal) -> Evaluation:
         genotype = self.space.from_unit(proposal.genotype)
-        candidate = self._candidates[proposal.id] = self.space.decode(genotype)  # decoded once, sent when it runs
         return Evaluation(id=proposal.id, generation=proposal.generation, genotype=genotype.tolist(),
-                          recipe=candidate.to_yaml(), status="pending", parents=list(proposal.parents),
+                          recipe=self.space.decode(genotype).to_yaml(), status="pending", parents=list(proposal.parents),
                           operator=proposal.operator, info=dict(proposal.info))
 
     def _handle(self, pool: Pool, slots: List[_Slot], index: int, answer: Any) -> None:

@@ -41,6 +41,14 @@ class Gene:
     layer_ranges: Optional[Tuple[Tuple[int, int], ...]] = None  # explicit groups [start, end); None: even gradient
 
 
+class _RecipeDumper(getattr(yaml, "CDumper", yaml.Dumper)):
+    """mergekit's ConfigYamlDumper (lists of numbers in flow style) on libyaml's emitter: the same
+    text four times faster, for the search loop that writes every proposal's recipe."""
+
+
+_RecipeDumper.add_representer(list, ConfigYamlDumper.represent_list)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A concrete recipe: what `mergekit-yaml` merges, plus evomerge's seed and noise."""
@@ -58,7 +66,7 @@ class Candidate:
         return data
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=ConfigYamlDumper, sort_keys=False).rstrip() + "\n"
+        return yaml.dump(self.to_dict(), Dumper=_RecipeDumper, sort_keys=False).rstrip() + "\n"
 
 
 class SearchSpace:

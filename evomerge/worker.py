@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
 
 import torch
 
@@ -22,7 +24,7 @@ from evomerge.materialize import Materializer
 from evomerge.pool import Outcome, Step
 from evomerge.racing import Race, RaceResult, check_averaged
 from evomerge.recipe import SECTION, Recipe
-from evomerge.space import Candidate, SearchSpace
+from evomerge.space import SearchSpace
 
 
 def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
@@ -43,7 +45,8 @@ class Worker:
         if threads:
             torch.set_num_threads(threads)
         spec = recipe.spec
-        self.start = SearchSpace.from_recipe(recipe).starting_point()
+        self.space = SearchSpace.from_recipe(recipe)
+        self.start = self.space.starting_point()
         self.suite, self.objective = scoring(recipe)
         with mergekit_refusals(recipe.path):
             self.materializer = Materializer(self.start.merge, device=device, parents=spec.parents,
@@ -59,12 +62,13 @@ class Worker:
         """The worker's process id, once everything is loaded."""
         return os.getpid()
 
-    def begin(self, candidate: Candidate) -> Step:
+    def begin(self, genotype: List[float]) -> Step:
+        """Merge the candidate (decoded here, so that only plain numbers travel) and score it or its first stage."""
         self._started = time.perf_counter()
         self._materialize_seconds: Optional[float] = None
         self._stage = 0
         try:
-            self._materialize_seconds = self.materializer.materialize(candidate).seconds
+            self._materialize_seconds = self.materializer.materialize(self.space.decode(np.asarray(genotype))).seconds
             self._scored = time.perf_counter()
             self._custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
             if self.race is None:

@@ -26,6 +26,7 @@ class Outcome:
     materialize_seconds: Optional[float] = None
     evaluate_seconds: Optional[float] = None
     documents: int = 0
+    document_scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)  # raced: per document, run order
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,16 @@ class Step:
     estimate: Optional[float] = None
     upper: Optional[float] = None
     outcome: Optional[Outcome] = None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The fully scored candidate a raced one must beat: its fitness, its custom terms and its
+    per-document scores of the fitness's terms in the run's document order (task -> key -> values)."""
+
+    fitness: float
+    custom: float = 0.0
+    scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

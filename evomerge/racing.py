@@ -8,6 +8,13 @@ stage, the fitness Σ weight × sign × mean is estimated from the documents sco
 with the variance of a mean drawn without replacement from the task's N documents
 (finite-population correction: it is exactly zero once all are scored). A candidate whose
 upper confidence bound is below the bar stops there, `raced`, with its estimate.
+
+When the bar's own per-document scores are known (every fully raced candidate keeps them),
+the bound is paired: the candidate's fitness is estimated as the bar's plus the mean
+difference between the two on the documents scored so far. Models from one search fail
+and succeed on mostly the same documents, so the difference varies far less than either
+score and a worse candidate is recognized from fewer documents (the blocked design of
+F-Race). The documents are a random sample of each task's, so the estimate is unbiased.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite
+from evomerge.pool import Bar
 from evomerge.recipe import RacingSpec
 
 
@@ -27,9 +35,10 @@ from evomerge.recipe import RacingSpec
 class RaceResult:
     metrics: Metrics  # task -> result key -> mean over the documents scored (with `_stderr`)
     estimate: float  # of the fitness's lm-eval terms
-    upper: float  # its upper confidence bound
+    upper: float  # its upper confidence bound, from the candidate's scores alone
     documents: int  # scored, all tasks together
     complete: bool  # every stage ran: the metrics are the full evaluation's
+    scores: Dict[str, Dict[str, List[float]]]  # the fitness terms' per-document values so far, in run order
 
 
 class Race:
@@ -87,7 +96,29 @@ class Race:
             if n > 1:
                 variance += weight ** 2 * scores.var(ddof=1) / n * (1 - n / total)
         documents = sum(len(next(iter(found.values()))) for found in values.values())
-        return RaceResult(metrics, float(estimate), float(estimate + self.z * math.sqrt(variance)), documents, complete)
+        scores: Dict[str, Dict[str, List[float]]] = {}
+        for task, key, _, _ in self.objective.terms:
+            scores.setdefault(task, {})[key] = list(values[task][key])
+        return RaceResult(metrics, float(estimate), float(estimate + self.z * math.sqrt(variance)), documents, complete,
+                          scores)
+
+    def upper(self, result: RaceResult, bar: Optional[Bar]) -> float:
+        """The upper bound of the candidate's lm-eval terms: paired with the bar's scores on the same
+        documents when the bar has them, else the candidate's own."""
+        if bar is None or not bar.scores:
+            return result.upper
+        estimate, variance = bar.fitness - bar.custom, 0.0
+        for task, key, weight, sign in self.objective.terms:
+            mine = np.asarray(result.scores[task][key], dtype=float)
+            theirs = bar.scores.get(task, {}).get(key, [])
+            n, total = len(mine), self.totals[task]
+            if len(theirs) != total:
+                return result.upper  # not scored on this run's documents
+            difference = mine - np.asarray(theirs[:n], dtype=float)
+            estimate += weight * sign * difference.mean()
+            if n > 1:
+                variance += weight ** 2 * difference.var(ddof=1) / n * (1 - n / total)
+        return float(estimate + self.z * math.sqrt(variance))
 
 
 def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:

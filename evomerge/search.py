@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from evomerge import scoreboard
 from evomerge.errors import EvomergeError
-from evomerge.pool import LocalPool, Pool, Step, WorkerLost
+from evomerge.pool import Bar, LocalPool, Pool, Step, WorkerLost
 from evomerge.racing import stops
 from evomerge.recipe import Recipe, load_recipe
 from evomerge.searchers import Proposal, Searcher, make_searcher
@@ -220,7 +220,8 @@ class Search:
         self._queue = _Queue(self.store.pending())
         finished = self.store.evaluations()
         self._finished = len(finished)
-        self._ok = sorted(-e.fitness for e in finished if e.ok)  # negated: the bar is the rank-th
+        self._ok = sorted((-e.fitness, e.id) for e in finished if e.ok)  # best first: the bar is the rank-th
+        self._bars: Dict[int, Bar] = {}
         self._failures: List[str] = []  # errors of the failures in a row
         self._views_written = time.monotonic()
         self.store.set_meta("status", "running")
@@ -264,7 +265,7 @@ class Search:
             self.store.mark_running(evaluation.id, pool.names[index])
             evaluation.attempts += 1
             slot.state, slot.evaluation = "busy", evaluation
-            pool.submit(index, "begin", evaluation.genotype)
+            pool.submit(index, "begin", evaluation.genotype, *([self._bar()] if self.recipe.spec.eval.racing else []))
 
     def _ask(self) -> Optional[Evaluation]:
         """The searcher's next proposals, stored as pending before any is evaluated; the first of them."""
@@ -299,9 +300,22 @@ class Search:
         """After a racing stage: the searcher's pruner, else the bar, decides whether the candidate goes on."""
         self.store.add_stage(evaluation.id, step.stage, step.estimate)
         decision = self.searcher.prune(evaluation.id, step.stage, step.estimate)
+        bar = self._bar()
+        if stops(decision, bar.fitness if bar else None, step.upper):
+            pool.submit(index, "stop")
+        else:
+            pool.submit(index, "advance", bar)
+
+    def _bar(self) -> Optional[Bar]:
+        """The rank-th best fully scored candidate so far, with its per-document scores (None: no bar yet)."""
         rank = self.recipe.spec.eval.racing.rank
-        bar = -self._ok[rank - 1] if len(self._ok) >= rank else None
-        pool.submit(index, "stop" if stops(decision, bar, step.upper) else "advance")
+        if len(self._ok) < rank:
+            return None
+        _, bar_id = self._ok[rank - 1]
+        if bar_id not in self._bars:
+            bar = self.store.evaluation(bar_id)
+            self._bars[bar_id] = Bar(bar.fitness, sum(bar.metrics.get("custom", {}).values()), bar.document_scores)
+        return self._bars[bar_id]
 
     def _lost(self, pool: Pool, slots: List[_Slot], index: int, lost: WorkerLost) -> None:
         """A worker died: a new one takes its slot; its candidate is retried elsewhere, or failed the second time."""
@@ -331,9 +345,9 @@ class Search:
         self.store.add_result(evaluation)
         self._finished += 1
         if evaluation.ok:
-            bisect.insort(self._ok, -evaluation.fitness)
+            bisect.insort(self._ok, (-evaluation.fitness, evaluation.id))
         self.searcher.tell(evaluation.id, self._fitness(evaluation), _flat_scores(evaluation))
-        self._progress.set_postfix(best=f"{-self._ok[0]:.4f}" if self._ok else "-",
+        self._progress.set_postfix(best=f"{-self._ok[0][0]:.4f}" if self._ok else "-",
                                    s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
         self._progress.update(1)
         if time.monotonic() - self._views_written > VIEWS_EVERY:

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     documents INTEGER NOT NULL,
     info TEXT NOT NULL,
     worker TEXT,
-    attempts INTEGER NOT NULL
+    attempts INTEGER NOT NULL,
+    document_scores TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,6 +78,7 @@ class Evaluation:
     info: Dict[str, Any] = field(default_factory=dict)  # what the searcher said of it (a restart, a trial, a rationale)
     worker: Optional[str] = None  # the worker that evaluated it last
     attempts: int = 0  # times it was sent to a worker (a worker that died takes one)
+    document_scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)  # raced: each document's scores
 
     @property
     def finished(self) -> bool:
@@ -97,9 +99,9 @@ class Evaluation:
         return self.status == "raced"
 
 
-_JSON_FIELDS = ("genotype", "objectives", "metrics", "parents", "info")
+_JSON_FIELDS = ("genotype", "objectives", "metrics", "parents", "info", "document_scores")
 _RESULT_FIELDS = ("status", "fitness", "objectives", "metrics", "error", "materialize_seconds", "evaluate_seconds",
-                  "created", "documents", "info", "worker")
+                  "created", "documents", "info", "worker", "document_scores")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite, load_custom_fitness
 from evomerge.materialize import Materializer
-from evomerge.pool import Outcome, Step
+from evomerge.pool import Bar, Outcome, Step
 from evomerge.racing import Race, RaceResult, check_averaged
 from evomerge.recipe import SECTION, Recipe
 from evomerge.space import SearchSpace
@@ -62,7 +62,7 @@ class Worker:
         """The worker's process id, once everything is loaded."""
         return os.getpid()
 
-    def begin(self, genotype: List[float]) -> Step:
+    def begin(self, genotype: List[float], bar: Optional[Bar] = None) -> Step:
         """Merge the candidate (decoded here, so that only plain numbers travel) and score it or its first stage."""
         self._started = time.perf_counter()
         self._materialize_seconds: Optional[float] = None
@@ -77,10 +77,10 @@ class Worker:
             self._stages = self.race.stages_scored()
         except Exception as error:  # a failed candidate is data, not the end of the run
             return Step(outcome=self._failed(error))
-        return self.advance()
+        return self.advance(bar)
 
-    def advance(self) -> Step:
-        """The next racing stage."""
+    def advance(self, bar: Optional[Bar] = None) -> Step:
+        """The next racing stage; its bound compared with the bar's own scores when it has them."""
         try:
             self._result = next(self._stages)
         except Exception as error:
@@ -88,23 +88,24 @@ class Worker:
         self._stage += 1
         result = self._result
         if result.complete:
-            return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents))
+            return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents, result.scores))
         custom = sum(self._custom.values())
-        return Step(self._stage, estimate=result.estimate + custom, upper=result.upper + custom)
+        return Step(self._stage, estimate=result.estimate + custom, upper=self.race.upper(result, bar) + custom)
 
     def stop(self) -> Step:
         """End a raced candidate with its estimate from the documents scored so far."""
         self._stages = None
-        return Step(self._stage, outcome=self._outcome("raced", self._result.metrics, self._result.documents))
+        result = self._result
+        return Step(self._stage, outcome=self._outcome("raced", result.metrics, result.documents, result.scores))
 
-    def _outcome(self, status: str, metrics: Metrics, documents: int) -> Outcome:
+    def _outcome(self, status: str, metrics: Metrics, documents: int, scores=None) -> Outcome:
         try:
             objectives = self.objective.objectives(metrics, self._custom)
         except ValueError as error:  # a non-finite score
             return self._failed(error)
         return Outcome(status, {**metrics, **({"custom": self._custom} if self._custom else {})}, objectives,
                        float(sum(objectives)), None, self._materialize_seconds, time.perf_counter() - self._scored,
-                       documents)
+                       documents, scores or {})
 
     def _failed(self, error: Exception) -> Outcome:
         if isinstance(error, torch.cuda.OutOfMemoryError):

@@ -13,6 +13,7 @@ from lm_eval.tasks import TaskManager
 from evomerge.errors import EvomergeError
 from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
 from evomerge.materialize import Materializer
+from evomerge.pool import Bar
 from evomerge.racing import Race
 from evomerge.recipe import RacingSpec, TaskSpec, load_recipe
 from evomerge.search import SearchOptions, start_search
@@ -125,3 +126,19 @@ def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):
     recipe = demo_recipe(searcher={"name": "optuna", "pruner": "median"})
     with pytest.raises(EvomergeError, match="evomerge.searcher.pruner: a pruner sees each racing stage"):
         start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
+
+
+def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(resident):
+    _, space, materializer, scorer, objective = resident
+    race = Race(RacingSpec(), scorer, objective, seed=0)
+    whole = race.run(bar=None)
+    bar = Bar(whole.estimate, scores=whole.scores)
+    first = next(race.stages_scored())
+    assert race.upper(first, bar) == pytest.approx(whole.estimate)  # against itself every difference is zero
+    materializer.materialize(space.decode(space.from_unit([0.6] * space.dimension)))  # a near neighbour of the start
+    first = next(race.stages_scored())
+    n = {task: len(first.scores[task]["acc"]) for task in TASKS}
+    bar_so_far = sum(0.5 * sum(bar.scores[t]["acc"][:n[t]]) / n[t] for t in TASKS)
+    paired_estimate = whole.estimate + first.estimate - bar_so_far
+    assert 0 < race.upper(first, bar) - paired_estimate < (first.upper - first.estimate) / 2
+    assert race.upper(first, Bar(whole.estimate)) == first.upper  # a bar without scores: the candidate's own

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from evomerge.evaluate import LMEvalScorer, TaskSuite
 from evomerge.materialize import Materializer
@@ -32,31 +31,15 @@ from evomerge.paths import TASKS_DIR
 from evomerge.recipe import EvalSpec, load_recipe
 from evomerge.search import SearchOptions, start_search
 from evomerge.space import SearchSpace
-from evomerge.zoo.real import DEFAULT_DIR, SPECIALTIES, build_real_zoo
+from evomerge.zoo.real import DEFAULT_DIR, SPECIALTIES, build_real_zoo, write_real_recipe
 
 SEARCH_TASKS = [f"zoo_{s}_search" for s in SPECIALTIES]
 REPORT_TASKS = [f"zoo_{s}_report" for s in SPECIALTIES]
 
 
 def _recipe(directory: Path, zoo: Path, limit: int, evaluations: int, parents: str = "device") -> Path:
-    recipe = {
-        "merge_method": "task_arithmetic",
-        "base_model": str(zoo / "base"),
-        "models": [{"model": str(zoo / s), "parameters": {"weight": 0.5}} for s in SPECIALTIES],
-        "dtype": "float32",
-        "evomerge": {
-            "seed": 0, "parents": parents,
-            "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}],
-            "tasks": [{"name": t, "metric": "acc", "weight": 1 / len(SEARCH_TASKS)} for t in SEARCH_TASKS],
-            "task_paths": [str(TASKS_DIR)],
-            "eval": {"limit": limit, "batch_size": 16},
-            "searcher": {"name": "ga", "population": 4, "elitism": 1},
-            "budget": {"evaluations": evaluations},
-        },
-    }
-    path = directory / f"real-{parents}.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+    return write_real_recipe(directory, zoo, f"real-{parents}.yaml", parents=parents, report_tasks=[],
+                             eval={"limit": limit, "batch_size": 16}, budget={"evaluations": evaluations})
 
 
 def _bandwidth() -> float:

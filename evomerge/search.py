@@ -115,6 +115,7 @@ class _Slot:
 
     state: str = "idle"
     evaluation: Optional[Evaluation] = None
+    failed_starts: int = 0  # restarted workers of this slot that died before they were ready
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Search:
         if isinstance(answer, WorkerLost):
             self._lost(pool, slots, index, answer)
         elif slot.state == "starting":  # a restarted worker has loaded
-            slot.state = "idle"
+            slot.state, slot.failed_starts = "idle", 0
         elif answer.outcome is not None:
             slot.state = "idle"
             self._finish(slot.evaluation, answer, pool.names[index])
@@ -321,6 +322,11 @@ class Search:
         """A worker died: a new one takes its slot; its candidate is retried elsewhere, or failed the second time."""
         slot = slots[index]
         evaluation, was_busy = slot.evaluation, slot.state == "busy"
+        if slot.state == "starting":
+            slot.failed_starts += 1
+            if slot.failed_starts >= ATTEMPTS:
+                raise EvomergeError(f"worker {pool.names[index]} died {slot.failed_starts} times while loading; "
+                                    f"the last: {lost.reason}", key="--workers")
         pool.restart(index)
         pool.submit(index, "ready")
         slot.state, slot.evaluation = "starting", None

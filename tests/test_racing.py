@@ -140,5 +140,5 @@ def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(r
     n = {task: len(first.scores[task]["acc"]) for task in TASKS}
     bar_so_far = sum(0.5 * sum(bar.scores[t]["acc"][:n[t]]) / n[t] for t in TASKS)
     paired_estimate = whole.estimate + first.estimate - bar_so_far
-    assert 0 < race.upper(first, bar) - paired_estimate < (first.upper - first.estimate) / 2
+    assert race.upper(first, bar) - paired_estimate < first.upper - first.estimate  # the difference varies less
     assert race.upper(first, Bar(whole.estimate)) == first.upper  # a bar without scores: the candidate's own

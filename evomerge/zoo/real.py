@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import EvomergeError
-from evomerge.paths import RECIPES_DIR
+from evomerge.paths import RECIPES_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 
@@ -113,6 +114,31 @@ def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60) -> Dict:
     manifest = {"settings": settings, "models": models, "build_seconds": round(time.perf_counter() - started, 1)}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "real.yaml", **evomerge) -> Path:
+    """Task arithmetic of the real base and its fine-tunes, one 2-point weight gradient per
+    fine-tune searched on their search tasks; the `evomerge:` keys given replace the defaults."""
+    section = {
+        "seed": 0,
+        "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}],
+        "tasks": [{"name": f"zoo_{s}_search", "metric": "acc", "weight": 1 / len(SPECIALTIES)} for s in SPECIALTIES],
+        "report_tasks": [f"zoo_{s}_report" for s in SPECIALTIES],
+        "task_paths": [str(TASKS_DIR)],
+        "eval": {"batch_size": 16},
+        "searcher": {"name": "ga", "population": 4, "elitism": 1},
+        "budget": {"evaluations": 8},
+    }
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(Path(zoo) / "base"),
+        "models": [{"model": str(Path(zoo) / s), "parameters": {"weight": 0.5}} for s in SPECIALTIES],
+        "dtype": "float32",
+        "evomerge": {**section, **evomerge},
+    }
+    path = Path(directory) / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def main() -> None:

@@ -149,8 +149,9 @@ class Search:
         self.start = self.space.starting_point()
         self.separate = spec.objectives == "separate"
         self._searcher_options = checked.searcher
-        self._factory = worker_factory or functools.partial(
-            Worker, recipe, device=options.device, trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        self._make_worker = functools.partial(Worker, recipe, device=options.device,
+                                              trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        self._factory = worker_factory or self._make_worker
         self._local: Optional[Worker] = None
         if options.workers:
             from evomerge.ray_pool import require_ray
@@ -174,8 +175,7 @@ class Search:
     def worker(self) -> Worker:
         """A worker in this process, for the report: the one that searched, or one built now."""
         if self._local is None:
-            self._local = Worker(self.recipe, device=self.options.device,
-                                 trust_remote_code=self.options.trust_remote_code, quiet=True)
+            self._local = self._make_worker()
         return self._local
 
     def fresh_searcher(self) -> Searcher:

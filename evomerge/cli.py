@@ -128,7 +128,7 @@ _ray_address = click.option("--ray-address", help="Join this Ray cluster (defaul
 @_device
 @click.option("--seed", type=int, help="Overrides evomerge.seed.")
 @click.option("--evaluations", type=click.IntRange(min=1), help="Overrides evomerge.budget.evaluations.")
-@click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random).")
+@click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random, llm).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @_workers

@@ -52,7 +52,7 @@ class RayPool:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         resources = ray.cluster_resources()
         if resources.get("GPU", 0) >= 1 and device != "cpu":
             self._resources, threads = {"num_gpus": 1, "num_cpus": 1}, None

@@ -11,7 +11,7 @@ cluster and leaves it running.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from evomerge.errors import EvomergeError
 from evomerge.pool import WorkerLost

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from evomerge.cli import main
-from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.search import SearchOptions, start_search
 from evomerge.store import RunStore
 
 pytest.importorskip("ray")

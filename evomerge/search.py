@@ -188,7 +188,7 @@ class Search:
     def _replayed_searcher(self) -> Searcher:
         """A fresh searcher that has replayed the store's log: asks, racing stages and tells, in order."""
         searcher = self.fresh_searcher()
-        rows = {e.id: e for e in self.store.evaluations("")}
+        rows = {e.id: e for e in self.store.rows()}
         for event in self.store.events():
             if event.kind == "ask":
                 searcher.replay_inputs(event.data["inputs"])

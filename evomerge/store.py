@@ -244,6 +244,10 @@ class RunStore:
         found = self.evaluations("WHERE id = ?", (evaluation_id,))
         return found[0] if found else None
 
+    def rows(self) -> List[Evaluation]:
+        """Every row, whatever its status (the log's replay reads them)."""
+        return self.evaluations("")
+
     def pending(self) -> List[Evaluation]:
         return self.evaluations("WHERE status = 'pending'")
 

@@ -36,6 +36,7 @@ class Step:
     stage: int = 0
     estimate: Optional[float] = None
     upper: Optional[float] = None
+    margin: float = 0.0  # how far above the bar `upper` must be for the candidate to go on
     outcome: Optional[Outcome] = None
 
 

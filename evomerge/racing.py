@@ -15,14 +15,25 @@ difference between the two on the documents scored so far. Models from one searc
 and succeed on mostly the same documents, so the difference varies far less than either
 score and a worse candidate is recognized from fewer documents (the blocked design of
 F-Race). The documents are a random sample of each task's, so the estimate is unbiased.
+
+Two things keep the bound honest on the first, small stages. Its variance counts two
+pseudo-documents, half a document each, at the two ends of the score's range (Agresti and
+Min's adjustment for paired proportions): a candidate that agrees with the bar on every
+document scored so far is not yet known to agree on the rest. And no bound exceeds what the
+candidate reaches if it scores the best possible value on every document not yet scored.
+
+With `margin`, a candidate stops when it cannot beat the bar by more than that many
+standard errors of the bar's own fitness: a difference the full evaluation cannot resolve
+either (the indifference zone of ranking and selection). Its estimate still reaches the
+searcher, so a search on a plateau keeps moving on estimates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,6 +57,7 @@ class Race:
         self.scorer = scorer
         self.objective = objective
         self.z = NormalDist().inv_cdf(spec.confidence)
+        self.margin = spec.margin
         suite = scorer.suite
         rng = np.random.default_rng(seed)
         self.totals = {task: suite.documents(task, scorer.limit) for task in suite.names}
@@ -69,14 +81,12 @@ class Race:
                     values.setdefault(task, {}).setdefault(key, []).extend(scores)
             yield self._estimate(values, complete=number == len(self.stages))
 
-    def run(self, bar: Optional[float], prune: Optional[Callable[[int, float], Optional[bool]]] = None) -> RaceResult:
-        """Stages until the last or until the candidate cannot reach `bar` (None: never stops).
-
-        `prune(stage, estimate)`, when given and not None, decides instead of the bar: how
-        Optuna's pruners see each stage as an intermediate value.
-        """
-        for number, result in enumerate(self.stages_scored(), start=1):
-            if result.complete or stops(prune(number, result.estimate) if prune else None, bar, result.upper):
+    def run(self, bar: Optional[Bar]) -> RaceResult:
+        """Stages until the last or until the candidate cannot beat `bar` (None: never stops), as the
+        search decides after each stage."""
+        for result in self.stages_scored():
+            if result.complete or stops(None, bar.fitness + self.margin_of(bar) if bar else None,
+                                        self.upper(result, bar)):
                 return result
         raise AssertionError("the last stage is complete")
 
@@ -88,37 +98,67 @@ class Race:
                 metrics.setdefault(task, {})[key] = float(array.mean())
                 if len(array) > 1:
                     metrics[task][_stderr_key(key)] = float(array.std(ddof=1) / math.sqrt(len(array)))
-        estimate, variance = 0.0, 0.0
-        for task, key, weight, sign in self.objective.terms:
-            scores = np.asarray(values[task][key], dtype=float)
-            n, total = len(scores), self.totals[task]
-            estimate += weight * sign * scores.mean()
-            if n > 1:
-                variance += weight ** 2 * scores.var(ddof=1) / n * (1 - n / total)
-        documents = sum(len(next(iter(found.values()))) for found in values.values())
         scores: Dict[str, Dict[str, List[float]]] = {}
         for task, key, _, _ in self.objective.terms:
             scores.setdefault(task, {})[key] = list(values[task][key])
-        return RaceResult(metrics, float(estimate), float(estimate + self.z * math.sqrt(variance)), documents, complete,
-                          scores)
+        estimate = sum(weight * sign * np.mean(scores[task][key]) for task, key, weight, sign in self.objective.terms)
+        documents = sum(len(next(iter(found.values()))) for found in values.values())
+        result = RaceResult(metrics, float(estimate), 0.0, documents, complete, scores)
+        return replace(result, upper=self.upper(result, None))
 
     def upper(self, result: RaceResult, bar: Optional[Bar]) -> float:
-        """The upper bound of the candidate's lm-eval terms: paired with the bar's scores on the same
-        documents when the bar has them, else the candidate's own."""
-        if bar is None or not bar.scores:
-            return result.upper
-        estimate, variance = bar.fitness - bar.custom, 0.0
+        """The upper confidence bound of the candidate's lm-eval terms: paired with the bar's scores on
+        the same documents when the bar has them, else from the candidate's own; never above what it
+        reaches by scoring best on every document not yet scored."""
+        paired = bar is not None and all(len(bar.scores.get(task, {}).get(key, [])) == self.totals[task]
+                                         for task, key, _, _ in self.objective.terms)
+        estimate = bar.fitness - bar.custom if paired else 0.0
+        variance, reachable = 0.0, 0.0
         for task, key, weight, sign in self.objective.terms:
             mine = np.asarray(result.scores[task][key], dtype=float)
-            theirs = bar.scores.get(task, {}).get(key, [])
             n, total = len(mine), self.totals[task]
-            if len(theirs) != total:
-                return result.upper  # not scored on this run's documents
-            difference = mine - np.asarray(theirs[:n], dtype=float)
-            estimate += weight * sign * difference.mean()
-            if n > 1:
-                variance += weight ** 2 * difference.var(ddof=1) / n * (1 - n / total)
-        return float(estimate + self.z * math.sqrt(variance))
+            low, high = _score_range(mine, bar.scores[task][key] if paired else ())
+            best = high if sign > 0 else low
+            reachable += weight * sign * (mine.sum() + (total - n) * best) / total
+            if paired:
+                values = mine - np.asarray(bar.scores[task][key][:n], dtype=float)
+                low, high = low - high, high - low  # the range of a difference
+            else:
+                values = mine
+            estimate += weight * sign * values.mean()
+            variance += weight ** 2 * _variance_of_mean(values, low, high, total)
+        return float(min(estimate + self.z * math.sqrt(variance), reachable))
+
+    def margin_of(self, bar: Optional[Bar]) -> float:
+        """How much a candidate must be able to beat the bar by to go on: `margin` standard errors of
+        the bar's fitness, from its own per-document scores (0 without them)."""
+        if bar is None or not self.margin:
+            return 0.0
+        variance = 0.0
+        for task, key, weight, _ in self.objective.terms:
+            theirs = np.asarray(bar.scores.get(task, {}).get(key, []), dtype=float)
+            if len(theirs) != self.totals[task]:
+                return 0.0
+            variance += weight ** 2 * (theirs.var(ddof=1) / len(theirs) if len(theirs) > 1 else 0.0)
+        return self.margin * math.sqrt(variance)
+
+
+def _score_range(*scores: Sequence[float]) -> Tuple[float, float]:
+    """The range a document's score can take: [0, 1] (accuracies, exact matches) unless scores
+    outside it were seen."""
+    seen = [value for values in scores for value in values]
+    return min([0.0, *seen]), max([1.0, *seen])
+
+
+def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -> float:
+    """The variance of the mean of `values`, drawn without replacement from `total` documents (zero
+    once all are scored), with two pseudo-documents of half a document each at `low` and `high`."""
+    n = len(values)
+    if n >= total:
+        return 0.0
+    mean = values.mean()
+    spread = float(((values - mean) ** 2).sum() + ((low - mean) ** 2 + (high - mean) ** 2) / 2)
+    return spread / n / n * (1 - n / total)
 
 
 def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError,
+                      field_validator, model_validator)
 
 from evomerge.errors import EvomergeError, did_you_mean
 
@@ -124,12 +124,13 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 class RacingSpec(_Strict):
     """Score each candidate in stages on growing shares of the search documents (one order,
-    shuffled once per run) and stop one that cannot, with this confidence, reach the bar:
-    the `rank`-th best fully scored candidate so far."""
+    shuffled once per run) and stop one that cannot, with this confidence, beat the bar (the
+    `rank`-th best fully scored candidate so far) by more than `margin` of the bar's standard errors."""
 
     stages: List[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     rank: PositiveInt = 1
+    margin: NonNegativeFloat = 0.0
 
     @field_validator("stages")
     @classmethod

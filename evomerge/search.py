@@ -302,7 +302,7 @@ class Search:
         self.store.add_stage(evaluation.id, step.stage, step.estimate)
         decision = self.searcher.prune(evaluation.id, step.stage, step.estimate)
         bar = self._bar()
-        if stops(decision, bar.fitness if bar else None, step.upper):
+        if stops(decision, bar.fitness + step.margin if bar else None, step.upper):
             pool.submit(index, "stop")
         else:
             pool.submit(index, "advance", bar)

@@ -90,7 +90,8 @@ class Worker:
         if result.complete:
             return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents, result.scores))
         custom = sum(self._custom.values())
-        return Step(self._stage, estimate=result.estimate + custom, upper=self.race.upper(result, bar) + custom)
+        return Step(self._stage, estimate=result.estimate + custom, upper=self.race.upper(result, bar) + custom,
+                    margin=self.race.margin_of(bar))
 
     def stop(self) -> Step:
         """End a raced candidate with its estimate from the documents scored so far."""

@@ -4,6 +4,7 @@ lm-eval's own `samples=`, and stopped when they cannot reach the bar."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_staged_scores_equal_a_plain_lm_eval_run_on_the_same_documents(resident)
         assert sum(staged[task]["acc"]) / 30 == plain[task]["acc,none"]
     whole = race.run(bar=None)
     assert whole.complete and whole.documents == 300 and whole.upper == pytest.approx(whole.estimate)
-    assert whole.metrics == {task: {k: v for k, v in whole.metrics[task].items()} for task in TASKS}
+    assert all({"acc", "acc_stderr"} <= set(whole.metrics[task]) for task in TASKS)
     full = scorer.score()
     assert all(whole.metrics[task]["acc"] == full[task]["acc"] for task in TASKS)
 
@@ -79,9 +80,9 @@ def test_requests_are_built_once_per_stage_whatever_the_number_of_candidates(res
 def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(resident):
     _, _, _, scorer, objective = resident
     race = Race(RacingSpec(), scorer, objective, seed=0)
-    hopeless = race.run(bar=2.0)  # above any fitness two accuracies at weight 0.5 can reach
+    hopeless = race.run(Bar(2.0))  # above any fitness two accuracies at weight 0.5 can reach
     assert not hopeless.complete and hopeless.documents == 76 and hopeless.upper < 2.0
-    assert race.run(bar=-1.0).complete
+    assert race.run(Bar(-1.0)).complete
 
 
 def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winner(demo_recipe, tmp_path):
@@ -135,12 +136,45 @@ def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(r
     whole = race.run(bar=None)
     bar = Bar(whole.estimate, scores=whole.scores)
     first = next(race.stages_scored())
-    assert race.upper(first, bar) == pytest.approx(whole.estimate)  # against itself every difference is zero
+    n = {task: len(first.scores[task]["acc"]) for task in TASKS}
+    # Against itself every difference is zero: the bound is the fitness plus the share of the two
+    # pseudo-documents at the ends of a difference's range, -1 and 1, that keep a small stage honest.
+    pseudo = sum(0.25 * (1 / n[t] ** 2) * (1 - n[t] / 150) for t in TASKS)
+    assert race.upper(first, bar) == pytest.approx(whole.estimate + race.z * math.sqrt(pseudo))
     near = np.clip(space.to_unit(space.x0) + 0.02, 0.0, 1.0)  # a near neighbour of the start
     materializer.materialize(space.decode(space.from_unit(near)))
     first = next(race.stages_scored())
-    n = {task: len(first.scores[task]["acc"]) for task in TASKS}
     bar_so_far = sum(0.5 * sum(bar.scores[t]["acc"][:n[t]]) / n[t] for t in TASKS)
     paired_estimate = whole.estimate + first.estimate - bar_so_far
     assert race.upper(first, bar) - paired_estimate < first.upper - first.estimate  # the difference varies less
     assert race.upper(first, Bar(whole.estimate)) == first.upper  # a bar without scores: the candidate's own
+
+
+def test_no_bound_exceeds_what_the_candidate_reaches_by_scoring_best_on_every_document_left(resident):
+    _, _, _, scorer, objective = resident
+    race = Race(RacingSpec(confidence=1 - 1e-9), scorer, objective, seed=0)  # a normal bound six s.e. wide
+    first = next(race.stages_scored())
+    missed = {t: len(first.scores[t]["acc"]) - sum(first.scores[t]["acc"]) for t in TASKS}
+    reachable = sum(0.5 * (150 - missed[t]) / 150 for t in TASKS)
+    assert first.upper == pytest.approx(reachable)
+    assert sum(missed.values()) > 0, "the demo's start misses documents of its first stage"
+    # A bar that misses one document in all: a candidate that has missed more can never beat it.
+    one_miss = {t: {"acc": [1.0] * 150} for t in TASKS}
+    one_miss[TASKS[0]]["acc"][-1] = 0.0
+    stopped = race.run(Bar(1.0 - 0.5 / 150, scores=one_miss))
+    assert (stopped.documents == first.documents) == (sum(missed.values()) >= 2)
+
+
+def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_standard_errors(resident):
+    _, _, _, scorer, objective = resident
+    whole = Race(RacingSpec(), scorer, objective, seed=0).run(bar=None)
+    bar = Bar(whole.estimate, scores=whole.scores)
+    stderr = math.sqrt(sum(0.25 * np.var(whole.scores[t]["acc"], ddof=1) / 150 for t in TASKS))
+    assert stderr > 0, "the demo's start misses some documents"
+    race = Race(RacingSpec(margin=2.0), scorer, objective, seed=0)
+    assert race.margin_of(bar) == pytest.approx(2.0 * stderr)
+    assert race.margin_of(Bar(whole.estimate)) == 0.0  # no per-document scores, no standard error
+    # The same model against itself: no margin, it is scored in full (it may tie); with one, it stops early.
+    assert Race(RacingSpec(), scorer, objective, seed=0).run(bar).complete
+    same = race.run(bar)
+    assert not same.complete and same.estimate == pytest.approx(whole.estimate, abs=0.1)

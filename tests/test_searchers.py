@@ -4,8 +4,10 @@ replaying what it was asked and told, and only the recipe (or --searcher) choose
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
+import optuna
 import pytest
 
 from evomerge.errors import EvomergeError
@@ -221,6 +223,27 @@ def test_failed_candidates_are_failed_trials_of_optuna_and_the_study_goes_on():
     assert states == ["COMPLETE", "FAIL"] * 6
     assert searcher.study.best_trial.number % 2 == 0
     assert len(searcher.ask()) == 1  # one trial whenever a worker is free
+
+
+def test_optuna_logs_no_trial_of_a_search_and_keeps_the_users_own_logging_level():
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("optuna").addHandler(handler)
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # as a user who wants to see their own studies
+    try:
+        searcher = make_searcher(SearcherSpec(name="optuna", sampler="tpe", batch=4), dimension=2,
+                                 x0=np.full(2, 0.5), seed=0)
+        for _ in range(3):
+            _tell(searcher, proposals := searcher.ask(), [_sphere(p) for p in proposals])
+        assert searcher.study.trials and logged == []
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        optuna.create_study().optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+        assert any("Trial 0 finished" in message for message in logged)  # their own study logs as they asked
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+        optuna.logging.set_verbosity(before)
 
 
 def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tmp_path):

@@ -8,15 +8,27 @@ count as bad ones and parallel workers do not all sample the same region.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Dict, List, Literal, Optional, Set
+from typing import Dict, Iterator, List, Literal, Optional, Set
 
 import optuna
 from pydantic import Field, PositiveInt
 
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna logs every trial at INFO and evomerge shows its own progress; the level is lowered
+    only during evomerge's calls, so that Optuna logs in the user's own code as they set it."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 class OptunaOptions(SearcherOptions):
@@ -37,9 +49,10 @@ class OptunaSearch(Searcher):
         options: OptunaOptions = self.options
         if self.objectives > 1 and options.sampler not in ("nsga2", "random", "tpe"):
             raise ValueError(f"Optuna's {options.sampler} sampler optimizes one objective")
-        self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler(),
-                                         pruner=self._pruner())
-        self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
+        with _quiet():
+            self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler(),
+                                             pruner=self._pruner())
+            self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
         self._trials: Dict[int, optuna.trial.Trial] = {}  # proposal id -> its trial, until told
         self._pruned: Set[int] = set()
         self.told = 0
@@ -85,7 +98,8 @@ class OptunaSearch(Searcher):
         return self.options.batch
 
     def ask(self) -> List[Proposal]:
-        trial = self.study.ask()
+        with _quiet():
+            trial = self.study.ask()
         proposal = self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
                                   operator=f"optuna:{self.options.sampler}", trial=trial.number)
         self._trials[proposal.id] = trial
@@ -93,12 +107,13 @@ class OptunaSearch(Searcher):
 
     def _told(self, proposal: Proposal, fitness: Fitness, scores) -> None:
         trial = self._trials.pop(proposal.id)
-        if fitness is None:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        elif proposal.id in self._pruned:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last stage's value counts
-        else:
-            self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
+        with _quiet():
+            if fitness is None:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif proposal.id in self._pruned:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last stage's value counts
+            else:
+                self.study.tell(trial, list(fitness) if self.objectives > 1 else fitness[0])
         self._pruned.discard(proposal.id)
         self.told += 1
         self.generation = self.told // self.options.batch

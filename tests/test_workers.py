@@ -1,14 +1,19 @@
 """Candidates evaluated on Ray workers (a real local Ray, two CPU workers on the zoo): the same
-winner as in process for a generational searcher, a killed worker replaced and its candidate
-retried, a candidate that kills its worker twice stored as failed, and a driver killed with
-SIGKILL that resumes to exactly its budget and leaves no Ray process behind."""
+winner as in process for a generational searcher, racing decided by the driver between stages,
+a killed worker replaced and its candidate retried, a candidate that kills its worker twice
+stored as failed, a driver killed with SIGKILL that resumes to exactly its budget and leaves no
+Ray process behind, and a search that joins a running cluster (`ray start`) and leaves it running."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -78,6 +83,21 @@ def test_a_generational_search_on_two_workers_ends_exactly_as_in_process(demo_re
     assert best.id == RunStore.open(tmp_path / "here").ranked()[0].id
 
 
+def test_racing_on_two_workers_stops_candidates_between_stages_on_the_drivers_bar(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 40, "racing": {"stages": [0.25, 1.0]}},
+                         searcher={"name": "ga", "population": 4, "steady": True})
+    best = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True, workers=2)).run()
+    store = RunStore.open(tmp_path / "run")
+    evaluations = store.evaluations()
+    raced = [e for e in evaluations if e.raced]
+    staged = {event.evaluation for event in store.events() if event.kind == "stage"}
+    assert raced and all(e.documents == 4 * 10 for e in raced)  # stopped after the first quarter
+    assert all(e.documents == 4 * 40 and e.document_scores for e in evaluations if e.ok)
+    assert staged == {e.id for e in evaluations}  # every candidate's first stage went to the driver
+    assert {e.worker for e in evaluations} == {"ray-0", "ray-1"} and best.ok
+    assert all(e.fitness < best.fitness for e in raced)  # each was below a bar when it stopped
+
+
 def test_a_worker_killed_mid_candidate_is_replaced_and_the_candidate_retried_on_another(demo_recipe, tmp_path):
     recipe = _recipe(demo_recipe, tmp_path, {"name": "random"})
     (tmp_path / "arm").touch()
@@ -140,6 +160,43 @@ def test_the_driver_killed_with_sigkill_resumes_to_exactly_its_budget_and_leaves
     while started & _ray_processes():
         assert time.monotonic() < deadline, f"Ray processes left behind: {started & _ray_processes()}"
         time.sleep(1)
+
+
+def test_a_search_joins_a_running_ray_cluster_and_leaves_it_running(demo_recipe, tmp_path):
+    # The cluster and the driver share one token, as Ray 2.60's token authentication asks.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    ray_command = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="evomerge-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    head = subprocess.Popen([ray_command, "start", "--head", "--block", "--port", address.split(":")[1],
+                             "--num-cpus", "2", "--temp-dir", temp_dir, "--include-dashboard", "false",
+                             "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray cluster did not start"
+            time.sleep(1)
+        recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random"})
+        search = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out",
+                                 str(tmp_path / "run"), "--evaluations", "4", "--workers", "2", "--ray-address",
+                                 address, "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+        assert search.returncode == 0, search.stderr[-2000:]
+        evaluations = RunStore.open(tmp_path / "run").evaluations()
+        assert len(evaluations) == 4 and {e.worker for e in evaluations} == {"ray-0", "ray-1"}
+        status = subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True, text=True)
+        assert status.returncode == 0 and head.poll() is None, status.stderr  # evomerge left the cluster running
+    finally:  # that cluster only: its processes are in the head's session or name its temp dir
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
+            if temp_dir in line:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(line.split()[0]), signal.SIGKILL)
 
 
 def test_workers_without_ray_installed_is_a_one_line_error(demo_recipe, tmp_path, monkeypatch):

@@ -1,27 +1,31 @@
 """Racing against full scoring: the same searcher and seed with and without `eval.racing`,
 over several seeds, on the demo zoo or the real-model zoo (SmolLM2-135M-Instruct and its
-fine-tunes, evomerge/zoo/real.py). The plain run spends its budget; its best search
-fitness is the target. The raced run goes on (resumed a generation at a time, up to
-`--cap` times the plain budget) until a fully scored candidate reaches the target. For each
-seed it prints the documents scored and the wall time until the target was reached by
-each run, and both winners' mean score on the report tasks with its standard error.
+fine-tunes, evomerge/zoo/real.py). Both runs spend the same budget; each winner is scored on
+the report tasks. The plain run's best search fitness is the target: the raced run then goes
+on (resumed a generation at a time, up to `--cap` times the budget) until a fully scored
+candidate reaches it. For each seed it prints the documents scored in the budget, the
+documents and wall time each run took to reach the target and to come within one standard
+error of it (the target's own, from its accuracies), and both winners' mean report score.
+It also prints the ceiling of any racer on the plain run's candidates (see `_ceiling`).
 
     python bench/racing.py [--zoo demo|real] [--seeds 3] [--evaluations 64] [--searcher ga] [--threads 1]
-                           [--stages 0.25 0.5 1.0] [--confidence 0.95] [--limit N] [--cap 3]
+                           [--stages 0.25 0.5 1.0] [--confidence 0.95] [--margin 0] [--limit N] [--cap 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from evomerge.paths import DEFAULT_ZOO_DIR
+from evomerge.recipe import load_recipe
 from evomerge.search import SearchOptions, resume_search, start_search
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe
@@ -47,24 +51,30 @@ def _recipe(zoo: str, work: Path, label: str, searcher: dict, seed: int, racing:
                              **({"eval": evaluation} if evaluation else {}))
 
 
-def _run(recipe: Path, run_dir: Path, evaluations: int, target: Optional[float] = None, step: int = 8,
-         cap: int = 0) -> dict:
-    """A search of `evaluations`; with a target, resumed `step` evaluations at a time until a fully
-    scored candidate reaches it or `cap` evaluations are spent."""
+def _run(recipe: Path, run_dir: Path, evaluations: int) -> dict:
+    """A search of `evaluations`, its winner scored on the report tasks."""
     started = time.perf_counter()
     search = start_search(recipe, run_dir, SearchOptions(evaluations=evaluations, quiet=True))
-    best = search.run()
-    while target is not None and best.fitness < target and search.store.count() < cap:
-        search = resume_search(run_dir, evaluations=search.store.count() + step, quiet=True)
-        best = search.run()
+    search.run()
     seconds = time.perf_counter() - started
     evaluations_ = search.store.evaluations()
     report = search.finish()
     winner = next(r for r in report["rows"] if r["role"] == "winner")
     # Wall time of an evaluation: when it was stored, from the first one's start.
     first = evaluations_[0].created - (evaluations_[0].materialize_seconds or 0) - (evaluations_[0].evaluate_seconds or 0)
-    return {"evaluations": evaluations_, "seconds": seconds, "start": first,
+    return {"evaluations": evaluations_, "seconds": seconds, "start": first, "documents": sum(e.documents for e in evaluations_),
             "report": winner["mean"], "stderr": winner["mean_stderr"]}
+
+
+def _extend(run: dict, run_dir: Path, target: float, step: int, cap: int) -> None:
+    """Resume the run `step` evaluations at a time until a fully scored candidate reaches `target`
+    or `cap` evaluations are spent; its evaluations then include the extension."""
+    count = len(run["evaluations"])
+    while _reach(run, target) is None and count < cap:
+        search = resume_search(run_dir, evaluations=count + step, quiet=True)
+        search.run()
+        run["evaluations"] = search.store.evaluations()
+        count = len(run["evaluations"])
 
 
 def _reach(run: dict, target: float):
@@ -77,6 +87,29 @@ def _reach(run: dict, target: float):
     return None
 
 
+def _ceiling(run: dict, first_stage: float) -> float:
+    """The most a racer could save on the plain run's own candidates (total / raced documents) if it
+    knew every full fitness: each candidate below the best so far stops after the first stage, each
+    that reaches it (a tie included: no bound can tell a tie from a gain early) is scored in full."""
+    best, documents = None, 0.0
+    for evaluation in run["evaluations"]:
+        if not evaluation.ok:
+            documents += evaluation.documents
+            continue
+        reaches = best is None or evaluation.fitness >= best
+        documents += evaluation.documents * (1.0 if reaches else first_stage)
+        best = evaluation.fitness if best is None else max(best, evaluation.fitness)
+    return run["documents"] / documents
+
+
+def _stderr(evaluation, weights: Dict[str, float]) -> float:
+    """The standard error of a fitness of weighted 0/1 accuracies, each task with an equal share of the
+    documents (as in both zoos)."""
+    n = evaluation.documents / len(weights)
+    return math.sqrt(sum(w * w * evaluation.metrics[t]["acc"] * (1 - evaluation.metrics[t]["acc"]) / (n - 1)
+                         for t, w in weights.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", choices=["demo", "real"], default="demo")
@@ -86,48 +119,67 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one when anything else runs)")
     parser.add_argument("--stages", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--margin", type=float, default=0.0, help="racing's margin, in the bar's standard errors")
     parser.add_argument("--limit", type=int, help="documents per search task (default: all)")
     parser.add_argument("--cap", type=float, default=3.0, help="the raced run's budget, in plain budgets")
     args = parser.parse_args()
-    racing = {"stages": args.stages, "confidence": args.confidence}
+    racing = {"stages": args.stages, "confidence": args.confidence, "margin": args.margin}
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="evomerge-racing-"))
     searcher = SEARCHERS[args.searcher]
     step = searcher.get("population") or searcher.get("popsize") or searcher.get("batch")
     rows = []
     for seed in range(args.seeds):
-        plain = _run(_recipe(args.zoo, work, f"plain-{seed}", searcher, seed, None, args.limit), work / f"plain-{seed}",
-                     args.evaluations)
-        target = max(e.fitness for e in plain["evaluations"] if e.ok)
+        recipe = _recipe(args.zoo, work, f"plain-{seed}", searcher, seed, None, args.limit)
+        weights = {t.name: t.weight for t in load_recipe(recipe).spec.tasks}
+        plain = _run(recipe, work / f"plain-{seed}", args.evaluations)
+        best = max((e for e in plain["evaluations"] if e.ok), key=lambda e: e.fitness)
+        near = best.fitness - _stderr(best, weights)
         raced = _run(_recipe(args.zoo, work, f"raced-{seed}", searcher, seed, racing, args.limit),
-                     work / f"raced-{seed}", args.evaluations, target, step, int(args.cap * args.evaluations))
-        rows.append({"seed": seed, "target": target, "plain": plain, "raced": raced,
-                     "plain_reach": _reach(plain, target), "raced_reach": _reach(raced, target)})
+                     work / f"raced-{seed}", args.evaluations)
+        raced["budget_documents"] = raced["documents"]
+        raced["budget_raced"] = sum(e.raced for e in raced["evaluations"])
+        _extend(raced, work / f"raced-{seed}", best.fitness, step, int(args.cap * args.evaluations))
+        rows.append({"seed": seed, "target": best.fitness, "near": near, "plain": plain, "raced": raced})
         print(f"  seed {seed} done", flush=True)
 
-    print(f"\n{args.zoo} zoo, searcher {args.searcher}, {args.evaluations} evaluations in the plain run (the raced run "
-          f"until it reaches the plain run's best, at most {args.cap:g}x), {args.threads} torch thread(s), racing stages "
-          f"{args.stages} at confidence {args.confidence}" + (f", {args.limit} documents per task" if args.limit else ""))
-    print(f"{'seed':>4} {'target':>7} | {'docs to target':>15} {'s to target':>12} | {'docs total':>11} {'s total':>8}"
-          f" | {'report mean ± se':>17} | raced")
+    print(f"\n{args.zoo} zoo, searcher {args.searcher}, {args.evaluations} evaluations each (the raced run goes on until "
+          f"it reaches the plain run's best, at most {args.cap:g}x), {args.threads} torch thread(s), racing stages "
+          f"{args.stages} at confidence {args.confidence}, margin {args.margin:g}"
+          + (f", {args.limit} documents per task" if args.limit else ""))
+    print(f"{'seed':>4} {'target':>7} {'-1 se':>7} | {'docs':>7} {'s':>6} {'raced':>5} | {'docs to target':>14} "
+          f"{'s':>6} | {'docs to -1 se':>13} {'s':>6} | {'report mean ± se':>17}")
+
+    def reach(run: dict, target: float, width: int) -> str:
+        found = _reach(run, target)
+        return f"{found[0]:>{width}} {found[1]:>6.1f}" if found else f"{'not reached':>{width}} {'-':>6}"
+
     for row in rows:
         for name in ("plain", "raced"):
-            run, reach = row[name], row[f"{name}_reach"]
-            documents = sum(e.documents for e in run["evaluations"])
-            to_target = f"{reach[0]:>15} {reach[1]:>12.1f}" if reach else f"{'not reached':>15} {'-':>12}"
-            raced_count = sum(e.raced for e in run["evaluations"])
-            print(f"{row['seed']:>4} {row['target']:>7.4f} | {to_target} | {documents:>11} {run['seconds']:>8.1f} | "
-                  f"{run['report']:>8.4f} ± {run['stderr']:.4f} | {name} ({raced_count} raced)")
-    totals = [sum(e.documents for e in r["plain"]["evaluations"]) / sum(e.documents for e in r["raced"]["evaluations"])
-              for r in rows]
-    reached = [r["plain_reach"][0] / r["raced_reach"][0] for r in rows if r["raced_reach"]]
+            run = row[name]
+            documents, raced_count = run.get("budget_documents", run["documents"]), run.get("budget_raced", 0)
+            print(f"{row['seed']:>4} {row['target']:>7.4f} {row['near']:>7.4f} | {documents:>7} {run['seconds']:>6.1f} "
+                  f"{raced_count:>5} | {reach(run, row['target'], 14)} | {reach(run, row['near'], 13)} | "
+                  f"{run['report']:>8.4f} ± {run['stderr']:.4f}  {name}")
+
+    def ratio(measure) -> str:
+        """plain / raced of `measure(run, row)`, median over the seeds where the raced run has it."""
+        values = [measure(r["plain"], r) / measure(r["raced"], r) for r in rows if measure(r["raced"], r)]
+        return f"{statistics.median(values):.2f}x ({len(values)} of {len(rows)} seeds)" if values else "never reached"
+
+    def documents_to(key: str):
+        return lambda run, row: (_reach(run, row[key]) or (0,))[0]
+
     within = sum(r["plain"]["report"] - r["raced"]["report"] <= max(r["plain"]["stderr"], r["raced"]["stderr"])
                  for r in rows)
-    print(f"\nfewer documents with racing (plain / raced), median over seeds: total {statistics.median(totals):.2f}x"
-          + (f", to the plain run's best {statistics.median(reached):.2f}x ({len(reached)} of {len(rows)} reached it)"
-             if reached else ", the raced runs never reached the plain run's best"))
-    print(f"raced winner no worse than the plain winner by more than one standard error on the report tasks: "
-          f"{within} of {len(rows)} seeds")
+    print(f"\nfewer documents with racing (plain / raced, median over seeds that reached it): in the budget "
+          f"{ratio(lambda run, row: run.get('budget_documents', run['documents']))}; to the plain run's best "
+          f"{ratio(documents_to('target'))}; to within one standard error of it {ratio(documents_to('near'))}")
+    print(f"the most any racer that scores ties in full could save on the plain runs' candidates, median: "
+          f"{statistics.median(_ceiling(r['plain'], args.stages[0]) for r in rows):.2f}x with these stages, "
+          f"{statistics.median(_ceiling(r['plain'], 0.0) for r in rows):.2f}x with a free first stage")
+    print(f"raced winner (of the budget) no worse than the plain winner by more than one standard error on the report "
+          f"tasks: {within} of {len(rows)} seeds")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Racing: a candidate is scored in stages on growing shares of the search documents and
-stops as soon as it cannot, with the stated confidence, reach the bar.
+stops as soon as it cannot, with the stated confidence, beat the bar.
 
 The documents of each task are put in one order, shuffled once per run from the run's
 seed; stage k scores the next share of that order through lm-eval's own `samples=`, so
@@ -7,7 +7,8 @@ no document is scored twice and every stage reuses requests built once per run. 
 stage, the fitness Σ weight × sign × mean is estimated from the documents scored so far,
 with the variance of a mean drawn without replacement from the task's N documents
 (finite-population correction: it is exactly zero once all are scored). A candidate whose
-upper confidence bound is below the bar stops there, `raced`, with its estimate.
+upper confidence bound is not above the bar stops there, `raced`, with its estimate (a tie
+cannot win: the earlier candidate ranks first).
 
 When the bar's own per-document scores are known (every fully raced candidate keeps them),
 the bound is paired: the candidate's fitness is estimated as the bar's plus the mean
@@ -143,6 +144,9 @@ class Race:
         return self.margin * math.sqrt(variance)
 
 
+ROUNDING = 1e-9  # fitness sums computed two ways agree to this
+
+
 def _score_range(*scores: Sequence[float]) -> Tuple[float, float]:
     """The range a document's score can take: [0, 1] (accuracies, exact matches) unless scores
     outside it were seen."""
@@ -162,8 +166,10 @@ def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -
 
 
 def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:
-    """A searcher's own decision (a pruner) when it has one; else whether the bound is below the bar."""
-    return decision if decision is not None else (bar is not None and upper < bar)
+    """A searcher's own decision (a pruner) when it has one; else whether the candidate cannot beat the
+    bar: its bound is not above it. A tie cannot win (the earlier candidate ranks first), and a bound
+    meets the bar exactly only where what the candidate can still reach is all it can get."""
+    return decision if decision is not None else (bar is not None and upper <= bar + ROUNDING)
 
 
 def _stderr_key(key: str) -> str:

@@ -89,15 +89,15 @@ def _reach(run: dict, target: float):
 
 def _ceiling(run: dict, first_stage: float) -> float:
     """The most a racer could save on the plain run's own candidates (total / raced documents) if it
-    knew every full fitness: each candidate below the best so far stops after the first stage, each
-    that reaches it (a tie included: no bound can tell a tie from a gain early) is scored in full."""
+    knew every full fitness: each candidate that does not beat the best so far (a tie cannot win)
+    stops after the first stage, each that beats it is scored in full."""
     best, documents = None, 0.0
     for evaluation in run["evaluations"]:
         if not evaluation.ok:
             documents += evaluation.documents
             continue
-        reaches = best is None or evaluation.fitness >= best
-        documents += evaluation.documents * (1.0 if reaches else first_stage)
+        beats = best is None or evaluation.fitness > best
+        documents += evaluation.documents * (1.0 if beats else first_stage)
         best = evaluation.fitness if best is None else max(best, evaluation.fitness)
     return run["documents"] / documents
 
@@ -175,7 +175,7 @@ def main() -> None:
     print(f"\nfewer documents with racing (plain / raced, median over seeds that reached it): in the budget "
           f"{ratio(lambda run, row: run.get('budget_documents', run['documents']))}; to the plain run's best "
           f"{ratio(documents_to('target'))}; to within one standard error of it {ratio(documents_to('near'))}")
-    print(f"the most any racer that scores ties in full could save on the plain runs' candidates, median: "
+    print(f"the most any racer could save on the plain runs' candidates (the ceiling), median: "
           f"{statistics.median(_ceiling(r['plain'], args.stages[0]) for r in rows):.2f}x with these stages, "
           f"{statistics.median(_ceiling(r['plain'], 0.0) for r in rows):.2f}x with a free first stage")
     print(f"raced winner (of the budget) no worse than the plain winner by more than one standard error on the report "

@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=64)
     parser.add_argument("--searcher", choices=sorted(SEARCHERS), default="ga")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one when anything else runs)")
-    parser.add_argument("--stages", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    parser.add_argument("--stages", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--margin", type=float, default=0.0, help="racing's margin, in the bar's standard errors")
     parser.add_argument("--limit", type=int, help="documents per search task (default: all)")

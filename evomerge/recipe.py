@@ -127,7 +127,7 @@ class RacingSpec(_Strict):
     shuffled once per run) and stop one that cannot, with this confidence, beat the bar (the
     `rank`-th best fully scored candidate so far) by more than `margin` of the bar's standard errors."""
 
-    stages: List[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    stages: List[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     rank: PositiveInt = 1
     margin: NonNegativeFloat = 0.0

@@ -16,7 +16,7 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
 from evomerge.materialize import Materializer
 from evomerge.pool import Bar
-from evomerge.racing import Race, stops
+from evomerge.racing import Race, RaceResult, stops
 from evomerge.recipe import RacingSpec, TaskSpec, load_recipe
 from evomerge.search import SearchOptions, start_search
 from evomerge.space import SearchSpace
@@ -62,7 +62,7 @@ def test_the_stages_share_one_shuffled_order_and_never_score_a_document_twice(re
     for task in TASKS:
         ids = [i for stage in race.stages for i in stage[task]]
         assert sorted(ids) == list(range(150)) and ids != list(range(150))
-        assert [len(stage[task]) for stage in race.stages] == [38, 37, 75]
+        assert [len(stage[task]) for stage in race.stages] == [19, 19, 37, 75]
     again = Race(RacingSpec(), scorer, objective, seed=0)
     assert again.stages == race.stages and Race(RacingSpec(), scorer, objective, seed=1).stages != race.stages
 
@@ -81,7 +81,7 @@ def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(resident
     _, _, _, scorer, objective = resident
     race = Race(RacingSpec(), scorer, objective, seed=0)
     hopeless = race.run(Bar(2.0))  # above any fitness two accuracies at weight 0.5 can reach
-    assert not hopeless.complete and hopeless.documents == 76 and hopeless.upper < 2.0
+    assert not hopeless.complete and hopeless.documents == 38 and hopeless.upper < 2.0
     assert race.run(Bar(-1.0)).complete
 
 
@@ -132,7 +132,7 @@ def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):
 
 def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(resident):
     _, space, materializer, scorer, objective = resident
-    race = Race(RacingSpec(), scorer, objective, seed=0)
+    race = Race(RacingSpec(stages=[0.25, 0.5, 1.0]), scorer, objective, seed=0)  # a first stage of 38 documents
     whole = race.run(bar=None)
     bar = Bar(whole.estimate, scores=whole.scores)
     first = next(race.stages_scored())
@@ -153,17 +153,21 @@ def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(r
 def test_no_bound_exceeds_what_the_candidate_reaches_by_scoring_best_on_every_document_left(resident):
     _, _, _, scorer, objective = resident
     race = Race(RacingSpec(confidence=1 - 1e-9), scorer, objective, seed=0)  # a normal bound six s.e. wide
-    first = next(race.stages_scored())
-    missed = {t: len(first.scores[t]["acc"]) - sum(first.scores[t]["acc"]) for t in TASKS}
-    reachable = sum(0.5 * (150 - missed[t]) / 150 for t in TASKS)
-    assert first.upper == pytest.approx(reachable)
-    assert sum(missed.values()) > 0, "the demo's start misses documents of its first stage"
-    # A bar that misses one document in all: a candidate that has missed one can at best tie it
-    # (and a tie cannot win), so it stops at once, whatever the confidence.
+    def scored(misses: int) -> RaceResult:
+        """A candidate that has scored 38 documents of each task and missed `misses` of the second's."""
+        scores = {TASKS[0]: {"acc": [1.0] * 38}, TASKS[1]: {"acc": [1.0] * (38 - misses) + [0.0] * misses}}
+        return RaceResult(metrics={}, estimate=0.0, upper=0.0, documents=76, complete=False, scores=scores)
+
+    assert race.upper(scored(2), None) == pytest.approx(0.5 * 1.0 + 0.5 * (150 - 2) / 150)
+    # A bar that misses one document in all: the candidate that missed two can no longer beat it,
+    # whatever the confidence; one that missed one could at best tie it, and a tie cannot win.
     one_miss = {t: {"acc": [1.0] * 150} for t in TASKS}
     one_miss[TASKS[0]]["acc"][-1] = 0.0
-    assert race.run(Bar(1.0 - 0.5 / 150, scores=one_miss)).documents == first.documents
-    assert not stops(None, 1.0 - 0.5 / 150, 1.0 - 0.5 / 150 + 1e-6)  # a bound above the bar goes on
+    bar = Bar(1.0 - 0.5 / 150, scores=one_miss)
+    assert race.upper(scored(2), bar) < bar.fitness and stops(None, bar.fitness, race.upper(scored(2), bar))
+    assert race.upper(scored(1), bar) == pytest.approx(bar.fitness)
+    assert stops(None, bar.fitness, race.upper(scored(1), bar))
+    assert not stops(None, bar.fitness, bar.fitness + 1e-6)  # a bound above the bar goes on
 
 
 def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_standard_errors(resident):

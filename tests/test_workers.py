@@ -85,7 +85,7 @@ def test_a_generational_search_on_two_workers_ends_exactly_as_in_process(demo_re
 
 def test_racing_on_two_workers_stops_candidates_between_stages_on_the_drivers_bar(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 40, "racing": {"stages": [0.25, 1.0]}},
-                         searcher={"name": "ga", "population": 4, "steady": True})
+                         searcher={"name": "random"})  # asynchronous, and most of its candidates are poor
     best = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True, workers=2)).run()
     store = RunStore.open(tmp_path / "run")
     evaluations = store.evaluations()

@@ -32,7 +32,7 @@ searcher, so a search on a plateau keeps moving on estimates.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -104,19 +104,25 @@ class Race:
             scores.setdefault(task, {})[key] = list(values[task][key])
         estimate = sum(weight * sign * np.mean(scores[task][key]) for task, key, weight, sign in self.objective.terms)
         documents = sum(len(next(iter(found.values()))) for found in values.values())
-        result = RaceResult(metrics, float(estimate), 0.0, documents, complete, scores)
-        return replace(result, upper=self.upper(result, None))
+        return RaceResult(metrics, float(estimate), self._bound(scores, None), documents, complete, scores)
 
     def upper(self, result: RaceResult, bar: Optional[Bar]) -> float:
         """The upper confidence bound of the candidate's lm-eval terms: paired with the bar's scores on
         the same documents when the bar has them, else from the candidate's own; never above what it
         reaches by scoring best on every document not yet scored."""
-        paired = bar is not None and all(len(bar.scores.get(task, {}).get(key, [])) == self.totals[task]
-                                         for task, key, _, _ in self.objective.terms)
+        return self._bound(result.scores, bar)
+
+    def _paired(self, bar: Optional[Bar]) -> bool:
+        """Whether the bar has a score for every document of this run, for every term."""
+        return bar is not None and all(len(bar.scores.get(task, {}).get(key, [])) == self.totals[task]
+                                       for task, key, _, _ in self.objective.terms)
+
+    def _bound(self, scores: Dict[str, Dict[str, List[float]]], bar: Optional[Bar]) -> float:
+        paired = self._paired(bar)
         estimate = bar.fitness - bar.custom if paired else 0.0
         variance, reachable = 0.0, 0.0
         for task, key, weight, sign in self.objective.terms:
-            mine = np.asarray(result.scores[task][key], dtype=float)
+            mine = np.asarray(scores[task][key], dtype=float)
             n, total = len(mine), self.totals[task]
             low, high = _score_range(mine, bar.scores[task][key] if paired else ())
             best = high if sign > 0 else low
@@ -133,13 +139,11 @@ class Race:
     def margin_of(self, bar: Optional[Bar]) -> float:
         """How much a candidate must be able to beat the bar by to go on: `margin` standard errors of
         the bar's fitness, from its own per-document scores (0 without them)."""
-        if bar is None or not self.margin:
+        if not self.margin or not self._paired(bar):
             return 0.0
         variance = 0.0
         for task, key, weight, _ in self.objective.terms:
-            theirs = np.asarray(bar.scores.get(task, {}).get(key, []), dtype=float)
-            if len(theirs) != self.totals[task]:
-                return 0.0
+            theirs = np.asarray(bar.scores[task][key], dtype=float)
             variance += weight ** 2 * (theirs.var(ddof=1) / len(theirs) if len(theirs) > 1 else 0.0)
         return self.margin * math.sqrt(variance)
 

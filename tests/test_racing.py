@@ -153,6 +153,7 @@ def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(r
 def test_no_bound_exceeds_what_the_candidate_reaches_by_scoring_best_on_every_document_left(resident):
     _, _, _, scorer, objective = resident
     race = Race(RacingSpec(confidence=1 - 1e-9), scorer, objective, seed=0)  # a normal bound six s.e. wide
+
     def scored(misses: int) -> RaceResult:
         """A candidate that has scored 38 documents of each task and missed `misses` of the second's."""
         scores = {TASKS[0]: {"acc": [1.0] * 38}, TASKS[1]: {"acc": [1.0] * (38 - misses) + [0.0] * misses}}

@@ -18,7 +18,6 @@ from pydantic import Field, PositiveInt
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
 
 
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Optuna logs every trial at INFO and evomerge shows its own progress; the level is lowered

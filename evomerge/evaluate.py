@@ -205,15 +205,18 @@ class LMEvalScorer:
 
     def score_documents(self, samples: Dict[str, Sequence[int]]) -> Dict[str, Dict[str, List[float]]]:
         """Each document's metric values (task -> result key -> values in `samples` order), through
-        lm-eval's own `samples=`; a task given no documents is not scored."""
-        chosen = {task: list(ids) for task, ids in samples.items() if len(ids)}
-        if not chosen:
+        lm-eval's own `samples=`; a task given no documents is not scored.
+
+        lm-eval is asked for the documents sorted: it scores them in the dataset's order but labels
+        them in the order given (lm-evaluation-harness#4084)."""
+        asked = {task: [int(i) for i in ids] for task, ids in samples.items() if len(ids)}
+        if not asked:
             return {}
-        results = self._evaluate(limit=None, samples=chosen, log_samples=True,
-                                 tasks={task: self.suite.tasks[task] for task in chosen})
+        results = self._evaluate(limit=None, samples={task: sorted(ids) for task, ids in asked.items()},
+                                 log_samples=True, tasks={task: self.suite.tasks[task] for task in asked})
         values: Dict[str, Dict[str, List[float]]] = {}
         for task, logged in results["samples"].items():
-            position = {doc: i for i, doc in enumerate(chosen[task])}
+            position = {doc: i for i, doc in enumerate(asked[task])}
             for sample in sorted(logged, key=lambda s: position[s["doc_id"]]):
                 for metric in sample["metrics"]:
                     key = metric if sample["filter"] == "none" else f"{metric},{sample['filter']}"

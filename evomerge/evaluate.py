@@ -20,22 +20,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from evomerge import log_levels
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe import SECTION, EvalSpec, TaskSpec
 
 Metrics = Dict[str, Dict[str, float]]  # task name -> metric name -> value
-
-@contextlib.contextmanager
-def _lm_eval_log_level(level: int) -> Iterator[None]:
-    logger = logging.getLogger("lm_eval")
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
 
 def _reuse_requests(task) -> None:
     """Build a task's requests once per run; later evaluations reset their responses and reuse them.
@@ -84,7 +74,7 @@ class TaskSuite:
                  key: str = f"{SECTION}.tasks", options: EvalSpec = EvalSpec(), seed: int = 0):
         self.names = list(dict.fromkeys(names))
         paths = [str(p) for p in include_paths]
-        with _lm_eval_log_level(logging.ERROR):
+        with log_levels.at_least("lm_eval", logging.ERROR):
             self._load(names, paths, source, key)
             for task in self.tasks.values():
                 _configure(task, options, seed)
@@ -190,7 +180,7 @@ class LMEvalScorer:
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
         model.eval()
-        with _lm_eval_log_level(logging.ERROR):
+        with log_levels.at_least("lm_eval", logging.ERROR):
             self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
                                     max_length=options.max_length)
 
@@ -227,7 +217,7 @@ class LMEvalScorer:
         from lm_eval.evaluator import evaluate
 
         with preserved_random_state(), torch.no_grad(), _silenced(self.bootstrap_iters > 0), \
-                _lm_eval_log_level(logging.WARNING):
+                log_levels.at_least("lm_eval", logging.WARNING):
             return evaluate(
                 self.lm,
                 {"tasks": tasks or self.suite.tasks, "groups": {}},

@@ -8,26 +8,15 @@ count as bad ones and parallel workers do not all sample the same region.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import warnings
-from typing import Dict, Iterator, List, Literal, Optional, Set
+from typing import Dict, List, Literal, Optional, Set
 
 import optuna
 from pydantic import Field, PositiveInt
 
+from evomerge import log_levels
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Optuna logs every trial at INFO and evomerge shows its own progress; the level is lowered
-    only during evomerge's calls, so that Optuna logs in the user's own code as they set it."""
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
 
 
 class OptunaOptions(SearcherOptions):
@@ -48,7 +37,7 @@ class OptunaSearch(Searcher):
         options: OptunaOptions = self.options
         if self.objectives > 1 and options.sampler not in ("nsga2", "random", "tpe"):
             raise ValueError(f"Optuna's {options.sampler} sampler optimizes one objective")
-        with _quiet():
+        with log_levels.at_least("optuna", logging.WARNING):
             self.study = optuna.create_study(directions=["maximize"] * self.objectives, sampler=self._sampler(),
                                              pruner=self._pruner())
             self.study.enqueue_trial(self._params(self.x0))  # the recipe's own values come first
@@ -97,7 +86,7 @@ class OptunaSearch(Searcher):
         return self.options.batch
 
     def ask(self) -> List[Proposal]:
-        with _quiet():
+        with log_levels.at_least("optuna", logging.WARNING):
             trial = self.study.ask()
         proposal = self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
                                   operator=f"optuna:{self.options.sampler}", trial=trial.number)
@@ -106,7 +95,7 @@ class OptunaSearch(Searcher):
 
     def _told(self, proposal: Proposal, fitness: Fitness, scores) -> None:
         trial = self._trials.pop(proposal.id)
-        with _quiet():
+        with log_levels.at_least("optuna", logging.WARNING):
             if fitness is None:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             elif proposal.id in self._pruned:

@@ -28,12 +28,13 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from mergekit.options import MergeOptions
 
-from evomerge.evaluate import LMEvalScorer, TaskSuite
-from evomerge.materialize import Materializer
-from evomerge.model_folder import write_with_mergekit
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR, RECIPES_DIR, TASKS_DIR
-from evomerge.recipe import load_recipe
-from evomerge.space import SearchSpace
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import SearchSpace
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo.build import build_zoo
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from evomerge.materialize import Materializer
-from evomerge.model_folder import write_with_mergekit
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.recipe import load_recipe
-from evomerge.space import SearchSpace
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import SearchSpace
 from evomerge.zoo.build import build_zoo
 
 

@@ -25,9 +25,10 @@ from typing import Dict, Optional
 
 import torch
 
+from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.recipe import load_recipe
-from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.recipe.model import load_recipe
+from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe
 
@@ -59,7 +60,7 @@ def _run(recipe: Path, run_dir: Path, evaluations: int) -> dict:
     search.run()
     seconds = time.perf_counter() - started
     evaluations_ = search.store.evaluations()
-    report = search.finish()
+    report = finish_run(search)
     winner = next(r for r in report["rows"] if r["role"] == "winner")
     # Wall time of an evaluation: when it was stored, from the first one's start.
     first = evaluations_[0].created - (evaluations_[0].materialize_seconds or 0) - (evaluations_[0].evaluate_seconds or 0)

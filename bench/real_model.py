@@ -24,14 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evomerge.evaluate import LMEvalScorer, TaskSuite
-from evomerge.materialize import Materializer
-from evomerge.model_folder import write_with_mergekit
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe import EvalSpec, load_recipe
-from evomerge.search import SearchOptions, start_search
-from evomerge.space import SearchSpace
-from evomerge.zoo.real import DEFAULT_DIR, SPECIALTIES, build_real_zoo, write_real_recipe
+from evomerge.recipe.model import EvalSpec, load_recipe
+from evomerge.recipe.space import SearchSpace
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
+from evomerge.zoo.real import (
+    DEFAULT_DIR,
+    SPECIALTIES,
+    build_real_zoo,
+    write_real_recipe,
+)
 
 SEARCH_TASKS = [f"zoo_{s}_search" for s in SPECIALTIES]
 REPORT_TASKS = [f"zoo_{s}_report" for s in SPECIALTIES]
@@ -57,8 +63,8 @@ def _bandwidth() -> float:
 def _peak_memory(recipe: Path, parents: str) -> float:
     """Peak RSS (GiB) of a fresh process that loads the parents and merges one candidate."""
     code = (f"import resource, torch; torch.set_num_threads(1)\n"
-            f"from evomerge.recipe import load_recipe\nfrom evomerge.space import SearchSpace\n"
-            f"from evomerge.materialize import Materializer\n"
+            f"from evomerge.recipe.model import load_recipe\nfrom evomerge.recipe.space import SearchSpace\n"
+            f"from evomerge.merge.materializer import Materializer\n"
             f"space = SearchSpace.from_recipe(load_recipe({str(recipe)!r}))\n"
             f"m = Materializer(space.starting_point().merge, parents={parents!r}, quiet=True)\n"
             f"m.materialize(space.starting_point())\n"

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.search import SearchOptions, start_search
+from evomerge.run.loop import SearchOptions, start_search
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe
 
@@ -67,7 +68,7 @@ def _compare(searchers: dict, args) -> None:
             search = start_search(recipe, work / f"run-{label}-{seed}",
                                   SearchOptions(evaluations=args.evaluations, quiet=True))
             search.run()
-            report = search.finish()
+            report = finish_run(search)
             fitness = [e.fitness if e.ok else float("-inf") for e in search.store.evaluations()]
             best_so_far = [max(fitness[: i + 1]) for i in range(len(fitness))]
             winner = next(r for r in report["rows"] if r["role"] == "winner")

@@ -30,7 +30,8 @@ _MEASURE = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from safetensors.torch import load_file
-    from evomerge.phylogeny import measure_distances, open_models, write_family_tree
+    from evomerge.tree.distances import measure_distances, open_models
+    from evomerge.tree.family import write_family_tree
 
     def kib(field):
         return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))

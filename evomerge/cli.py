@@ -78,10 +78,10 @@ def merge(recipe: Path, out: Path, in_memory: bool, allow_pickle: bool, merge_op
     A recipe with a search section merges at its starting point (the recipe's own
     values). The recipe's evomerge seed is mergekit's --random-seed unless given.
     """
-    from evomerge.model_folder import write_in_memory, write_with_mergekit
-    from evomerge.parents import check_parents
-    from evomerge.recipe import load_recipe
-    from evomerge.space import SearchSpace
+    from evomerge.merge.write import write_in_memory, write_with_mergekit
+    from evomerge.recipe.model import load_recipe
+    from evomerge.recipe.parents import check_parents
+    from evomerge.recipe.space import SearchSpace
 
     loaded = load_recipe(recipe)
     check_parents(loaded.merge, loaded.path, allow_pickle=allow_pickle)
@@ -102,15 +102,15 @@ def _default_run_dir(recipe: Path) -> Path:
 
 
 def _finish(search, out: Path) -> None:
-    from evomerge.scoreboard import render_markdown
-    from evomerge.search import SearchInterrupted
+    from evomerge.outputs.scoreboard import finish_run, render_markdown
+    from evomerge.run.loop import SearchInterrupted
 
     try:
         search.run()
     except SearchInterrupted:
         click.echo(f"stopped; everything evaluated is stored. Continue with: evomerge resume {out}", err=True)
         sys.exit(130)
-    report = search.finish()
+    report = finish_run(search)
     click.echo(render_markdown(report))
     click.echo(f"run directory: {out} (best recipe: {out / 'best.yaml'})")
 
@@ -138,7 +138,7 @@ _ray_address = click.option("--ray-address", help="Join this Ray cluster (defaul
 def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, workers,
            ray_address, quiet):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
-    from evomerge.search import SearchOptions, resume_search, start_search
+    from evomerge.run.loop import SearchOptions, resume_search, start_search
 
     if resume_dir is not None:
         if recipe is not None or seed is not None or searcher is not None:
@@ -169,7 +169,7 @@ def resume(run_dir, device, evaluations, workers, ray_address, quiet):
     """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored.
 
     It runs on the run's own workers unless --workers says otherwise."""
-    from evomerge.search import resume_search
+    from evomerge.run.loop import resume_search
 
     _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
                           ray_address=ray_address), run_dir)
@@ -184,7 +184,7 @@ def resume(run_dir, device, evaluations, workers, ray_address, quiet):
 def demo(out, evaluations, device, quiet):
     """Build the zoo if needed, evolve recipes/demo.yaml and print the report table."""
     from evomerge.paths import RECIPES_DIR, require_checkout
-    from evomerge.search import SearchOptions, start_search
+    from evomerge.run.loop import SearchOptions, start_search
     from evomerge.zoo.build import build_zoo
 
     require_checkout()
@@ -205,12 +205,12 @@ def demo(out, evaluations, device, quiet):
 @_friendly_errors
 def export(run_dir, out, rank, repo_id, private, quiet):
     """Write a run's candidate as a Hugging Face model folder with a model card."""
-    from evomerge.export import export_run
+    from evomerge.outputs.export import export_run
 
     folder = export_run(run_dir, out, rank=rank, quiet=quiet)
     click.echo(f"exported to {folder}")
     if repo_id:
-        from evomerge.hub import push_folder
+        from evomerge.outputs.hub import push_folder
 
         click.echo(f"pushed to {push_folder(folder, repo_id, private=private or None)}")
 
@@ -220,7 +220,7 @@ def export(run_dir, out, rank, repo_id, private, quiet):
 @_friendly_errors
 def report(run_dir):
     """Plots of a run (fitness, winner's parameters, per-task scores, lineage) and an HTML page."""
-    from evomerge.report import write_report
+    from evomerge.outputs.report import write_report
 
     for path in write_report(run_dir):
         click.echo(str(path))
@@ -239,7 +239,8 @@ def report(run_dir):
 @_friendly_errors
 def tree(models, out, reference, tasks, task_paths, suggest_groups, device):
     """A neighbor-joining family tree of MODELS (folders or Hub ids) from distances between their weights."""
-    from evomerge.phylogeny import suggest_layer_groups, write_family_tree
+    from evomerge.tree.family import write_family_tree
+    from evomerge.tree.joining import suggest_layer_groups
 
     names = [name for entry in tasks for name in entry.split(",") if name]
     distances, files = write_family_tree(models, out, reference=reference, tasks=names, task_paths=task_paths,

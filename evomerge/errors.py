@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+
+from pydantic import BaseModel, ValidationError
+
+SECTION = "evomerge"  # the recipe's own section, which mergekit ignores; error keys in it start with it
 
 
 class EvomergeError(Exception):
@@ -41,3 +45,50 @@ def mergekit_refusals(path: Union[str, Path]) -> Iterator[None]:
         yield
     except (RuntimeError, ValueError) as error:
         raise EvomergeError(f"mergekit cannot merge the recipe: {error}", path=path) from error
+
+
+def validated(model: type, raw: Any, path: Optional[Path], prefix: Optional[str]):
+    """A pydantic model from raw data, or one EvomergeError naming the file, the key and what was expected."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = _dotted(([prefix] if prefix else []) + list(first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            fields = _fields_at(model, first["loc"][:-1])
+            message = f"unknown key{did_you_mean(str(first['loc'][-1]), fields)}"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+            message = f"{message}, got {first['input']!r}"
+        raise EvomergeError(message, path=path, key=key) from None
+    except (RuntimeError, ValueError, TypeError) as error:  # mergekit's validators raise these
+        raise EvomergeError(str(error), path=path, key=prefix) from None
+
+
+def _dotted(loc: List[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: type, loc: Tuple[Any, ...]) -> List[str]:
+    """The field names of the nested model at `loc`, for a 'did you mean'."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        nested = [a for a in _flatten_annotation(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _flatten_annotation(annotation: Any) -> List[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return [annotation]
+    return [leaf for arg in args for leaf in _flatten_annotation(arg)]

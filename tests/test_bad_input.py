@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from evomerge.cli import main
-from evomerge.store import RunStore
+from evomerge.run.store import RunStore
 
 
 def _edit(recipe: Path, change) -> Path:

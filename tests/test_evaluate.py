@@ -8,11 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.evaluate import LMEvalScorer, TaskSuite
-from evomerge.materialize import Materializer
-from evomerge.recipe import EvalSpec, load_recipe
-from evomerge.search import SearchOptions, start_search
-from evomerge.store import RunStore
+from evomerge.merge.materializer import Materializer
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.model import EvalSpec, load_recipe
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
 
 # A template that shows each message's role, so the test can read what lm-eval sent.
@@ -80,7 +82,7 @@ def test_a_generation_task_is_the_fitness_and_its_report_split_the_table(demo_re
                          searcher={"name": "random", "batch": 3})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True))
     search.run()
-    report = search.finish()
+    report = finish_run(search)
     for evaluation in RunStore.open(tmp_path / "run").evaluations():
         assert evaluation.fitness == evaluation.metrics["zoo_rev_gen_search"]["exact_match,first_word"]
     rev = next(r for r in report["rows"] if r["name"] == "rev")
@@ -96,7 +98,7 @@ def test_reused_requests_score_every_candidate_as_a_fresh_simple_evaluate_does(d
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evomerge.space import SearchSpace
+    from evomerge.recipe.space import SearchSpace
 
     recipe = load_recipe(demo_recipe())
     space = SearchSpace.from_recipe(recipe)

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.cli import main
-from evomerge.export import candidate_of, model_card
-from evomerge.materialize import Materializer
-from evomerge.space import Candidate
-from evomerge.search import SearchOptions, start_search
-from evomerge.store import RunStore
+from evomerge.merge.materializer import Materializer
+from evomerge.outputs.export import candidate_of, model_card
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.space import Candidate
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
 from evomerge.zoo.recipe import write_demo_recipe
-
 
 pytestmark = pytest.mark.slow  # each test merges through mergekit on disk; the module runs two searches
 
@@ -31,7 +31,7 @@ def _finished_run(directory: Path, zoo: dict, **evomerge) -> Path:
                                searcher={"name": "ga", "population": 4, "elitism": 1}, **evomerge)
     search = start_search(recipe, directory / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
-    search.finish()
+    finish_run(search)
     return directory / "run"
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import TOKEN
 from safetensors.torch import save_file
 
 from evomerge.errors import EvomergeError
-from evomerge.hub import push_folder
+from evomerge.outputs.hub import push_folder
 
-from fake_hub import TOKEN
 REPO = "someone/merged-model"
 
 

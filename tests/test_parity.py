@@ -21,10 +21,10 @@ from mergekit.common import ModelReference
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
-from evomerge.materialize import Materializer, draws_random
-from evomerge.model_folder import write_with_mergekit
-from evomerge.recipe import load_recipe
-from evomerge.space import Candidate, SearchSpace
+from evomerge.merge.materializer import Materializer, draws_random
+from evomerge.merge.write import write_with_mergekit
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import Candidate, SearchSpace
 
 RANGES = {
     "weight": (0.0, 1.0), "density": (0.3, 0.8), "gamma": (0.0, 0.05), "epsilon": (0.01, 0.1),
@@ -76,7 +76,7 @@ def _parents(zoo) -> tuple:
 
 
 def test_every_numeric_parameter_of_every_method_is_searched_here():
-    from evomerge.space import _numeric_type
+    from evomerge.recipe.space import _numeric_type
 
     unsearched = [(m.spec.name, p.name) for m in merge_methods.registered_methods()
                   for p in list(m.spec.input_parameters) + list(m.spec.shared_parameters)

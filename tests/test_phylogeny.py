@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import evomerge.phylogeny as phylogeny
+import evomerge.tree.distances as distances_module
 from evomerge.cli import main
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe import load_recipe
-from evomerge.space import SearchSpace
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import SearchSpace
+from evomerge.tree import leaf_names, measure_distances, neighbor_joining, open_models
 from evomerge.zoo.second_generation import fine_tune_further
 
 SPECIALISTS = ["pair", "rev", "sort", "shift"]
@@ -41,9 +42,9 @@ def family(zoo, tmp_path_factory):
 
 
 def test_the_tree_puts_each_grandchild_beside_its_own_parent(family):
-    models = phylogeny.open_models(list(family.values()))
-    distances = phylogeny.measure_distances(models)
-    tree = phylogeny.neighbor_joining(distances, root="base")
+    models = open_models(list(family.values()))
+    distances = measure_distances(models)
+    tree = neighbor_joining(distances, root="base")
     for child, (parent, _) in GRANDCHILDREN.items():
         assert {leaf.name for leaf in tree.common_ancestor(child, parent).get_terminals()} == {child, parent}
         by_path = sorted((tree.distance(child, leaf.name), leaf.name) for leaf in tree.get_terminals() if leaf.name != child)
@@ -108,7 +109,7 @@ def test_models_of_different_shapes_get_one_line_naming_both_and_the_tensor(zoo,
 
 
 def test_leaves_are_named_by_folder_with_parents_only_where_names_clash():
-    assert phylogeny.leaf_names(["runs/a/merged", "runs/b/merged", "/zoo/rev", "owner/model"]) == [
+    assert leaf_names(["runs/a/merged", "runs/b/merged", "/zoo/rev", "owner/model"]) == [
         "a/merged", "b/merged", "rev", "model"]
 
 
@@ -125,10 +126,10 @@ def test_too_few_models_and_a_missing_folder_are_one_line_errors(zoo, tmp_path):
 
 
 def test_streaming_opens_one_file_at_a_time_and_blocks_give_the_same_distances(family, monkeypatch):
-    models = phylogeny.open_models(list(family.values()))
-    whole = phylogeny.measure_distances(models)
+    models = open_models(list(family.values()))
+    whole = measure_distances(models)
     opened, most = [0], [0]
-    real_open = phylogeny.safe_open
+    real_open = distances_module.safe_open
 
     class Counting:
         def __init__(self, *args, **kwargs):
@@ -143,9 +144,9 @@ def test_streaming_opens_one_file_at_a_time_and_blocks_give_the_same_distances(f
             opened[0] -= 1
             return self.handle.__exit__(*exc)
 
-    monkeypatch.setattr(phylogeny, "safe_open", Counting)
+    monkeypatch.setattr(distances_module, "safe_open", Counting)
     budget = models[0].nbytes // 16
-    blocked = phylogeny.measure_distances(models, budget_bytes=budget)
+    blocked = measure_distances(models, budget_bytes=budget)
     assert most[0] == 1
     assert blocked.peak_bytes <= budget
     assert np.allclose(blocked.matrix, whole.matrix, rtol=1e-9, atol=0)
@@ -166,7 +167,7 @@ def test_peak_memory_stays_below_two_models_for_eight_models(tmp_path):
         import json, re, sys
         import torch
         torch.set_num_threads(1)
-        from evomerge.phylogeny import measure_distances, open_models
+        from evomerge.tree import measure_distances, open_models
         def kib(field):
             return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
         models = open_models([{str(tmp_path)!r} + f"/m{{i}}" for i in range(8)])
@@ -196,7 +197,7 @@ def test_scores_are_drawn_beside_the_leaves(zoo, tmp_path):
 
 def test_hub_ids_are_fetched_like_mergekit_fetches_them(zoo, hub, without_xet, tmp_path):
     """Models pushed to a loopback Hub, then named by Hub id; a fresh process reads HF_ENDPOINT at import."""
-    from evomerge.hub import push_folder
+    from evomerge.outputs.hub import push_folder
 
     for name in ("base", "rev", "sort"):
         push_folder(zoo["dir"] / name, f"someone/{name}")

@@ -13,14 +13,16 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import LMEvalScorer, Objective, TaskSuite
-from evomerge.materialize import Materializer
-from evomerge.pool import Bar
-from evomerge.racing import Race, RaceResult, stops
-from evomerge.recipe import RacingSpec, TaskSpec, load_recipe
-from evomerge.search import SearchOptions, start_search
-from evomerge.space import SearchSpace
-from evomerge.store import RunStore
+from evomerge.merge.materializer import Materializer
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.model import RacingSpec, TaskSpec, load_recipe
+from evomerge.recipe.space import SearchSpace
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
+from evomerge.scoring.fitness import Objective
+from evomerge.scoring.racing import Bar, Race, RaceResult, stops
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 
 TASKS = ["zoo_rev_search", "zoo_sort_search"]
 
@@ -111,7 +113,7 @@ def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winn
     assert raced and all(0 < e.documents < full and e.fitness is not None for e in raced)
     assert all(e.documents == full for e in evaluations if e.ok)
     assert best.ok and best.fitness == max(e.fitness for e in evaluations if e.ok)
-    report = search.finish()
+    report = finish_run(search)
     rows = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
     assert [r["documents"] for r in rows] == [e.documents for e in evaluations]
     assert report["raced"] == len(raced) and report["documents"] == sum(e.documents for e in evaluations)

@@ -8,8 +8,8 @@ import yaml
 from mergekit.config import ConditionalParameter, MergeConfiguration
 
 from evomerge.errors import EvomergeError
-from evomerge.recipe import load_recipe
-from evomerge.space import SearchSpace
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import SearchSpace
 
 
 def _ta_recipe(base_model, specialists, **evomerge):

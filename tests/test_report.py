@@ -12,10 +12,16 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from evomerge.cli import main
-from evomerge.report import ancestry, heatmap_panels, lineage_layout, write_report
-from evomerge.search import SearchOptions, start_search
-from evomerge.space import Gene
-from evomerge.store import Evaluation, RunStore
+from evomerge.outputs.report import (
+    ancestry,
+    heatmap_panels,
+    lineage_layout,
+    write_report,
+)
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.space import Gene
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import Evaluation, RunStore
 
 GENES = [Gene(f"weight[{m}].{f or '*'}@{g}", "weight", 0.0, 1.5, g, 2, f"/zoo/{m}", f)
          for m in ("pair", "rev") for f in ("self_attn", None) for g in range(2)]
@@ -60,7 +66,7 @@ def test_the_report_command_draws_every_plot_and_a_page_that_shows_them(demo_rec
     search = start_search(demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4}), run_dir,
                           SearchOptions(evaluations=8, quiet=True))
     search.run()
-    search.finish()
+    finish_run(search)
 
     result = CliRunner().invoke(main, ["report", str(run_dir)])
 
@@ -88,7 +94,7 @@ def test_a_recipe_scored_only_by_its_own_function_gets_a_report_of_that_function
     search = start_search(recipe, run_dir, SearchOptions(evaluations=4, quiet=True))
     search.run()
 
-    report = search.finish()
+    report = finish_run(search)
 
     assert [r["role"] for r in report["rows"]] == ["parent"] * 5 + ["start", "winner"]
     assert all(list(r["scores"]) == ["custom.sharpness"] for r in report["rows"])

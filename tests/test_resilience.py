@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.search import SearchOptions, resume_search, start_search
-from evomerge.store import RunStore
+from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.store import RunStore
 
 BLOCKING_FITNESS = textwrap.dedent('''
     import os

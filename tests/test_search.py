@@ -14,11 +14,13 @@ from mergekit.config import MergeConfiguration
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import LMEvalScorer, TaskSuite
-from evomerge.recipe import load_recipe
-from evomerge.search import SearchOptions, start_search
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.model import load_recipe
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.searchers import make_searcher
-from evomerge.store import RunStore
 
 FAST = {"eval": {"limit": 30}, "searcher": {"name": "cma", "popsize": 4}}
 
@@ -32,7 +34,7 @@ def _search(recipe, run_dir, evaluations=8, **options):
 @pytest.mark.slow
 def test_shortened_demo_winner_beats_the_starting_point_and_every_parent(demo_recipe, tmp_path):
     search = _search(demo_recipe(), tmp_path / "run", evaluations=16)
-    report = search.finish()
+    report = finish_run(search)
     rows = {r["role"]: r for r in report["rows"] if r["role"] != "parent"}
     parents = [r for r in report["rows"] if r["role"] == "parent"]
     winner = rows["winner"]
@@ -45,7 +47,7 @@ def test_shortened_demo_winner_beats_the_starting_point_and_every_parent(demo_re
 def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_recipe, tmp_path):
     run = tmp_path / "run"
     search = _search(demo_recipe(**FAST), run)
-    search.finish()
+    finish_run(search)
     assert (run / "recipe.yaml").read_text() == (tmp_path / "demo.yaml").read_text()
     rows = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(8))

@@ -11,10 +11,11 @@ import optuna
 import pytest
 
 from evomerge.errors import EvomergeError
-from evomerge.recipe import SearcherSpec
-from evomerge.search import SearchOptions, resume_search, start_search
+from evomerge.outputs.scoreboard import finish_run
+from evomerge.recipe.model import SearcherSpec
+from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.store import RunStore
 from evomerge.searchers import SEARCHERS, make_searcher
-from evomerge.store import RunStore
 
 CONFIGS = {
     "cma": {"name": "cma", "popsize": 4},
@@ -167,7 +168,7 @@ def test_a_multi_objective_run_writes_the_pareto_front_of_its_evaluations(demo_r
                          searcher={"name": "optuna", "sampler": "nsga2", "batch": 4})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
-    report = search.finish()
+    report = finish_run(search)
     front = json.loads((tmp_path / "run" / "front.json").read_text())
     assert front == report["front"] and front
     evaluations = [e for e in RunStore.open(tmp_path / "run").evaluations() if e.ok]

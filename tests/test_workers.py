@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from evomerge.cli import main
-from evomerge.search import SearchOptions, start_search
-from evomerge.store import RunStore
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import LMEvalScorer, TaskSuite
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
 from evomerge.zoo.build import ZooSettings, build_zoo
 from evomerge.zoo.skills import ALPHABET, SKILLS, write_task_data

@@ -1,4 +1,9 @@
-"""Interchangeable searchers behind one ask/tell protocol; chosen by name in the recipe."""
+"""Interchangeable searchers behind one ask/tell protocol; chosen by name in the recipe.
+
+A searcher sees plain vectors in the unit cube and fitness tuples, nothing else: no lm-eval,
+no mergekit, no recipe (import-linter holds it to that). One module per searcher; genetic
+operators are small classes that receive their random generator.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,25 @@ from typing import Dict, Optional, Sequence, Type
 
 import numpy as np
 
-from evomerge.errors import EvomergeError, did_you_mean
-from evomerge.recipe import SECTION, SearcherSpec, validated
-from evomerge.searchers.base import Fitness, GeneInfo, Proposal, Searcher, SearcherOptions
+from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
+from evomerge.searchers.base import (
+    Fitness,
+    GeneInfo,
+    Proposal,
+    Searcher,
+    SearcherOptions,
+)
 from evomerge.searchers.cma import CMAES
 from evomerge.searchers.ga import GeneticAlgorithm
 from evomerge.searchers.llm import LLMSearch
 from evomerge.searchers.optuna import OptunaSearch, RandomSearch
+from evomerge.searchers.spec import SearcherSpec
 
 SEARCHERS: Dict[str, Type[Searcher]] = {cls.name: cls for cls in (CMAES, GeneticAlgorithm, LLMSearch, OptunaSearch,
                                                                    RandomSearch)}
 
-__all__ = ["SEARCHERS", "Fitness", "Proposal", "Searcher", "make_searcher", "searcher_options"]
+__all__ = ["SEARCHERS", "Fitness", "GeneInfo", "Proposal", "Searcher", "SearcherOptions", "SearcherSpec", "make_searcher",
+           "searcher_options"]
 
 
 def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[Path] = None) -> SearcherOptions:

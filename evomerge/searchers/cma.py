@@ -15,7 +15,13 @@ import cma
 import numpy as np
 from pydantic import PositiveFloat, PositiveInt
 
-from evomerge.searchers.base import Fitness, GenerationalSearcher, Proposal, SearcherOptions, scalar
+from evomerge.searchers.base import (
+    Fitness,
+    GenerationalSearcher,
+    Proposal,
+    SearcherOptions,
+    scalar,
+)
 
 
 class CMAOptions(SearcherOptions):

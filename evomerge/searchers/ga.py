@@ -25,7 +25,13 @@ from typing import List, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field, PositiveInt
 
-from evomerge.searchers.base import Fitness, GenerationalSearcher, Proposal, SearcherOptions, scalar
+from evomerge.searchers.base import (
+    Fitness,
+    GenerationalSearcher,
+    Proposal,
+    SearcherOptions,
+    scalar,
+)
 from evomerge.searchers.operators import (
     BlendCrossover,
     DifferentialMutation,

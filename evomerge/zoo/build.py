@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import LMEvalScorer, TaskSuite
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe import EvalSpec
+from evomerge.recipe.model import EvalSpec
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 from evomerge.zoo.tokenizer import build_tokenizer
@@ -117,8 +118,8 @@ def _uniform_merge_accuracy(out: Path, suite: TaskSuite) -> Dict[str, float]:
     """Report accuracy of task arithmetic with every specialist at MERGE_WEIGHT, merged in memory."""
     from mergekit.config import MergeConfiguration
 
-    from evomerge.materialize import Materializer
-    from evomerge.space import Candidate
+    from evomerge.merge.materializer import Materializer
+    from evomerge.recipe.space import Candidate
 
     merge = MergeConfiguration.model_validate({
         "merge_method": "task_arithmetic",

@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
-from evomerge.noise import add_noise, layer_positions, relative_std
-from evomerge.space import Candidate
+from evomerge.merge.noise import add_noise, layer_positions, relative_std
+from evomerge.recipe.space import Candidate
 
 RECIPE_FILE = "mergekit_config.yml"
 
@@ -47,7 +47,7 @@ def _add_noise_to_folder(candidate: Candidate, out: Path, options: MergeOptions)
 
 def write_in_memory(candidate: Candidate, out: Path, device: Optional[str] = None, trust_remote_code: bool = False) -> None:
     """The resident-model path: materialize in memory, then save the resident model."""
-    from evomerge.materialize import Materializer
+    from evomerge.merge.materializer import Materializer
 
     materializer = Materializer(candidate.merge, device=device, trust_remote_code=trust_remote_code)
     materializer.materialize(candidate)

@@ -14,8 +14,8 @@ from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 from safetensors import safe_open
 
-from evomerge import layout
 from evomerge.errors import EvomergeError
+from evomerge.recipe import layout
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

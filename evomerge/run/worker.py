@@ -15,16 +15,18 @@ import time
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-
 import torch
 
 from evomerge.errors import EvomergeError, mergekit_refusals
-from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite, load_custom_fitness
-from evomerge.materialize import Materializer
-from evomerge.pool import Bar, Outcome, Step
-from evomerge.racing import Race, RaceResult, check_averaged
-from evomerge.recipe import SECTION, Recipe
-from evomerge.space import SearchSpace
+from evomerge.merge.materializer import Materializer
+from evomerge.recipe.custom_fitness import load_custom_fitness
+from evomerge.recipe.model import SECTION, Recipe
+from evomerge.recipe.space import SearchSpace
+from evomerge.run.pool import Outcome, Step
+from evomerge.scoring.fitness import Metrics, Objective
+from evomerge.scoring.racing import Bar, Race, RaceResult, check_averaged
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
 
 
 def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:

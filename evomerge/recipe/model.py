@@ -15,12 +15,20 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
-from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
+from evomerge.searchers.spec import SearcherSpec
 
-SECTION = "evomerge"
 MODEL_KEYS = {"model", "base_model", "tokenizer_source", "source"}
 
 
@@ -173,16 +181,6 @@ class EvalSpec(_Strict):
         return self
 
 
-class SearcherSpec(BaseModel):
-    """The searcher's name plus its own options, which the searcher validates."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = "cma"
-
-    def options(self) -> Dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
 class BudgetSpec(_Strict):
     evaluations: PositiveInt
 
@@ -296,53 +294,6 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
             path=path, key="merge_method",
         ) from None
     return config
-
-
-def validated(model: type, raw: Any, path: Optional[Path], prefix: Optional[str]):
-    """A pydantic model from raw data, or one EvomergeError naming the file, the key and what was expected."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = _dotted(([prefix] if prefix else []) + list(first["loc"]))
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            fields = _fields_at(model, first["loc"][:-1])
-            message = f"unknown key{did_you_mean(str(first['loc'][-1]), fields)}"
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
-            message = f"{message}, got {first['input']!r}"
-        raise EvomergeError(message, path=path, key=key) from None
-    except (RuntimeError, ValueError, TypeError) as error:  # mergekit's validators raise these
-        raise EvomergeError(str(error), path=path, key=prefix) from None
-
-
-def _dotted(loc: List[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _fields_at(model: type, loc: Tuple[Any, ...]) -> List[str]:
-    """The field names of the nested model at `loc`, for a 'did you mean'."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        nested = [a for a in _flatten_annotation(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
-
-
-def _flatten_annotation(annotation: Any) -> List[Any]:
-    args = getattr(annotation, "__args__", None)
-    if not args:
-        return [annotation]
-    return [leaf for arg in args for leaf in _flatten_annotation(arg)]
 
 
 def _resolve_model_paths(node: Any, base: Path) -> Any:

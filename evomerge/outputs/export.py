@@ -17,11 +17,11 @@ from mergekit import merge_methods
 from mergekit.options import MergeOptions
 
 from evomerge.errors import EvomergeError
-from evomerge.model_folder import RECIPE_FILE, write_with_mergekit
-from evomerge.recipe import load_recipe
-from evomerge.scoreboard import render_markdown
-from evomerge.space import Candidate, SearchSpace
-from evomerge.store import Evaluation, RunStore
+from evomerge.merge.write import RECIPE_FILE, write_with_mergekit
+from evomerge.outputs.scoreboard import render_markdown
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.run.store import Evaluation, RunStore
 
 FITNESS_IMAGE = "fitness.png"
 
@@ -54,7 +54,7 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False) -> 
 
 
 def _fitness_image(store: RunStore) -> Path:
-    from evomerge.report import write_report
+    from evomerge.outputs.report import write_report
 
     image = store.directory / FITNESS_IMAGE
     if not image.is_file():

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evomerge.phylogeny import KINDS, Distances, tensor_place  # noqa: E402
+from evomerge.tree.distances import KINDS, Distances, tensor_place  # noqa: E402
 
 
 def draw_tree(tree, path: Path, scores: Optional[Dict[str, Dict[str, float]]] = None) -> Path:

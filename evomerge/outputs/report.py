@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evomerge.scoreboard import scored_on, summary, table
-from evomerge.space import NOISE, Gene
-from evomerge.store import Evaluation, RunStore
+from evomerge.outputs.scoreboard import scored_on, summary, table
+from evomerge.recipe.space import NOISE, Gene
+from evomerge.run.store import Evaluation, RunStore
 
 FITNESS_PNG = "fitness.png"
 PARAMETERS_PNG = "parameters.png"

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, TypeVar
 
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import load_custom_fitness
-from evomerge.parents import check_parents
-from evomerge.recipe import SECTION, Recipe
+from evomerge.recipe.custom_fitness import load_custom_fitness
+from evomerge.recipe.model import SECTION, Recipe
+from evomerge.recipe.parents import check_parents
+from evomerge.recipe.space import SearchSpace
 from evomerge.searchers import SearcherOptions, searcher_options
-from evomerge.space import SearchSpace
 
 T = TypeVar("T")
 

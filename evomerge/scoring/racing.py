@@ -32,15 +32,26 @@ searcher, so a search on a plateau keeps moving on estimates.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite
-from evomerge.pool import Bar
-from evomerge.recipe import RacingSpec
+from evomerge.recipe.model import RacingSpec
+from evomerge.scoring.fitness import Metrics, Objective
+from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.tasks import TaskSuite
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The fully scored candidate a raced one must beat: its fitness, its custom terms and its
+    per-document scores of the fitness's terms in the run's document order (task -> key -> values)."""
+
+    fitness: float
+    custom: float = 0.0
+    scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ every model at a time, each file opened only for the read, so what is held is bo
 one model, whatever the number of models.
 The tree is Biopython's neighbor joining.
 """
-
 from __future__ import annotations
 
 import csv
@@ -203,58 +202,6 @@ def measure_distances(models: Sequence[ModelWeights], budget_bytes: Optional[int
     return Distances([m.name for m in models], [tensors[t] for t in kept], per_tensor[kept], buffer.nbytes)
 
 
-def neighbor_joining(distances: Distances, root: Optional[str] = None):
-    """Biopython's neighbor-joining tree, rooted at `root` (an outgroup) or else at its midpoint.
-
-    Neighbor joining can give slightly negative branch lengths when the distances are not
-    exactly additive; they are set to zero, as is usual.
-    """
-    from Bio.Phylo.TreeConstruction import DistanceMatrix, DistanceTreeConstructor
-
-    matrix = distances.matrix
-    lower = [[float(matrix[i, j]) for j in range(i + 1)] for i in range(len(distances.names))]
-    tree = DistanceTreeConstructor().nj(DistanceMatrix(list(distances.names), lower))
-    if root is not None:
-        tree.root_with_outgroup(root)
-    else:
-        tree.root_at_midpoint()
-    for clade in tree.find_clades():
-        if not clade.is_terminal():
-            clade.name = None
-        if clade.branch_length is not None and clade.branch_length < 0:
-            clade.branch_length = 0.0
-    tree.rooted = True
-    return tree
-
-
-def suggest_layer_groups(profile: Sequence[float], groups: int) -> List[Tuple[int, int]]:
-    """The split of the layers into `groups` contiguous ranges [start, end) that best separates
-    layers that differ much from layers that differ little (least squares, by dynamic programming)."""
-    values = np.asarray(profile, dtype=float)
-    n = len(values)
-    if not 1 <= groups <= n:
-        raise EvomergeError(f"expected between 1 and {n} groups (the models have {n} layers), got {groups}",
-                            key="--suggest-groups")
-    prefix, prefix_sq = np.concatenate([[0], np.cumsum(values)]), np.concatenate([[0], np.cumsum(values**2)])
-
-    def cost(a: int, b: int) -> float:  # squared deviation of values[a:b] from their mean
-        return prefix_sq[b] - prefix_sq[a] - (prefix[b] - prefix[a]) ** 2 / (b - a)
-
-    best = np.full((groups + 1, n + 1), np.inf)
-    cut = np.zeros((groups + 1, n + 1), dtype=int)
-    best[0, 0] = 0.0
-    for k in range(1, groups + 1):
-        for b in range(k, n + 1):
-            options = [best[k - 1, a] + cost(a, b) for a in range(k - 1, b)]
-            cut[k, b] = k - 1 + int(np.argmin(options))
-            best[k, b] = min(options)
-    ranges, end = [], n
-    for k in range(groups, 0, -1):
-        ranges.append((int(cut[k, end]), end))
-        end = int(cut[k, end])
-    return ranges[::-1]
-
-
 def write_tables(distances: Distances, out: Path) -> Tuple[Path, Path]:
     """distances.csv (the matrix) and layers.csv (each model against its nearest relative)."""
     names = distances.names
@@ -272,76 +219,3 @@ def write_tables(distances: Distances, out: Path) -> Tuple[Path, Path]:
             for (layer, kind), value in sorted(distances.cells(i, j).items(), key=lambda c: (c[0][0] is not None, c[0])):
                 writer.writerow([names[i], names[j], "" if layer is None else layer, kind, f"{value:.6g}"])
     return matrix_path, layers_path
-
-
-def score_models(models: Sequence[ModelWeights], tasks: Sequence[str], task_paths: Sequence[Path],
-                 device: Optional[str] = None) -> Dict[str, Dict[str, float]]:
-    """The phenotype: model name -> task -> its main metric (`acc` when the task has it), one model loaded at a time."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from evomerge.evaluate import LMEvalScorer, TaskSuite
-
-    for path in task_paths:
-        if not Path(path).is_dir():
-            raise EvomergeError(f"expected a folder of lm-eval task YAML files, found nothing at {path}", key="--task-path")
-    suite = TaskSuite(tasks, task_paths, key="--tasks")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scores = {}
-    for weights in models:
-        model = AutoModelForCausalLM.from_pretrained(weights.folder, dtype=torch.float32).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(weights.folder)
-        metrics = LMEvalScorer(suite, model, tokenizer).score()
-        scores[weights.name] = {task: _main_metric(values) for task, values in metrics.items()}
-        del model
-    return scores
-
-
-def _same_model(a: str, b: str) -> bool:
-    return a == b or (Path(a).is_dir() and Path(b).is_dir() and Path(a).resolve() == Path(b).resolve())
-
-
-def _main_metric(values: Dict[str, float]) -> float:
-    if "acc" in values:
-        return values["acc"]
-    return next(value for name, value in values.items() if not name.endswith("_stderr"))
-
-
-def write_family_tree(references: Sequence[str], out: Path, *, reference: Optional[str] = None,
-                      tasks: Sequence[str] = (), task_paths: Sequence[Path] = (),
-                      device: Optional[str] = None) -> Tuple[Distances, List[Path]]:
-    """tree.nwk, tree.png, distances.csv, layers.csv, layers.png (and scores.csv with tasks) in `out`.
-
-    A `reference` not among the models joins them as a leaf; the tree is rooted at it.
-    """
-    from Bio import Phylo
-
-    from evomerge.tree_plots import draw_layers, draw_tree
-
-    references = list(references)
-    same = [r for r in references if reference is not None and _same_model(r, reference)]
-    if reference is not None and not same:
-        references.append(reference)
-    models = open_models(references)
-    root = models[references.index(same[0] if same else reference)].name if reference is not None else None
-    scores = score_models(models, tasks, task_paths, device) if tasks else None
-    distances = measure_distances(models)
-    tree = neighbor_joining(distances, root)
-    out.mkdir(parents=True, exist_ok=True)
-    newick = out / "tree.nwk"
-    Phylo.write(tree, newick, "newick")
-    files = [newick, *write_tables(distances, out)]
-    files.append(draw_tree(tree, out / "tree.png", scores))
-    files.append(draw_layers(distances, out / "layers.png"))
-    if scores:
-        files.append(_write_scores(scores, out / "scores.csv"))
-    return distances, files
-
-
-def _write_scores(scores: Dict[str, Dict[str, float]], path: Path) -> Path:
-    tasks = list(next(iter(scores.values())))
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model"] + tasks)
-        for name, values in scores.items():
-            writer.writerow([name] + [f"{values[task]:.6g}" for task in tasks])
-    return path

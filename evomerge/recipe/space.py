@@ -16,12 +16,17 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 from mergekit import merge_methods
-from mergekit.config import ConditionalParameter, ConfigYamlDumper, MergeConfiguration, evaluate_setting
+from mergekit.config import (
+    ConditionalParameter,
+    ConfigYamlDumper,
+    MergeConfiguration,
+    evaluate_setting,
+)
 from mergekit.merge_methods.base import ParameterScope, ParameterSpec
 
-from evomerge import layout
 from evomerge.errors import EvomergeError, did_you_mean
-from evomerge.recipe import SECTION, GeneSpec, Recipe, resolve_model_path
+from evomerge.recipe import layout
+from evomerge.recipe.model import SECTION, GeneSpec, Recipe, resolve_model_path
 
 NOISE = "noise"
 

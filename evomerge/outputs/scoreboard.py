@@ -8,15 +8,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
-from evomerge.evaluate import LMEvalScorer, Metrics, Objective, TaskSuite, load_from_disk
-from evomerge.materialize import Materializer
-from evomerge.recipe import SECTION, Recipe
-from evomerge.space import Candidate
-from evomerge.store import Evaluation
+from evomerge.merge.materializer import Materializer
+from evomerge.recipe.model import SECTION, Recipe
+from evomerge.recipe.space import Candidate
+from evomerge.run.store import Evaluation
+
+if TYPE_CHECKING:
+    from evomerge.run.loop import Search
+from evomerge.scoring.fitness import Metrics, Objective
+from evomerge.scoring.scorer import LMEvalScorer, load_from_disk
+from evomerge.scoring.tasks import TaskSuite
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -166,3 +171,19 @@ def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
     (directory / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
     if "front" in report:
         (directory / FRONT_JSON).write_text(json.dumps(report["front"], indent=2) + "\n", encoding="utf-8")
+
+
+def finish_run(search: "Search") -> Dict[str, Any]:
+    """After the loop: score the report tasks for the parents, the start and the winner, store the
+    report and write the run's views and report files."""
+    best = search.store.ranked()[0]
+    worker = search.worker
+    report = build_report(
+        search.recipe, worker.materializer, worker.objective, search.start, best, search.space.decode(best.genotype),
+        search.store.evaluations(), budget=search.budget, separate=search.separate,
+        trust_remote_code=search.options.trust_remote_code, quiet=search.options.quiet)
+    search.store.put_report("report", report)
+    search.store.write_views()
+    write_report_files(search.store.directory, report)
+    search.store.set_meta("status", "done")
+    return report

@@ -41,16 +41,6 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Bar:
-    """The fully scored candidate a raced one must beat: its fitness, its custom terms and its
-    per-document scores of the fitness's terms in the run's document order (task -> key -> values)."""
-
-    fitness: float
-    custom: float = 0.0
-    scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class WorkerLost:
     """The worker's process died (killed, out of memory) during the call; the slot needs `restart`."""
 

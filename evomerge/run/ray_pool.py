@@ -14,7 +14,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from evomerge.errors import EvomergeError
-from evomerge.pool import WorkerLost
+from evomerge.run.pool import WorkerLost
 
 Factory = Callable[..., Any]  # factory(threads=...) -> a worker
 

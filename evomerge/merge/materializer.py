@@ -20,7 +20,6 @@ from typing import Any, Dict, Hashable, List, Literal, Mapping, Optional, Tuple,
 
 import torch
 import transformers
-from pydantic import BaseModel
 from mergekit import merge_methods
 from mergekit.architecture import get_architecture_info
 from mergekit.common import ImmutableMap, ModelReference, dtype_from_name
@@ -28,19 +27,22 @@ from mergekit.config import MergeConfiguration
 from mergekit.graph import Executor, Task, TaskUniverse
 from mergekit.io.tasks import LoaderCache, SaveTensor
 from mergekit.merge import _get_donor_model, _model_out_config, _update_config_vocab
-from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskArithmeticMerge
+from mergekit.merge_methods.generalized_task_arithmetic import (
+    GeneralizedTaskArithmeticMerge,
+)
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.options import MergeOptions
 from mergekit.plan import MergePlanner
 from mergekit.sparsify import SparsificationMethod
 from mergekit.tokenizer import BuildTokenizer, TokenizerInfo
+from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 
-from evomerge import layout
+from evomerge.merge.noise import add_noise, layer_positions, relative_std
 from evomerge.random_state import preserved_random_state
-from evomerge.noise import add_noise, layer_positions, relative_std
-from evomerge.space import Candidate
+from evomerge.recipe import layout
+from evomerge.recipe.space import Candidate
 
 PlanEntry = Tuple[str, ExecuteMergeMethodTask, Optional[str]]  # tensor name, merge task, output dtype
 

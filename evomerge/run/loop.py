@@ -23,15 +23,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from evomerge import scoreboard
 from evomerge.errors import EvomergeError
-from evomerge.pool import Bar, LocalPool, Pool, Step, WorkerLost
-from evomerge.racing import stops
-from evomerge.recipe import Recipe, load_recipe
+from evomerge.recipe.model import Recipe, load_recipe
+from evomerge.recipe.validate import check_search
+from evomerge.run.pool import LocalPool, Pool, Step, WorkerLost
+from evomerge.run.store import Evaluation, RunStore
+from evomerge.run.worker import Worker, scoring
+from evomerge.scoring.racing import Bar, stops
 from evomerge.searchers import Proposal, Searcher, make_searcher
-from evomerge.store import Evaluation, RunStore
-from evomerge.validate import check_search
-from evomerge.worker import Worker, scoring
 
 RECIPE_COPY = "recipe.yaml"
 VIEWS_EVERY = 5.0  # seconds between rewrites of the run's views while it runs
@@ -154,7 +153,7 @@ class Search:
         self._factory = worker_factory or self._make_worker
         self._local: Optional[Worker] = None
         if options.workers:
-            from evomerge.ray_pool import require_ray
+            from evomerge.run.ray_pool import require_ray
 
             require_ray()
             if worker_factory is None:
@@ -209,7 +208,7 @@ class Search:
     def _pool(self) -> Pool:
         if self._local is not None:
             return LocalPool(self._local)
-        from evomerge.ray_pool import RayPool
+        from evomerge.run.ray_pool import RayPool
 
         return RayPool(self._factory, self.options.workers, address=self.options.ray_address,
                        device=self.options.device)
@@ -369,17 +368,3 @@ class Search:
         if evaluation.failed:
             return None
         return tuple(evaluation.objectives) if self.separate else (evaluation.fitness,)
-
-    def finish(self) -> dict:
-        """Score the report (scoreboard.py) and store it; write the run's views."""
-        best = self.store.ranked()[0]
-        worker = self.worker
-        report = scoreboard.build_report(
-            self.recipe, worker.materializer, worker.objective, self.start, best, self.space.decode(best.genotype),
-            self.store.evaluations(), budget=self.budget, separate=self.separate,
-            trust_remote_code=self.options.trust_remote_code, quiet=self.options.quiet)
-        self.store.put_report("report", report)
-        self.store.write_views()
-        scoreboard.write_report_files(self.store.directory, report)
-        self.store.set_meta("status", "done")
-        return report

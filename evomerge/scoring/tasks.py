@@ -1,0 +1,136 @@
+"""lm-eval tasks loaded once per run, configured as `simple_evaluate` would, their requests built once.
+
+lm-eval's `simple_evaluate` rebuilds every task and reseeds the global random generators on
+each call; here the tasks are loaded once per run and their requests reused between candidates
+(the weights change, the prompts do not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+from evomerge import log_levels
+from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.random_state import preserved_random_state
+from evomerge.recipe.model import SECTION, EvalSpec
+
+
+def _reuse_requests(task) -> None:
+    """Build a task's requests once per run; later evaluations reset their responses and reuse them.
+
+    `lm_eval.evaluator.evaluate` rebuilds every request on every call, which for small
+    models costs as much as scoring them. The requests depend only on the documents and
+    the prompt settings, never on the weights, so they are built once here: once per task,
+    or once per document subset (`samples=`) when candidates are raced in stages. The
+    builds are kept on `task.build_all_requests.builds`, which a test reads.
+    """
+    build = task.build_all_requests
+    built = {}
+
+    def build_once(**kwargs):
+        key = repr(sorted(kwargs.items()))
+        if key not in built:
+            with silenced(True):  # its progress bar, once per task
+                build(**kwargs)
+            built[key] = task._instances
+            return
+        for instance in built[key]:
+            instance.resps.clear()
+            instance.filtered_resps.clear()
+        task._instances = built[key]
+
+    build_once.builds = built
+    task.build_all_requests = build_once
+
+
+@contextlib.contextmanager
+def silenced(enabled: bool) -> Iterator[None]:
+    """lm-eval prints a line and a progress bar for every bootstrapped standard error."""
+    if not enabled:
+        yield
+        return
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        yield
+
+
+class TaskSuite:
+    """lm-eval tasks loaded once from the recipe's include paths (and lm-eval's own if needed),
+    with the recipe's `num_fewshot` and `gen_kwargs` applied as `simple_evaluate` applies them."""
+
+    def __init__(self, names: Sequence[str], include_paths: Sequence[Path], *, source: Optional[Path] = None,
+                 key: str = f"{SECTION}.tasks", options: EvalSpec = EvalSpec(), seed: int = 0):
+        self.names = list(dict.fromkeys(names))
+        paths = [str(p) for p in include_paths]
+        with log_levels.at_least("lm_eval", logging.ERROR):
+            self._load(names, paths, source, key)
+            for task in self.tasks.values():
+                _configure(task, options, seed)
+        for task in self.tasks.values():
+            _reuse_requests(task)
+
+    def _load(self, names: Sequence[str], paths: List[str], source: Optional[Path], key: str) -> None:
+        from lm_eval.tasks import TaskManager
+
+        local = TaskManager(include_path=paths or None, include_defaults=False)
+        manager = local
+        if any(name not in local.all_tasks for name in self.names):
+            manager = TaskManager(include_path=paths or None, include_defaults=True)
+        for name in self.names:
+            if name not in manager.all_tasks:
+                listed = ", ".join(sorted(local.all_tasks)) if paths else ""
+                raise EvomergeError(
+                    f"unknown lm-eval task {name!r}{did_you_mean(name, manager.all_tasks)}"
+                    + (f"; tasks in the include paths: {listed}" if listed else ""),
+                    path=source,
+                    key=key,
+                )
+        with preserved_random_state():
+            loaded = manager.load(self.names)
+        self.tasks = loaded["tasks"]
+        if set(self.tasks) != set(self.names) or loaded["groups"]:
+            raise EvomergeError(
+                "task groups and tags are not supported here; name each task "
+                f"({', '.join(sorted(self.tasks))})",
+                path=source,
+                key=key,
+            )
+
+    def higher_is_better(self, task: str) -> Dict[str, bool]:
+        return dict(self.tasks[task].higher_is_better())
+
+    def documents(self, task: str, limit: Optional[int] = None) -> int:
+        """How many documents a full evaluation scores (lm-eval's `limit` counts per task)."""
+        total = len(self.tasks[task].eval_docs)
+        return min(total, limit) if limit else total
+
+    def averaged(self, task: str, metric: str) -> bool:
+        """Whether the metric is a mean over documents, so a subset's mean estimates it."""
+        from lm_eval.api.metrics import mean
+
+        return self.tasks[task].aggregation().get(metric) is mean
+
+    def filters(self, task: str) -> List[str]:
+        """The task's filter pipelines by name ('none' when it has none), as lm-eval keys its results."""
+        return [pipeline.name for pipeline in self.tasks[task]._filters]
+
+    def result_key(self, task: str, metric: str) -> str:
+        """Where `metric` is in the task's results: 'acc', or 'exact_match,strict' after a filter
+        (the first filter, as in lm-eval's own tables)."""
+        first = self.filters(task)[0]
+        return metric if first == "none" else f"{metric},{first}"
+
+
+def _configure(task, options: EvalSpec, seed: int) -> None:
+    """lm-eval's `simple_evaluate` overrides, once per run: generation settings, shots, the shot seed."""
+    if options.gen_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=dict(options.gen_kwargs), update=True)
+    if options.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=options.num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=seed)

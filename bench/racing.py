@@ -59,7 +59,7 @@ def _run(recipe: Path, run_dir: Path, evaluations: int) -> dict:
     search = start_search(recipe, run_dir, SearchOptions(evaluations=evaluations, quiet=True))
     search.run()
     seconds = time.perf_counter() - started
-    evaluations_ = search.store.evaluations()
+    evaluations_ = search.store.evaluations.finished()
     report = finish_run(search)
     winner = next(r for r in report["rows"] if r["role"] == "winner")
     # Wall time of an evaluation: when it was stored, from the first one's start.
@@ -76,7 +76,7 @@ def _extend(run: dict, run_dir: Path, target: float, step: int, cap: int) -> Non
     while _reach(run, target) is None and count < cap:
         search = resume_search(run_dir, evaluations=count + step, quiet=True)
         search.run()
-        run["evaluations"] = search.store.evaluations()
+        run["evaluations"] = search.store.evaluations.finished()
         count = len(run["evaluations"])
 
 

@@ -132,7 +132,7 @@ def main() -> None:
 
     search = start_search(recipe_path, work / "run", SearchOptions(evaluations=args.evaluations, quiet=True))
     search.run()
-    best = search.store.ranked()[0]
+    best = search.store.evaluations.ranked()[0]
     report_suite = TaskSuite(REPORT_TASKS, [TASKS_DIR])
     report_scorer = LMEvalScorer(report_suite, materializer.model, materializer.tokenizer,
                                  options=EvalSpec(batch_size=16), limit=100, bootstrap_iters=100)

@@ -69,7 +69,7 @@ def _compare(searchers: dict, args) -> None:
                                   SearchOptions(evaluations=args.evaluations, quiet=True))
             search.run()
             report = finish_run(search)
-            fitness = [e.fitness if e.ok else float("-inf") for e in search.store.evaluations()]
+            fitness = [e.fitness if e.ok else float("-inf") for e in search.store.evaluations.finished()]
             best_so_far = [max(fitness[: i + 1]) for i in range(len(fitness))]
             winner = next(r for r in report["rows"] if r["role"] == "winner")
             runs.append({"searcher": label, "seed": seed, "curve": best_so_far, "report": winner["mean"]})

@@ -72,7 +72,7 @@ def measured(work: Path, evaluations: int, threads: int) -> List[float]:
         started = time.time()
         start_search(recipe, work / f"a-{workers}", SearchOptions(evaluations=evaluations, quiet=True,
                                                                  workers=workers)).run()
-        done = RunStore.open(work / f"a-{workers}").evaluations()
+        done = RunStore.open(work / f"a-{workers}").evaluations.finished()
         per = [e.materialize_seconds + e.evaluate_seconds for e in done]
         first = min(done, key=lambda e: e.created)
         startup = first.created - first.materialize_seconds - first.evaluate_seconds - started
@@ -104,7 +104,7 @@ def simulated(work: Path, costs: List[float], median: float, total: int, sizes: 
             run_dir = work / f"b-{tag}"
             start_search(recipe, run_dir, SearchOptions(evaluations=total, quiet=True, workers=size),
                          worker_factory=lambda threads=None: SleepWorker(scaled, seed=size)).run()
-            done = RunStore.open(run_dir).evaluations()
+            done = RunStore.open(run_dir).evaluations.finished()
             begin = min(e.created - e.evaluate_seconds for e in done)
             end = max(e.created for e in done)
             busy = sum(e.evaluate_seconds for e in done)

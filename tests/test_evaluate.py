@@ -83,7 +83,7 @@ def test_a_generation_task_is_the_fitness_and_its_report_split_the_table(demo_re
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True))
     search.run()
     report = finish_run(search)
-    for evaluation in RunStore.open(tmp_path / "run").evaluations():
+    for evaluation in RunStore.open(tmp_path / "run").evaluations.finished():
         assert evaluation.fitness == evaluation.metrics["zoo_rev_gen_search"]["exact_match,first_word"]
     rev = next(r for r in report["rows"] if r["name"] == "rev")
     assert rev["scores"]["zoo_rev_gen_report"]["metric"] == "exact_match"

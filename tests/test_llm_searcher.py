@@ -118,7 +118,7 @@ def test_a_search_against_the_endpoint_spends_its_budget_and_resumes(llm, demo_r
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True)).run()
     asked = len(fake.requests)
     resume_search(tmp_path / "run", evaluations=10, quiet=True).run()
-    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     assert [e.id for e in evaluations] == list(range(10)) and all(e.ok for e in evaluations)
     assert len(fake.requests) == asked + 1  # the interrupted generation was not asked again
     assert evaluations[0].operator == "start" and {e.operator for e in evaluations[1:]} == {"llm"}

@@ -19,6 +19,7 @@ from evomerge.recipe.model import RacingSpec, TaskSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run.worker import Worker
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.racing import Bar, Race, RaceResult, stops
 from evomerge.scoring.scorer import LMEvalScorer
@@ -51,7 +52,7 @@ def test_staged_scores_equal_a_plain_lm_eval_run_on_the_same_documents(resident)
     for task in TASKS:
         assert len(staged[task]["acc"]) == len(first[task]) == 30
         assert sum(staged[task]["acc"]) / 30 == plain[task]["acc,none"]
-    whole = race.run(bar=None)
+    *_, whole = race.stages_scored()
     assert whole.complete and whole.documents == 300 and whole.upper == pytest.approx(whole.estimate)
     assert all({"acc", "acc_stderr"} <= set(whole.metrics[task]) for task in TASKS)
     full = scorer.score()
@@ -89,17 +90,23 @@ def test_requests_are_built_once_per_stage_whatever_the_number_of_candidates(res
     race = Race(RacingSpec(), scorer, objective, seed=0)
     for value in (0.0, 0.5, 1.0):
         materializer.materialize(space.decode(space.from_unit([value] * space.dimension)))
-        race.run(bar=None)
+        list(race.stages_scored())
     for task in TASKS:
         assert len(scorer.suite.tasks[task].build_all_requests.builds) == len(race.stages)
 
 
-def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(resident):
-    _, _, _, scorer, objective = resident
-    race = Race(RacingSpec(), scorer, objective, seed=0)
-    hopeless = race.run(Bar(2.0))  # above any fitness two accuracies at weight 0.5 can reach
-    assert not hopeless.complete and hopeless.documents == 38 and hopeless.upper < 2.0
-    assert race.run(Bar(-1.0)).complete
+def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(demo_recipe):
+    recipe = load_recipe(demo_recipe(tasks=[{"name": t, "metric": "acc", "weight": 0.5} for t in TASKS],
+                                     eval={"racing": True}))
+    worker = Worker(recipe)
+    start = worker.space.x0.tolist()
+    hopeless = Bar(2.0)  # above any fitness two accuracies at weight 0.5 can reach
+    step = worker.begin(start, hopeless)
+    assert step.stage == 1 and step.outcome is None and stops(None, hopeless.fitness + step.margin, step.upper)
+    stopped = worker.stop().outcome
+    assert stopped.status == "raced" and stopped.documents == 38 and stopped.fitness == step.estimate
+    step = worker.begin(start, Bar(-1.0))
+    assert not stops(None, -1.0 + step.margin, step.upper)
 
 
 def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winner(demo_recipe, tmp_path):
@@ -107,7 +114,7 @@ def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winn
                          searcher={"name": "ga", "population": 6, "elitism": 1})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=18, quiet=True))
     best = search.run()
-    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     raced = [e for e in evaluations if e.raced]
     full = 4 * 150
     assert raced and all(0 < e.documents < full and e.fitness is not None for e in raced)
@@ -135,7 +142,7 @@ def test_optunas_pruner_sees_every_stage_and_prunes_instead_of_the_bar(demo_reci
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True))
     search.run()
     trials = search.searcher.study.trials
-    raced = {e.id for e in search.store.evaluations() if e.raced}
+    raced = {e.id for e in search.store.evaluations.finished() if e.raced}
     assert raced and {t.number for t in trials if t.state.name == "PRUNED"} == raced
     assert all(set(t.intermediate_values) == {1, 2} for t in trials if t.state.name == "COMPLETE")
     assert all(max(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")
@@ -150,7 +157,7 @@ def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):
 def test_a_paired_bound_compares_document_by_document_with_the_bars_own_scores(resident):
     _, space, materializer, scorer, objective = resident
     race = Race(RacingSpec(stages=[0.25, 0.5, 1.0]), scorer, objective, seed=0)  # a first stage of 38 documents
-    whole = race.run(bar=None)
+    *_, whole = race.stages_scored()
     bar = Bar(whole.estimate, scores=whole.scores)
     first = next(race.stages_scored())
     n = {task: len(first.scores[task]["acc"]) for task in TASKS}
@@ -190,7 +197,7 @@ def test_no_bound_exceeds_what_the_candidate_reaches_by_scoring_best_on_every_do
 
 def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_standard_errors(resident):
     _, _, _, scorer, objective = resident
-    whole = Race(RacingSpec(), scorer, objective, seed=0).run(bar=None)
+    *_, whole = Race(RacingSpec(), scorer, objective, seed=0).stages_scored()
     bar = Bar(whole.estimate, scores=whole.scores)
     stderr = math.sqrt(sum(0.25 * np.var(whole.scores[t]["acc"], ddof=1) / 150 for t in TASKS))
     assert stderr > 0, "the demo's start misses some documents"
@@ -198,6 +205,8 @@ def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_st
     assert race.margin_of(bar) == pytest.approx(2.0 * stderr)
     assert race.margin_of(Bar(whole.estimate)) == 0.0  # no per-document scores, no standard error
     # The same model against itself: no margin, it is scored in full (it may tie); with one, it stops early.
-    assert Race(RacingSpec(), scorer, objective, seed=0).run(bar).complete
-    same = race.run(bar)
-    assert not same.complete and same.estimate == pytest.approx(whole.estimate, abs=0.1)
+    plain = Race(RacingSpec(), scorer, objective, seed=0)
+    assert not any(stops(None, bar.fitness, plain.upper(stage, bar)) for stage in plain.stages_scored() if not stage.complete)
+    stopped = next((stage for stage in race.stages_scored()
+                    if not stage.complete and stops(None, bar.fitness + race.margin_of(bar), race.upper(stage, bar))), None)
+    assert stopped is not None and stopped.estimate == pytest.approx(whole.estimate, abs=0.1)

@@ -120,7 +120,7 @@ def test_a_searcher_that_records_parents_gets_the_winners_family_tree(tmp_path):
 
 
 def test_the_ancestry_follows_recorded_parents_back_from_the_winner(tmp_path):
-    evaluations = {e.id: e for e in _lineage_store(tmp_path / "run").evaluations()}
+    evaluations = {e.id: e for e in _lineage_store(tmp_path / "run").evaluations.finished()}
 
     edges = ancestry(evaluations, root=8)
 
@@ -135,7 +135,7 @@ def test_the_ancestry_follows_recorded_parents_back_from_the_winner(tmp_path):
 def test_a_long_line_of_descent_is_cut_to_the_recent_ancestors(tmp_path):
     chain = {i: (i - 1,) for i in range(1, 10)}
     store = _lineage_store(tmp_path / "run", generations=range(10), family=chain)
-    evaluations = {e.id: e for e in store.evaluations()}
+    evaluations = {e.id: e for e in store.evaluations.finished()}
     store.close()
 
     assert ancestry(evaluations, root=9, depth=3) == [(9, 8), (8, 7), (7, 6)]

@@ -75,7 +75,7 @@ def _start_cli(recipe: Path, run_dir: Path, evaluations: int, block_at: int) -> 
 
 
 def _history(run_dir: Path):
-    return [(e.id, e.genotype, e.fitness, e.status) for e in RunStore.open(run_dir).evaluations()]
+    return [(e.id, e.genotype, e.fitness, e.status) for e in RunStore.open(run_dir).evaluations.finished()]
 
 
 @pytest.mark.slow
@@ -87,7 +87,7 @@ def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(d
     process = _start_cli(recipe, tmp_path / "killed", 12, block_at=6)  # the 2nd of 4 in generation 1
     process.send_signal(signal.SIGKILL)
     process.wait()
-    stored = RunStore.open(tmp_path / "killed").evaluations()
+    stored = RunStore.open(tmp_path / "killed").evaluations.finished()
     assert [e.id for e in stored] == [0, 1, 2, 3, 4]
     stored_at = {e.id: e.created for e in stored}
 
@@ -95,7 +95,7 @@ def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(d
     best = resumed.run()
     assert _history(tmp_path / "killed") == _history(tmp_path / "reference")
     assert (best.id, best.genotype, best.fitness) == (reference_best.id, reference_best.genotype, reference_best.fitness)
-    after = {e.id: e.created for e in RunStore.open(tmp_path / "killed").evaluations()}
+    after = {e.id: e.created for e in RunStore.open(tmp_path / "killed").evaluations.finished()}
     assert all(after[i] == created for i, created in stored_at.items()), "a stored evaluation was redone"
 
 
@@ -109,11 +109,11 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(demo_recipe, tmp_path):
     assert process.returncode == 130
     assert f"evomerge resume {run_dir}" in stderr
     store = RunStore.open(run_dir)
-    assert store.meta("status") == "interrupted" and store.count() == 2
+    assert store.meta("status") == "interrupted" and store.evaluations.count() == 2
     result = CliRunner().invoke(main, ["resume", str(run_dir), "--quiet"])
     assert result.exit_code == 0, result.output
     store = RunStore.open(run_dir)
-    assert store.count() == 8 and store.meta("status") == "done"
+    assert store.evaluations.count() == 8 and store.meta("status") == "done"
 
 
 def test_a_second_search_into_a_run_directory_is_refused(demo_recipe, tmp_path):
@@ -127,7 +127,7 @@ def test_failing_candidates_are_stored_and_the_search_goes_on(demo_recipe, tmp_p
     recipe = _recipe(demo_recipe, tmp_path, FLAKY_FITNESS)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     best = search.run()
-    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     failed = [e for e in evaluations if not e.ok]
     assert len(evaluations) == 8 and len(failed) == 4
     assert {e.error.split(":")[0] for e in failed} == {"OutOfMemoryError", "ValueError"}
@@ -145,7 +145,7 @@ def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path
     text = recipe.read_text().replace("merge_method: task_arithmetic", "merge_method: della")
     recipe.write_text(text)
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True)).run()
-    errors = [e.error for e in RunStore.open(tmp_path / "run").evaluations() if not e.ok]
+    errors = [e.error for e in RunStore.open(tmp_path / "run").evaluations.finished() if not e.ok]
     assert errors and all("Epsilon must be chosen" in e for e in errors)
 
 
@@ -155,7 +155,7 @@ def test_a_generation_where_every_candidate_fails_stops_with_the_first_error(dem
     with pytest.raises(EvomergeError, match="the last 4 candidates \(a generation\) all failed; the first of them: ValueError: boom"):
         search.run()
     store = RunStore.open(tmp_path / "run")
-    assert store.count() == 4 and store.meta("status") == "failed"
+    assert store.evaluations.count() == 4 and store.meta("status") == "failed"
 
 
 def _resaved(source: Path, target: Path, **config_changes) -> Path:
@@ -211,5 +211,5 @@ def test_a_run_from_before_the_event_log_is_refused_in_one_line_without_loading_
     result = CliRunner().invoke(main, ["resume", str(run_dir)])
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: {run_dir / 'run.db'}: this run was made by an older evomerge (run format 1, "
-                                     "expected 2); its searcher checkpoints are pickles, which evomerge no longer "
+                                     "expected 3); its searcher checkpoints are pickles, which evomerge no longer "
                                      "loads: start a new run")

@@ -59,22 +59,22 @@ def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_r
     best = yaml.safe_load((run / "best.yaml").read_text())
     assert best.pop("evomerge") == {"seed": 0}
     MergeConfiguration.model_validate(best)
-    assert max(r["fitness"] for r in rows) == RunStore.open(run).ranked()[0].fitness
+    assert max(r["fitness"] for r in rows) == RunStore.open(run).evaluations.ranked()[0].fitness
     assert (run / "report.md").read_text().startswith("# evomerge search report")
 
 
 def test_the_same_seed_gives_the_same_run(demo_recipe, tmp_path):
     recipe = demo_recipe(**FAST)
-    first = RunStore.open(_search(recipe, tmp_path / "a", evaluations=6).store.directory).evaluations()
-    second = RunStore.open(_search(recipe, tmp_path / "b", evaluations=6).store.directory).evaluations()
+    first = RunStore.open(_search(recipe, tmp_path / "a", evaluations=6).store.directory).evaluations.finished()
+    second = RunStore.open(_search(recipe, tmp_path / "b", evaluations=6).store.directory).evaluations.finished()
     assert [(e.genotype, e.fitness) for e in first] == [(e.genotype, e.fitness) for e in second]
-    other = RunStore.open(_search(recipe, tmp_path / "c", evaluations=6, seed=1).store.directory).evaluations()
+    other = RunStore.open(_search(recipe, tmp_path / "c", evaluations=6, seed=1).store.directory).evaluations.finished()
     assert [e.genotype for e in other] != [e.genotype for e in first]
 
 
 def test_a_lower_is_better_metric_counts_against_the_fitness(demo_recipe, tmp_path):
     recipe = demo_recipe(**FAST, tasks=[{"name": "zoo_rev_search", "metric": "perplexity", "weight": 2.0}])
-    evaluation = RunStore.open(_search(recipe, tmp_path / "run", evaluations=1).store.directory).evaluations()[0]
+    evaluation = RunStore.open(_search(recipe, tmp_path / "run", evaluations=1).store.directory).evaluations.finished()[0]
     assert evaluation.fitness == pytest.approx(-2.0 * evaluation.metrics["zoo_rev_search"]["perplexity"])
 
 
@@ -92,7 +92,7 @@ def test_a_custom_fitness_function_named_in_the_recipe(demo_recipe, tmp_path):
             return {"logit_scale": float(model(input_ids=ids).logits.std()), "one": 1.0}
     '''))
     recipe = demo_recipe(**FAST, tasks=[{"name": "zoo_rev_search", "metric": "acc"}], fitness="my_fitness:score")
-    evaluation = RunStore.open(_search(recipe, tmp_path / "run", evaluations=2).store.directory).evaluations()[0]
+    evaluation = RunStore.open(_search(recipe, tmp_path / "run", evaluations=2).store.directory).evaluations.finished()[0]
     custom = evaluation.metrics["custom"]
     assert set(custom) == {"custom.logit_scale", "custom.one"}
     assert evaluation.fitness == pytest.approx(evaluation.metrics["zoo_rev_search"]["acc"] + sum(custom.values()))

@@ -123,8 +123,8 @@ def test_each_searcher_runs_a_real_search_and_resumes_after_a_truncated_generati
     start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=10, quiet=True)).run()
     start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=6, quiet=True)).run()
     resume_search(tmp_path / "stopped", evaluations=10, quiet=True).run()
-    whole = RunStore.open(tmp_path / "whole").evaluations()
-    resumed = RunStore.open(tmp_path / "stopped").evaluations()
+    whole = RunStore.open(tmp_path / "whole").evaluations.finished()
+    resumed = RunStore.open(tmp_path / "stopped").evaluations.finished()
     assert [(e.genotype, e.fitness, e.parents, e.operator) for e in resumed] == \
            [(e.genotype, e.fitness, e.parents, e.operator) for e in whole]
     assert len(whole) == 10 and all(e.ok for e in whole)
@@ -135,7 +135,7 @@ def test_each_searcher_runs_a_real_search_and_resumes_after_a_truncated_generati
 def test_the_genetic_algorithm_records_lineage(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 20}, searcher={"name": "ga", "population": 5, "elitism": 2})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=14, quiet=True)).run()
-    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     first = evaluations[:5]
     assert [e.operator for e in first] == ["start"] + ["init"] * 4 and all(not e.parents for e in first)
     children = evaluations[5:]
@@ -171,7 +171,7 @@ def test_a_multi_objective_run_writes_the_pareto_front_of_its_evaluations(demo_r
     report = finish_run(search)
     front = json.loads((tmp_path / "run" / "front.json").read_text())
     assert front == report["front"] and front
-    evaluations = [e for e in RunStore.open(tmp_path / "run").evaluations() if e.ok]
+    evaluations = [e for e in RunStore.open(tmp_path / "run").evaluations.finished() if e.ok]
     for point in front:
         assert len(point["objectives"]) == 4 and set(point["metrics"]) >= {"zoo_pair_search", "zoo_rev_search"}
         assert "merge_method: task_arithmetic" in point["recipe"]
@@ -256,7 +256,7 @@ def test_a_single_objective_searcher_refuses_separate_objectives(demo_recipe, tm
 def test_the_command_line_chooses_the_searcher(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 10})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, searcher="random")).run()
-    assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations()} == {"optuna:random"}
+    assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations.finished()} == {"optuna:random"}
 
 
 def test_cma_es_restarts_with_a_doubled_population_and_says_so():

@@ -77,10 +77,10 @@ def test_a_generational_search_on_two_workers_ends_exactly_as_in_process(demo_re
     recipe = demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4})
     start_search(recipe, tmp_path / "here", SearchOptions(evaluations=8, quiet=True)).run()
     best = start_search(recipe, tmp_path / "ray", SearchOptions(evaluations=8, quiet=True, workers=2)).run()
-    here, there = (RunStore.open(tmp_path / name).evaluations() for name in ("here", "ray"))
+    here, there = (RunStore.open(tmp_path / name).evaluations.finished() for name in ("here", "ray"))
     assert [(e.id, e.genotype, e.fitness) for e in there] == [(e.id, e.genotype, e.fitness) for e in here]
     assert {e.worker for e in there} == {"ray-0", "ray-1"} and {e.worker for e in here} == {"local"}
-    assert best.id == RunStore.open(tmp_path / "here").ranked()[0].id
+    assert best.id == RunStore.open(tmp_path / "here").evaluations.ranked()[0].id
 
 
 def test_racing_on_two_workers_stops_candidates_between_stages_on_the_drivers_bar(demo_recipe, tmp_path):
@@ -88,11 +88,11 @@ def test_racing_on_two_workers_stops_candidates_between_stages_on_the_drivers_ba
                          searcher={"name": "random"})  # asynchronous, and most of its candidates are poor
     best = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True, workers=2)).run()
     store = RunStore.open(tmp_path / "run")
-    evaluations = store.evaluations()
+    evaluations = store.evaluations.finished()
     raced = [e for e in evaluations if e.raced]
-    staged = {event.evaluation for event in store.events() if event.kind == "stage"}
+    staged = {event.evaluation for event in store.events.all() if event.kind == "stage"}
     assert raced and all(e.documents == 4 * 10 for e in raced)  # stopped after the first quarter
-    assert all(e.documents == 4 * 40 and e.document_scores for e in evaluations if e.ok)
+    assert all(e.documents == 4 * 40 and store.evaluations.document_scores(e.id) for e in evaluations if e.ok)
     assert staged == {e.id for e in evaluations}  # every candidate's first stage went to the driver
     assert {e.worker for e in evaluations} == {"ray-0", "ray-1"} and best.ok
     assert best.fitness == max(e.fitness for e in evaluations if e.ok)  # the winner: the best fully scored
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_candidate_is_replaced_and_the_candidate_retried_on_
     killer.start()
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True, workers=2)).run()
     killer.join(timeout=1)
-    evaluations = RunStore.open(tmp_path / "run").evaluations()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     assert [e.id for e in evaluations] == list(range(6)) and all(e.ok for e in evaluations)
     retried = [e for e in evaluations if e.attempts == 2]
     assert len(retried) == 1 and all(e.attempts == 1 for e in evaluations if e not in retried)
@@ -121,7 +121,7 @@ def test_a_candidate_that_kills_its_worker_twice_is_stored_as_failed_and_the_run
     recipe = _recipe(demo_recipe, tmp_path, {"name": "random"})
     (tmp_path / "die").write_text("xx")  # the first two calls kill their worker: both are candidate 0's
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, workers=1)).run()
-    first, *rest = RunStore.open(tmp_path / "run").evaluations()
+    first, *rest = RunStore.open(tmp_path / "run").evaluations.finished()
     assert first.failed and first.attempts == 2 and first.error.startswith("WorkerLost: its worker died 2 times")
     assert [e.id for e in rest] == [1, 2] and all(e.ok for e in rest)
 
@@ -146,12 +146,12 @@ def test_the_driver_killed_with_sigkill_resumes_to_exactly_its_budget_and_leaves
     started = _ray_processes() - before
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    stored = {e.id: e.created for e in RunStore.open(run_dir).evaluations()}
+    stored = {e.id: e.created for e in RunStore.open(run_dir).evaluations.finished()}
     assert 4 <= len(stored) < 8
 
     result = CliRunner().invoke(main, ["resume", str(run_dir), "--quiet"])  # on the run's own two workers
     assert result.exit_code == 0, result.output
-    evaluations = RunStore.open(run_dir).evaluations()
+    evaluations = RunStore.open(run_dir).evaluations.finished()
     assert [e.id for e in evaluations] == list(range(8)) and all(e.ok for e in evaluations)
     assert len({tuple(e.genotype) for e in evaluations}) == 8
     assert all(e.created == stored[e.id] for e in evaluations if e.id in stored), "a stored evaluation was redone"
@@ -185,7 +185,7 @@ def test_a_search_joins_a_running_ray_cluster_and_leaves_it_running(demo_recipe,
                                  str(tmp_path / "run"), "--evaluations", "4", "--workers", "2", "--ray-address",
                                  address, "--quiet"], env=env, capture_output=True, text=True, timeout=600)
         assert search.returncode == 0, search.stderr[-2000:]
-        evaluations = RunStore.open(tmp_path / "run").evaluations()
+        evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
         assert len(evaluations) == 4 and {e.worker for e in evaluations} == {"ray-0", "ray-1"}
         status = subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True, text=True)
         assert status.returncode == 0 and head.poll() is None, status.stderr  # evomerge left the cluster running

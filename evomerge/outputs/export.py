@@ -27,7 +27,7 @@ FITNESS_IMAGE = "fitness.png"
 
 
 def chosen_evaluation(store: RunStore, rank: int) -> Evaluation:
-    ranked = store.ranked()
+    ranked = store.evaluations.ranked()
     if not 1 <= rank <= len(ranked):
         raise EvomergeError(f"expected a rank from 1 to {len(ranked)} (successful evaluations in this run), got {rank}",
                             path=store.directory, key="--rank")
@@ -82,7 +82,7 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
     parents = [str(m) for m in sorted(merge.referenced_models(), key=str)]
     options: Dict[str, Any] = store.meta("options")
     report: Optional[Dict[str, Any]] = store.report("report")
-    evaluations = store.evaluations()
+    evaluations = store.evaluations.finished()
     method = merge_methods.get(merge.merge_method)
     hub_parents = [p for p in parents if not _is_local(p)]  # the Hub links base_model ids to their pages
     metadata = {

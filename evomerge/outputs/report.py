@@ -46,8 +46,8 @@ def write_report(run_dir: Path) -> List[Path]:
     """PNG plots and an HTML page that shows them, written into the run directory; returns the paths written."""
     store = RunStore.open(run_dir)
     try:
-        evaluations = store.evaluations()
-        ranked = store.ranked()
+        evaluations = store.evaluations.finished()
+        ranked = store.evaluations.ranked()
         winner = ranked[0] if ranked else None
         genes = [Gene(**g) for g in store.meta("genes")]
         report = store.report("report")

@@ -176,14 +176,14 @@ def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
 def finish_run(search: "Search") -> Dict[str, Any]:
     """After the loop: score the report tasks for the parents, the start and the winner, store the
     report and write the run's views and report files."""
-    best = search.store.ranked()[0]
+    best = search.store.evaluations.ranked()[0]
     worker = search.worker
     report = build_report(
         search.recipe, worker.materializer, worker.objective, search.start, best, search.space.decode(best.genotype),
-        search.store.evaluations(), budget=search.budget, separate=search.separate,
+        search.store.evaluations.finished(), budget=search.budget, separate=search.separate,
         trust_remote_code=search.options.trust_remote_code, quiet=search.options.quiet)
     search.store.put_report("report", report)
-    search.store.write_views()
+    search.store.views.rewrite()
     write_report_files(search.store.directory, report)
     search.store.set_meta("status", "done")
     return report

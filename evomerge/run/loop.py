@@ -1,40 +1,37 @@
 """The search loop: the only place that knows the recipe, space, searcher, workers and store together.
 
 ask → store as pending → send to a free worker (merge in place, score with lm-eval, racing
-stage by stage) → store the result → tell. Workers are one in this process, or Ray actors
-(`--workers N`); the loop keeps every worker busy, takes results in the order they finish
-and is the only writer of the store. A searcher is rebuilt on resume by replaying the
-store's log, so a run killed at any moment loses nothing stored and re-runs only what
-was in flight.
+stage by stage) → store the result → tell. The parts each do one job: replay.py rebuilds the
+searcher from the store's log, schedule.py keeps the pool's slots busy (retries, lost workers),
+referee.py decides after each racing stage; this module wires them and is the only writer of
+the store. A run killed at any moment loses nothing stored and re-runs only what was in flight.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from evomerge.errors import EvomergeError
 from evomerge.recipe.model import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
-from evomerge.run.pool import LocalPool, Pool, Step, WorkerLost
+from evomerge.run.pool import LocalPool, Outcome, Pool
+from evomerge.run.referee import Referee
+from evomerge.run.replay import replay, tell
+from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.run.worker import Worker, scoring
-from evomerge.scoring.racing import Bar, stops
 from evomerge.searchers import Proposal, Searcher, make_searcher
 
 RECIPE_COPY = "recipe.yaml"
-VIEWS_EVERY = 5.0  # seconds between rewrites of the run's views while it runs
-ATTEMPTS = 2  # a candidate whose worker dies this often is stored as failed
 
 
 @dataclass(frozen=True)
@@ -86,12 +83,6 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     return search.bind(store)
 
 
-def _flat_scores(evaluation: Evaluation) -> Dict[str, float]:
-    """'task.metric' -> value (and 'custom.x'), standard errors left out."""
-    return {f"{task}.{metric}": value for task, metrics in evaluation.metrics.items()
-            for metric, value in metrics.items() if "_stderr" not in metric}
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
@@ -106,34 +97,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@dataclass
-class _Slot:
-    """A worker slot as the loop sees it: idle, starting (a restarted worker loading), or busy with a candidate."""
-
-    state: str = "idle"
-    evaluation: Optional[Evaluation] = None
-    failed_starts: int = 0  # restarted workers of this slot that died before they were ready
-
-
-@dataclass
-class _Queue:
-    """Stored proposals waiting for a worker, lowest id first; a retry avoids the worker it killed."""
-
-    waiting: List[Evaluation] = field(default_factory=list)
-    avoid: Dict[int, int] = field(default_factory=dict)
-
-    def take(self, slot: int, slots: int) -> Optional[Evaluation]:
-        for index, evaluation in enumerate(self.waiting):
-            if self.avoid.get(evaluation.id) != slot or slots == 1:
-                self.avoid.pop(evaluation.id, None)
-                return self.waiting.pop(index)
-        return None
-
-    def put_back(self, evaluation: Evaluation, avoid: int) -> None:
-        self.avoid[evaluation.id] = avoid
-        self.waiting.insert(0, evaluation)
 
 
 class Search:
@@ -184,27 +147,6 @@ class Search:
                              objectives, source=self.recipe.path, options=self._searcher_options,
                              genes=self.space.describe())
 
-    def _replayed_searcher(self) -> Searcher:
-        """A fresh searcher that has replayed the store's log: asks, racing stages and tells, in order."""
-        searcher = self.fresh_searcher()
-        rows = {e.id: e for e in self.store.rows()}
-        for event in self.store.events():
-            if event.kind == "ask":
-                searcher.replay_inputs(event.data["inputs"])
-                proposals = searcher.ask()
-                if [p.id for p in proposals] != event.data["ids"] or not all(
-                        np.array_equal(self.space.from_unit(p.genotype), rows[p.id].genotype) for p in proposals):
-                    raise EvomergeError(f"the searcher does not replay this run's log (at evaluations "
-                                        f"{event.data['ids']}); was the run made with other versions of evomerge, "
-                                        "Optuna or pycma?", path=self.store.directory)
-            elif event.kind == "stage":
-                searcher.prune(event.evaluation, event.data["stage"], event.data["estimate"])
-            else:
-                told = rows[event.evaluation]
-                searcher.tell(told.id, self._fitness(told), _flat_scores(told))
-        searcher.recorded = []
-        return searcher
-
     def _pool(self) -> Pool:
         if self._local is not None:
             return LocalPool(self._local)
@@ -215,15 +157,16 @@ class Search:
 
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""
-        self.searcher = self._replayed_searcher()
-        self.store.requeue_running()
-        self._queue = _Queue(self.store.pending())
-        finished = self.store.evaluations()
+        evaluations = self.store.evaluations
+        self.searcher = replay(self.fresh_searcher(), self.store, self.space.from_unit, self.separate)
+        evaluations.requeue_running()
+        self.store.views.rewrite()
+        finished = evaluations.finished()
         self._finished = len(finished)
-        self._ok = sorted((-e.fitness, e.id) for e in finished if e.ok)  # best first: the bar is the rank-th
-        self._bars: Dict[int, Bar] = {}
+        racing = self.recipe.spec.eval.racing
+        self.referee = Referee(self.store, racing.rank, finished) if racing else None
         self._failures: List[str] = []  # errors of the failures in a row
-        self._views_written = time.monotonic()
+        self._best = max((e.fitness for e in finished if e.ok), default=None)
         self.store.set_meta("status", "running")
         self._progress = tqdm(total=self.budget, initial=min(self._finished, self.budget), desc="search",
                               disable=self.options.quiet, unit="cand")
@@ -231,12 +174,18 @@ class Search:
         try:
             with _sigterm_as_interrupt():
                 pool = self._pool()
-                slots = [_Slot() for _ in pool.names]
+                schedule = Schedule(pool, self.store, evaluations.pending())
+                bar = [self.referee.bar] if self.referee else []
                 while True:
-                    self._fill(pool, slots)
-                    if all(slot.state == "idle" for slot in slots):
+                    schedule.fill(lambda: self.budget - self._finished, lambda: self._ask(schedule), *bar)
+                    if schedule.idle:
                         break  # the budget is spent (or nothing more can be asked)
-                    self._handle(pool, slots, *pool.wait())
+                    event = schedule.next()
+                    if isinstance(event, Finished):
+                        self._finish(event.evaluation, event.outcome, event.worker)
+                    elif isinstance(event, Staged):
+                        stop, current = self.referee.judge(self.searcher, event.evaluation.id, event.step)
+                        schedule.go_on(event.slot, stop, current)
         except KeyboardInterrupt:
             self.store.set_meta("status", "interrupted")
             raise SearchInterrupted(str(self.store.directory)) from None
@@ -244,30 +193,13 @@ class Search:
             if pool is not None:
                 pool.close()
             self._progress.close()
-            self.store.write_views()
         self.store.set_meta("status", "searched")
-        ranked = self.store.ranked()
+        ranked = evaluations.ranked()
         if not ranked:
             raise EvomergeError("no candidate succeeded", path=self.store.directory)
         return ranked[0]
 
-    def _fill(self, pool: Pool, slots: List[_Slot]) -> None:
-        """Send a candidate to every idle worker while the budget lasts: a stored one first, else a new proposal."""
-        for index, slot in enumerate(slots):
-            if slot.state != "idle":
-                continue
-            busy = sum(s.state == "busy" for s in slots)
-            if self._finished + busy >= self.budget:
-                return
-            evaluation = self._queue.take(index, len(slots)) or self._ask()
-            if evaluation is None:
-                continue
-            self.store.mark_running(evaluation.id, pool.names[index])
-            evaluation.attempts += 1
-            slot.state, slot.evaluation = "busy", evaluation
-            pool.submit(index, "begin", evaluation.genotype, *([self._bar()] if self.recipe.spec.eval.racing else []))
-
-    def _ask(self) -> Optional[Evaluation]:
+    def _ask(self, schedule: Schedule) -> Optional[Evaluation]:
         """The searcher's next proposals, stored as pending before any is evaluated; the first of them."""
         self.searcher.recorded = []
         proposals = self.searcher.ask()
@@ -275,7 +207,7 @@ class Search:
             return None
         rows = [self._pending(p) for p in proposals]
         self.store.add_proposals(rows, self.searcher.recorded)
-        self._queue.waiting.extend(rows[1:])
+        schedule.queue.waiting.extend(rows[1:])
         return rows[0]
 
     def _pending(self, proposal: Proposal) -> Evaluation:
@@ -284,87 +216,23 @@ class Search:
                           recipe=self.space.decode(genotype).to_yaml(), status="pending", parents=list(proposal.parents),
                           operator=proposal.operator, info=dict(proposal.info))
 
-    def _handle(self, pool: Pool, slots: List[_Slot], index: int, answer: Any) -> None:
-        slot = slots[index]
-        if isinstance(answer, WorkerLost):
-            self._lost(pool, slots, index, answer)
-        elif slot.state == "starting":  # a restarted worker has loaded
-            slot.state, slot.failed_starts = "idle", 0
-        elif answer.outcome is not None:
-            slot.state = "idle"
-            self._finish(slot.evaluation, answer, pool.names[index])
-        else:
-            self._race(pool, index, slot.evaluation, answer)
-
-    def _race(self, pool: Pool, index: int, evaluation: Evaluation, step: Step) -> None:
-        """After a racing stage: the searcher's pruner, else the bar, decides whether the candidate goes on."""
-        self.store.add_stage(evaluation.id, step.stage, step.estimate)
-        decision = self.searcher.prune(evaluation.id, step.stage, step.estimate)
-        bar = self._bar()
-        if stops(decision, bar.fitness + step.margin if bar else None, step.upper):
-            pool.submit(index, "stop")
-        else:
-            pool.submit(index, "advance", bar)
-
-    def _bar(self) -> Optional[Bar]:
-        """The rank-th best fully scored candidate so far, with its per-document scores (None: no bar yet)."""
-        rank = self.recipe.spec.eval.racing.rank
-        if len(self._ok) < rank:
-            return None
-        _, bar_id = self._ok[rank - 1]
-        if bar_id not in self._bars:
-            bar = self.store.evaluation(bar_id)
-            self._bars[bar_id] = Bar(bar.fitness, sum(bar.metrics.get("custom", {}).values()), bar.document_scores)
-        return self._bars[bar_id]
-
-    def _lost(self, pool: Pool, slots: List[_Slot], index: int, lost: WorkerLost) -> None:
-        """A worker died: a new one takes its slot; its candidate is retried elsewhere, or failed the second time."""
-        slot = slots[index]
-        evaluation, was_busy = slot.evaluation, slot.state == "busy"
-        if slot.state == "starting":
-            slot.failed_starts += 1
-            if slot.failed_starts >= ATTEMPTS:
-                raise EvomergeError(f"worker {pool.names[index]} died {slot.failed_starts} times while loading; "
-                                    f"the last: {lost.reason}", key="--workers")
-        pool.restart(index)
-        pool.submit(index, "ready")
-        slot.state, slot.evaluation = "starting", None
-        if not was_busy:
-            return
-        evaluation.info.setdefault("lost", []).append({"worker": pool.names[index], "reason": lost.reason})
-        if evaluation.attempts >= ATTEMPTS:
-            self._finish(evaluation, Step(), pool.names[index],
-                         error=f"WorkerLost: its worker died {evaluation.attempts} times; the last: {lost.reason}")
-        else:
-            self.store.mark_pending(evaluation.id)
-            self._queue.put_back(evaluation, avoid=index)
-
-    def _finish(self, evaluation: Evaluation, step: Step, worker: str, error: Optional[str] = None) -> None:
+    def _finish(self, evaluation: Evaluation, outcome: Outcome, worker: str) -> None:
         """Store the result (and its tell in the log), then tell the searcher."""
-        outcome = step.outcome
-        if outcome is not None:
-            evaluation = replace(evaluation, **asdict(outcome))
-        else:
-            evaluation = replace(evaluation, status="failed", error=error)
-        evaluation = replace(evaluation, worker=worker, created=time.time())
-        self.store.add_result(evaluation)
+        result = asdict(outcome)
+        scores = result.pop("document_scores")
+        evaluation = replace(evaluation, **result, worker=worker, created=time.time())
+        self.store.add_result(evaluation, scores)
         self._finished += 1
-        if evaluation.ok:
-            bisect.insort(self._ok, (-evaluation.fitness, evaluation.id))
-        self.searcher.tell(evaluation.id, self._fitness(evaluation), _flat_scores(evaluation))
-        self._progress.set_postfix(best=f"{-self._ok[0][0]:.4f}" if self._ok else "-",
+        if self.referee:
+            self.referee.finished(evaluation)
+        if evaluation.ok and (self._best is None or evaluation.fitness > self._best):
+            self._best = evaluation.fitness
+        tell(self.searcher, evaluation, self.separate)
+        self._progress.set_postfix(best=f"{self._best:.4f}" if self._best is not None else "-",
                                    s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
         self._progress.update(1)
-        if time.monotonic() - self._views_written > VIEWS_EVERY:
-            self.store.write_views()
-            self._views_written = time.monotonic()
         self._failures = self._failures + [evaluation.error] if evaluation.failed else []
         if len(self._failures) >= self.searcher.generation_size:
             self.store.set_meta("status", "failed")
             raise EvomergeError(f"the last {len(self._failures)} candidates (a generation) all failed; "
                                 f"the first of them: {self._failures[0]}", path=self.store.directory)
-
-    def _fitness(self, evaluation: Evaluation):
-        if evaluation.failed:
-            return None
-        return tuple(evaluation.objectives) if self.separate else (evaluation.fitness,)

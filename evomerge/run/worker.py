@@ -76,7 +76,7 @@ class Worker:
             if self.race is None:
                 metrics = self.scorer.score() if self.scorer else {}
                 return Step(outcome=self._outcome("ok", metrics, self.scorer.documents if self.scorer else 0))
-            self._stages = self.race.stages_scored()
+            self._stages = self.race.stages_scored(self._custom)
         except Exception as error:  # a failed candidate is data, not the end of the run
             return Step(outcome=self._failed(error))
         return self.advance(bar)
@@ -91,8 +91,7 @@ class Worker:
         result = self._result
         if result.complete:
             return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents, result.scores))
-        custom = sum(self._custom.values())
-        return Step(self._stage, estimate=result.estimate + custom, upper=self.race.upper(result, bar) + custom,
+        return Step(self._stage, estimate=result.estimate, upper=self.race.upper(result, bar),
                     margin=self.race.margin_of(bar))
 
     def stop(self) -> Step:
@@ -103,11 +102,11 @@ class Worker:
 
     def _outcome(self, status: str, metrics: Metrics, documents: int, scores=None) -> Outcome:
         try:
-            objectives = self.objective.objectives(metrics, self._custom)
+            objectives, fitness = self.objective.fitness(metrics, self._custom)
         except ValueError as error:  # a non-finite score
             return self._failed(error)
         return Outcome(status, {**metrics, **({"custom": self._custom} if self._custom else {})}, objectives,
-                       float(sum(objectives)), None, self._materialize_seconds, time.perf_counter() - self._scored,
+                       fitness, None, self._materialize_seconds, time.perf_counter() - self._scored,
                        documents, scores or {})
 
     def _failed(self, error: Exception) -> Outcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -46,6 +46,12 @@ class Objective:
 
     def names(self, custom_names: Sequence[str] = ()) -> List[str]:
         return [f"{task}.{metric}" for task, metric, _, _ in self.terms] + list(custom_names)
+
+    def fitness(self, metrics: Metrics, custom: Dict[str, float]) -> Tuple[List[float], float]:
+        """The objectives and the fitness, their sum: from a full evaluation's metrics, or from the
+        means of the documents a racing stage has scored so far (then an estimate)."""
+        objectives = self.objectives(metrics, custom)
+        return objectives, float(sum(objectives))
 
     def objectives(self, metrics: Metrics, custom: Dict[str, float]) -> List[float]:
         """Signed, weighted terms (all to maximize); NaN or inf is an error."""

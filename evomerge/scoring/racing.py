@@ -57,11 +57,12 @@ class Bar:
 @dataclass(frozen=True)
 class RaceResult:
     metrics: Metrics  # task -> result key -> mean over the documents scored (with `_stderr`)
-    estimate: float  # of the fitness's lm-eval terms
+    estimate: float  # of the fitness, custom terms included
     upper: float  # its upper confidence bound, from the candidate's scores alone
     documents: int  # scored, all tasks together
     complete: bool  # every stage ran: the metrics are the full evaluation's
     scores: Dict[str, Dict[str, List[float]]]  # the fitness terms' per-document values so far, in run order
+    custom: Dict[str, float] = field(default_factory=dict)  # the candidate's custom fitness terms, in the estimate
 
 
 class Race:
@@ -84,25 +85,18 @@ class Race:
                 done[task] = end
             self.stages.append(stage)
 
-    def stages_scored(self) -> Iterator[RaceResult]:
-        """The estimate after each stage, the last one complete; the caller stops when it decides to."""
+    def stages_scored(self, custom: Optional[Dict[str, float]] = None) -> Iterator[RaceResult]:
+        """The estimate after each stage (with the candidate's `custom` fitness terms), the last one
+        complete; the search loop's referee decides after each whether to go on."""
         values: Dict[str, Dict[str, List[float]]] = {}
         for number, stage in enumerate(self.stages, start=1):
             for task, found in self.scorer.score_documents(stage).items():
                 for key, scores in found.items():
                     values.setdefault(task, {}).setdefault(key, []).extend(scores)
-            yield self._estimate(values, complete=number == len(self.stages))
+            yield self._estimate(values, dict(custom or {}), complete=number == len(self.stages))
 
-    def run(self, bar: Optional[Bar]) -> RaceResult:
-        """Stages until the last or until the candidate cannot beat `bar` (None: never stops), as the
-        search decides after each stage."""
-        for result in self.stages_scored():
-            if result.complete or stops(None, bar.fitness + self.margin_of(bar) if bar else None,
-                                        self.upper(result, bar)):
-                return result
-        raise AssertionError("the last stage is complete")
-
-    def _estimate(self, values: Dict[str, Dict[str, List[float]]], complete: bool) -> RaceResult:
+    def _estimate(self, values: Dict[str, Dict[str, List[float]]], custom: Dict[str, float],
+                  complete: bool) -> RaceResult:
         metrics: Metrics = {}
         for task, found in values.items():
             for key, scores in found.items():
@@ -113,15 +107,16 @@ class Race:
         scores: Dict[str, Dict[str, List[float]]] = {}
         for task, key, _, _ in self.objective.terms:
             scores.setdefault(task, {})[key] = list(values[task][key])
-        estimate = sum(weight * sign * np.mean(scores[task][key]) for task, key, weight, sign in self.objective.terms)
+        _, estimate = self.objective.fitness(metrics, custom)
         documents = sum(len(next(iter(found.values()))) for found in values.values())
-        return RaceResult(metrics, float(estimate), self._bound(scores, None), documents, complete, scores)
+        return RaceResult(metrics, estimate, self._bound(scores, None) + sum(custom.values()), documents, complete,
+                          scores, custom)
 
     def upper(self, result: RaceResult, bar: Optional[Bar]) -> float:
-        """The upper confidence bound of the candidate's lm-eval terms: paired with the bar's scores on
-        the same documents when the bar has them, else from the candidate's own; never above what it
-        reaches by scoring best on every document not yet scored."""
-        return self._bound(result.scores, bar)
+        """The upper confidence bound of the candidate's fitness (its custom terms are exact): of the
+        lm-eval terms paired with the bar's scores on the same documents when the bar has them, else
+        from the candidate's own; never above what it reaches by scoring best on every document left."""
+        return self._bound(result.scores, bar) + sum(result.custom.values())
 
     def _paired(self, bar: Optional[Bar]) -> bool:
         """Whether the bar has a score for every document of this run, for every term."""

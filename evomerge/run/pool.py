@@ -3,8 +3,7 @@ takes results from, one call per slot at a time, results in the order they finis
 
 `LocalPool` is one worker in the search's own process (no Ray import); `RayPool`
 (ray_pool.py) is one Ray actor per device. A worker answers a `Step`; a slot whose worker
-died answers `WorkerLost`. This module imports nothing heavy, so that what travels between
-processes can be read anywhere.
+died answers `WorkerLost`. Everything here is plain data, so it travels between processes.
 """
 
 from __future__ import annotations

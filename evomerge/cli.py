@@ -119,6 +119,8 @@ _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (de
 _workers = click.option("--workers", type=click.IntRange(min=0),
                         help="Evaluate on N Ray workers, one per GPU (or a share of the CPUs); 0: in this process.")
 _ray_address = click.option("--ray-address", help="Join this Ray cluster (default: start a local one for the run).")
+_allow_changed = click.option("--allow-changed", is_flag=True,
+                              help="Resume although a parent, task, fitness module or library changed (recorded).")
 
 
 @main.command()
@@ -133,10 +135,11 @@ _ray_address = click.option("--ray-address", help="Join this Ray cluster (defaul
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @_workers
 @_ray_address
+@_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, workers,
-           ray_address, quiet):
+           ray_address, allow_changed, quiet):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
     from evomerge.run.loop import SearchOptions, resume_search, start_search
 
@@ -146,7 +149,7 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
                                 "run directory (and --device, --evaluations, --workers or --ray-address)",
                                 key="--resume")
         _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                              ray_address=ray_address), resume_dir)
+                              ray_address=ray_address, allow_changed=allow_changed), resume_dir)
         return
     if recipe is None:
         raise EvomergeError("expected a RECIPE file (or --resume RUN_DIR)")
@@ -163,16 +166,17 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
 @click.option("--evaluations", type=click.IntRange(min=1), help="A new, larger budget.")
 @_workers
 @_ray_address
+@_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def resume(run_dir, device, evaluations, workers, ray_address, quiet):
+def resume(run_dir, device, evaluations, workers, ray_address, allow_changed, quiet):
     """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored.
 
     It runs on the run's own workers unless --workers says otherwise."""
     from evomerge.run.loop import resume_search
 
     _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                          ray_address=ray_address), run_dir)
+                          ray_address=ray_address, allow_changed=allow_changed), run_dir)
 
 
 @main.command()

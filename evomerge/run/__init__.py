@@ -5,6 +5,12 @@ are evaluated: a worker per device (worker.py) in this process or on Ray (pool.p
 The loop is the only writer of the store.
 """
 
-from evomerge.run.loop import Search, SearchInterrupted, SearchOptions, resume_search, start_search
+from evomerge.run.loop import (
+    Search,
+    SearchInterrupted,
+    SearchOptions,
+    resume_search,
+    start_search,
+)
 
 __all__ = ["Search", "SearchInterrupted", "SearchOptions", "resume_search", "start_search"]

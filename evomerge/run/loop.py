@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from evomerge.errors import EvomergeError
 from evomerge.recipe.model import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
+from evomerge.run import inputs
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.referee import Referee
 from evomerge.run.replay import replay, tell
@@ -60,15 +61,19 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
     search = Search(recipe, options, worker_factory)
     store = RunStore.create(run_dir, {
         "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
+        "inputs": inputs.fingerprint(recipe),
     })
     (Path(run_dir) / RECIPE_COPY).write_text(recipe.text, encoding="utf-8")
     return search.bind(store)
 
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
-                  quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None) -> "Search":
+                  quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None,
+                  allow_changed: bool = False) -> "Search":
     """Continue a stopped run with the options it was started with (the budget may grow; the
-    device and the workers may change)."""
+    device and the workers may change), on the inputs it started with: a changed parent, task,
+    fitness module or library is refused before anything loads, or with `allow_changed`
+    recorded in the run (`input_changes`) and taken as the new inputs."""
     store = RunStore.open(run_dir)
     stored = SearchOptions(**store.meta("options"))
     options = replace(stored, device=device or stored.device, quiet=quiet,
@@ -77,10 +82,23 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
                       ray_address=ray_address or stored.ray_address)
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    _check_inputs(store, recipe, allow_changed)
     search = Search(recipe, options)
     if options != replace(stored, quiet=quiet):
         store.set_meta("options", asdict(replace(options, quiet=stored.quiet)))
     return search.bind(store)
+
+
+def _check_inputs(store: RunStore, recipe: Recipe, allow_changed: bool) -> None:
+    current = inputs.fingerprint(recipe)
+    found = inputs.changes(store.meta_or("inputs", current), current)
+    if not found:
+        return
+    if not allow_changed:
+        raise EvomergeError(f"changed since the run started: {'; '.join(found)}; resume with --allow-changed to "
+                            "go on with them (the change is recorded in the run)", path=store.directory)
+    store.set_meta("input_changes", store.meta_or("input_changes", []) + [{"time": time.time(), "changes": found}])
+    store.set_meta("inputs", current)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,12 @@ class RunStore:
             raise KeyError(key)
         return json.loads(row[0])
 
+    def meta_or(self, key: str, default: Any) -> Any:
+        try:
+            return self.meta(key)
+        except KeyError:
+            return default
+
     def set_meta(self, key: str, value: Any) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

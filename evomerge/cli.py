@@ -203,15 +203,19 @@ def demo(out, evaluations, device, quiet):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the Hugging Face model.")
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
               help="Which candidate: 1 is the best of the run.")
+@click.option("--device", default=None, help="Merge on this device (default: the one that scored the candidate).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Export even if the weights differ from the scored ones (the card says so).")
 @click.option("--push-to-hub", "repo_id", help="Also upload the folder to this Hub repository (owner/name).")
 @click.option("--private", is_flag=True, help="Create the Hub repository as private.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def export(run_dir, out, rank, repo_id, private, quiet):
-    """Write a run's candidate as a Hugging Face model folder with a model card."""
+def export(run_dir, out, rank, device, allow_mismatch, repo_id, private, quiet):
+    """Write a run's candidate as a Hugging Face model folder with a model card: merged again as the
+    search merged it and checked against the fingerprint of the weights it was scored with."""
     from evomerge.outputs.export import export_run
 
-    folder = export_run(run_dir, out, rank=rank, quiet=quiet)
+    folder = export_run(run_dir, out, rank=rank, quiet=quiet, device=device, allow_mismatch=allow_mismatch)
     click.echo(f"exported to {folder}")
     if repo_id:
         from evomerge.outputs.hub import push_folder

@@ -163,10 +163,13 @@ class Materializer:
             )
 
     def _load_inputs(self, plan: List[PlanEntry]) -> Dict[Hashable, object]:
-        """Run mergekit's loading tasks once; their results stay resident for the whole run."""
+        """Run mergekit's loading tasks once; their results stay resident for the whole run. mergekit's
+        loaders (one process-wide cache) are then closed, so a later load reads the files as they are."""
         gathers = list({task_key(task.gather_tensors): task.gather_tensors for _, task, _ in plan}.values())
         executor = Executor(gathers, math_device=self.device, storage_device=self.parent_device)
-        return {task_key(task): value for task, value in executor.run(quiet=self.quiet, desc="Loading parents")}
+        loaded = {task_key(task): value for task, value in executor.run(quiet=self.quiet, desc="Loading parents")}
+        LoaderCache().flush_all()
+        return loaded
 
     def materialize(self, candidate: Candidate) -> MaterializeStats:
         """Write the candidate's weights into the resident model, recomputing only what changed."""

@@ -51,6 +51,12 @@ def write_in_memory(candidate: Candidate, out: Path, device: Optional[str] = Non
 
     materializer = Materializer(candidate.merge, device=device, trust_remote_code=trust_remote_code)
     materializer.materialize(candidate)
+    save_resident(materializer, candidate, out)
+
+
+def save_resident(materializer, candidate: Candidate, out: Path) -> None:
+    """The resident model as a Hugging Face folder (tied weights written once, as mergekit does),
+    its tokenizer, and the candidate's recipe."""
     out.mkdir(parents=True, exist_ok=True)
     materializer.model.save_pretrained(out)
     materializer.tokenizer.save_pretrained(out)

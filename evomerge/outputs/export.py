@@ -1,23 +1,29 @@
 """Exports a run's candidate as a Hugging Face model folder with a model card that
 records how the merge was found.
 
-The weights come from mergekit's own `run_merge` on the candidate's plain recipe (plus
-evomerge's noise where the recipe has it), so `mergekit-yaml mergekit_config.yml` — or
-`evomerge merge` when there is noise — reproduces them.
+What is exported is what was scored: the candidate is merged again as the search merged it
+(the same code, on the device the search used unless told otherwise, in the dtype it was
+scored in), its weights' fingerprint is compared with the one stored when it was scored, and a
+difference — a parent changed since, another device's kernels or random stream — refuses the
+export, naming the first tensor that differs. `mergekit-yaml mergekit_config.yml` (or
+`evomerge merge` when there is noise) reproduces the weights on that device
+(`tests/test_parity.py` holds the in-memory and on-disk merges equal).
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
 from mergekit import merge_methods
-from mergekit.options import MergeOptions
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.write import RECIPE_FILE, write_with_mergekit
+from evomerge.merge.fingerprint import fingerprint, first_difference
+from evomerge.merge.materializer import Materializer, default_device
+from evomerge.merge.write import RECIPE_FILE, save_resident
 from evomerge.outputs.scoreboard import render_markdown
 from evomerge.recipe.model import load_recipe
 from evomerge.recipe.space import Candidate, SearchSpace
@@ -40,17 +46,46 @@ def candidate_of(store: RunStore, evaluation: Evaluation) -> Candidate:
     return SearchSpace.from_recipe(recipe).starting_point()
 
 
-def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False) -> Path:
+@dataclass(frozen=True)
+class Verified:
+    """How the exported weights were checked against the scored ones."""
+
+    device: str
+    matched: Optional[bool]  # None: the run stored no fingerprint for the candidate
+    first_difference: Optional[str] = None
+
+
+def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, device: Optional[str] = None,
+               allow_mismatch: bool = False) -> Path:
     store = RunStore.open(run_dir)
     evaluation = chosen_evaluation(store, rank)
     candidate = candidate_of(store, evaluation)
     if out.exists() and any(out.iterdir()):
         raise EvomergeError("expected an empty or new folder for the exported model", path=out, key="--out")
-    write_with_mergekit(candidate, out, MergeOptions(quiet=quiet))
+    recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text"))
+    device = device or evaluation.device or store.meta("options").get("device") or default_device()
+    materializer = Materializer(candidate.merge, device=device, dtype=recipe.spec.eval.dtype, quiet=quiet,
+                                trust_remote_code=store.meta("options").get("trust_remote_code", False))
+    materializer.materialize(candidate)
+    verified = _verify(store, evaluation, materializer, device)
+    if verified.matched is False and not allow_mismatch:
+        raise EvomergeError(f"the weights merged on {device} differ from those evaluation #{evaluation.id} was scored "
+                            f"with (on {evaluation.device}) from tensor {verified.first_difference} on; a parent may "
+                            "have changed, or the device differs. Pass --allow-mismatch to export them anyway",
+                            path=run_dir, key="--device")
+    save_resident(materializer, candidate, out)
     image = _fitness_image(store)
     shutil.copy(image, out / FITNESS_IMAGE)
-    (out / "README.md").write_text(model_card(store, evaluation, candidate, rank), encoding="utf-8")
+    (out / "README.md").write_text(model_card(store, evaluation, candidate, rank, verified), encoding="utf-8")
     return out
+
+
+def _verify(store: RunStore, evaluation: Evaluation, materializer: Materializer, device: str) -> Verified:
+    scored = store.evaluations.fingerprint(evaluation.id)
+    if not scored:
+        return Verified(device, None)
+    difference = first_difference(scored, fingerprint(materializer.model))
+    return Verified(device, difference is None, difference)
 
 
 def _fitness_image(store: RunStore) -> Path:
@@ -77,7 +112,8 @@ def _model_name(reference: str) -> str:
     return Path(reference).name if _is_local(reference) else reference
 
 
-def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int) -> str:
+def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int,
+               verified: Optional[Verified] = None) -> str:
     merge = candidate.merge
     parents = [str(m) for m in sorted(merge.referenced_models(), key=str)]
     options: Dict[str, Any] = store.meta("options")
@@ -118,6 +154,8 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         + (f", parents {', '.join(f'#{p}' for p in evaluation.parents)}" if evaluation.parents else "")
         + f"), search fitness {evaluation.fitness:.4f}",
         "",
+        *([_verification(verified, evaluation)] if verified else []),
+        "",
         f"![fitness over the search]({FITNESS_IMAGE})",
         "",
     ]
@@ -135,3 +173,13 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         "",
     ]
     return "\n".join(lines)
+
+
+def _verification(verified: Verified, evaluation: Evaluation) -> str:
+    if verified.matched is None:
+        return f"- Weights merged on `{verified.device}`; the run stored no fingerprint of the scored weights to check"
+    if verified.matched:
+        return (f"- Weights merged on `{verified.device}`: their fingerprint matches the weights scored in the search "
+                f"(on `{evaluation.device}`), tensor by tensor")
+    return (f"- Weights merged on `{verified.device}` DIFFER from the weights scored in the search (on "
+            f"`{evaluation.device}`) from tensor `{verified.first_difference}` on (exported with --allow-mismatch)")

@@ -237,9 +237,9 @@ class Search:
     def _finish(self, evaluation: Evaluation, outcome: Outcome, worker: str) -> None:
         """Store the result (and its tell in the log), then tell the searcher."""
         result = asdict(outcome)
-        scores = result.pop("document_scores")
+        scores, weights = result.pop("document_scores"), result.pop("fingerprint")
         evaluation = replace(evaluation, **result, worker=worker, created=time.time())
-        self.store.add_result(evaluation, scores)
+        self.store.add_result(evaluation, scores, weights)
         self._finished += 1
         if self.referee:
             self.referee.finished(evaluation)

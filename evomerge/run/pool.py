@@ -26,6 +26,8 @@ class Outcome:
     evaluate_seconds: Optional[float] = None
     documents: int = 0
     document_scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)  # raced: per document, run order
+    fingerprint: Dict[str, str] = field(default_factory=dict)  # of the weights scored (merge/fingerprint.py)
+    device: Optional[str] = None  # where they were merged and scored
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from evomerge.errors import EvomergeError, mergekit_refusals
+from evomerge.merge.fingerprint import fingerprint
 from evomerge.merge.materializer import Materializer
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import SECTION, Recipe
@@ -68,10 +69,13 @@ class Worker:
         """Merge the candidate (decoded here, so that only plain numbers travel) and score it or its first stage."""
         self._started = time.perf_counter()
         self._materialize_seconds: Optional[float] = None
+        self._fingerprint: Dict[str, str] = {}
         self._stage = 0
         try:
-            self._materialize_seconds = self.materializer.materialize(self.space.decode(np.asarray(genotype))).seconds
+            self.materializer.materialize(self.space.decode(np.asarray(genotype)))
+            self._fingerprint = fingerprint(self.materializer.model)
             self._scored = time.perf_counter()
+            self._materialize_seconds = self._scored - self._started
             self._custom = self.objective.custom_scores(self.materializer.model, self.materializer.tokenizer)
             if self.race is None:
                 metrics = self.scorer.score() if self.scorer else {}
@@ -107,7 +111,7 @@ class Worker:
             return self._failed(error)
         return Outcome(status, {**metrics, **({"custom": self._custom} if self._custom else {})}, objectives,
                        fitness, None, self._materialize_seconds, time.perf_counter() - self._scored,
-                       documents, scores or {})
+                       documents, scores or {}, self._fingerprint, str(self.materializer.device))
 
     def _failed(self, error: Exception) -> Outcome:
         if isinstance(error, torch.cuda.OutOfMemoryError):

@@ -70,11 +70,12 @@ class RunStore:
                 self.evaluations.insert(evaluation)
             self.events.append("ask", None, {"ids": [e.id for e in proposals], "inputs": list(inputs)})
 
-    def add_result(self, evaluation: Evaluation, scores: Optional[DocumentScores] = None) -> None:
-        """A finished evaluation, its per-document scores and its tell in the log, in one transaction,
-        before the searcher hears of it."""
+    def add_result(self, evaluation: Evaluation, scores: Optional[DocumentScores] = None,
+                   fingerprint: Optional[Dict[str, str]] = None) -> None:
+        """A finished evaluation, its per-document scores, its weights' fingerprint and its tell in the
+        log, in one transaction, before the searcher hears of it."""
         with self.db:
-            self.evaluations.complete(evaluation, scores or {})
+            self.evaluations.complete(evaluation, scores or {}, fingerprint or {})
             self.events.append("tell", evaluation.id, {})
         self.views.added(evaluation)
 

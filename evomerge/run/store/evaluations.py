@@ -34,6 +34,7 @@ class Evaluation:
     info: Dict[str, Any] = field(default_factory=dict)  # what the searcher said of it (a restart, a trial, a rationale)
     worker: Optional[str] = None  # the worker that evaluated it last
     attempts: int = 0  # times it was sent to a worker (a worker that died takes one)
+    device: Optional[str] = None  # where it was merged and scored
 
     @property
     def finished(self) -> bool:
@@ -56,7 +57,7 @@ class Evaluation:
 
 _JSON_FIELDS = ("genotype", "objectives", "metrics", "parents", "info")
 _RESULT_FIELDS = ("status", "fitness", "objectives", "metrics", "error", "materialize_seconds", "evaluate_seconds",
-                  "created", "documents", "info", "worker")
+                  "created", "documents", "info", "worker", "device")
 _FINISHED_SQL = "status IN ('ok', 'failed', 'raced')"
 
 
@@ -78,13 +79,15 @@ class Evaluations:
         self.db.execute(f"INSERT INTO evaluations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                         tuple(row.values()))
 
-    def complete(self, evaluation: Evaluation, scores: DocumentScores) -> None:
+    def complete(self, evaluation: Evaluation, scores: DocumentScores, fingerprint: Dict[str, str]) -> None:
         row = _row(evaluation)
         self.db.execute(f"UPDATE evaluations SET {', '.join(f'{k} = ?' for k in _RESULT_FIELDS)} WHERE id = ?",
                         tuple(row[k] for k in _RESULT_FIELDS) + (evaluation.id,))
         self.db.executemany("INSERT OR REPLACE INTO document_scores VALUES (?, ?, ?, ?)",
                             [(evaluation.id, task, key, json.dumps(values))
                              for task, found in scores.items() for key, values in found.items()])
+        if fingerprint:
+            self.db.execute("INSERT OR REPLACE INTO fingerprints VALUES (?, ?)", (evaluation.id, json.dumps(fingerprint)))
 
     def mark_running(self, evaluation_id: int, worker: str) -> None:
         with self.db:
@@ -141,3 +144,8 @@ class Evaluations:
                 "SELECT task, key, scores FROM document_scores WHERE evaluation = ?", (evaluation_id,)):
             scores.setdefault(task, {})[key] = json.loads(values)
         return scores
+
+    def fingerprint(self, evaluation_id: int) -> Dict[str, str]:
+        """The scored weights' fingerprint (empty for a failed candidate, or a run from before fingerprints)."""
+        row = self.db.execute("SELECT tensors FROM fingerprints WHERE evaluation = ?", (evaluation_id,)).fetchone()
+        return json.loads(row[0]) if row else {}

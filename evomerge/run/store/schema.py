@@ -10,7 +10,7 @@ from typing import Any, Dict
 from evomerge.errors import EvomergeError
 
 DATABASE = "run.db"
-FORMAT = 3  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column of each row
+FORMAT = 3  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column, no fingerprints
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     documents INTEGER NOT NULL,
     info TEXT NOT NULL,
     worker TEXT,
-    attempts INTEGER NOT NULL
+    attempts INTEGER NOT NULL,
+    device TEXT
 );
 CREATE TABLE IF NOT EXISTS document_scores (
     evaluation INTEGER NOT NULL REFERENCES evaluations (id),
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS document_scores (
     key TEXT NOT NULL,
     scores TEXT NOT NULL,
     PRIMARY KEY (evaluation, task, key)
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    evaluation INTEGER PRIMARY KEY REFERENCES evaluations (id),
+    tensors TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +107,7 @@ def _from_format_2(db: sqlite3.Connection) -> None:
                            [(evaluation, task, key, json.dumps(values))
                             for task, found in json.loads(blob).items() for key, values in found.items()])
         db.execute("ALTER TABLE evaluations DROP COLUMN document_scores")
+        db.execute("ALTER TABLE evaluations ADD COLUMN device TEXT")
         db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (json.dumps(FORMAT),))
 
 

@@ -38,6 +38,7 @@ class Step:
     estimate: Optional[float] = None
     upper: Optional[float] = None
     margin: float = 0.0  # how far above the bar `upper` must be for the candidate to go on
+    bar: Optional[float] = None  # the fitness of the bar `upper` was computed against (None: there was none)
     outcome: Optional[Outcome] = None
 
 

@@ -2,9 +2,10 @@
 
 The searcher's own pruner decides when it has one (Optuna); otherwise the candidate stops when
 its upper bound (custom terms included) is not above the bar — the `rank`-th best fully scored
-candidate so far — plus the margin. The bar is fixed for a stage at the moment the stage is
-judged: the one handed to the worker with the decision is the one the decision used. A worker's
-`Step` carries the stage's estimate and bound (custom terms included) and the margin.
+candidate so far — plus the margin. A stage is judged against the bar its bound was computed
+against, which the worker was handed when the stage began (a bar that rose meanwhile, on
+another worker, applies from the next stage on): a bound paired with one candidate's documents
+is never compared with another's fitness.
 """
 
 from __future__ import annotations
@@ -44,5 +45,5 @@ class Referee:
         """(stop?, the bar to score the next stage against); the stage is logged first, as the searcher sees it."""
         self.store.add_stage(evaluation_id, stage.stage, stage.estimate)
         decision = searcher.prune(evaluation_id, stage.stage, stage.estimate)
-        bar = self.bar()
-        return stops(decision, bar.fitness + stage.margin if bar else None, stage.upper), bar
+        judged = stage.bar + stage.margin if stage.bar is not None else None
+        return stops(decision, judged, stage.upper), self.bar()

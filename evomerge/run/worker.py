@@ -96,7 +96,7 @@ class Worker:
         if result.complete:
             return Step(self._stage, outcome=self._outcome("ok", result.metrics, result.documents, result.scores))
         return Step(self._stage, estimate=result.estimate, upper=self.race.upper(result, bar),
-                    margin=self.race.margin_of(bar))
+                    margin=self.race.margin_of(bar), bar=bar.fitness if bar else None)
 
     def stop(self) -> Step:
         """End a raced candidate with its estimate from the documents scored so far."""

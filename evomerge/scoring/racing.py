@@ -69,7 +69,8 @@ class Race:
     def __init__(self, spec: RacingSpec, scorer: LMEvalScorer, objective: Objective, seed: int):
         self.scorer = scorer
         self.objective = objective
-        self.z = NormalDist().inv_cdf(spec.confidence)
+        looks = max(len(spec.stages) - 1, 1)  # a candidate can be stopped after every stage but the last
+        self.z = NormalDist().inv_cdf(1 - (1 - spec.confidence) / looks)
         self.margin = spec.margin
         suite = scorer.suite
         rng = np.random.default_rng(seed)
@@ -166,13 +167,17 @@ def _score_range(*scores: Sequence[float]) -> Tuple[float, float]:
 
 def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -> float:
     """The variance of the mean of `values`, drawn without replacement from `total` documents (zero
-    once all are scored), with two pseudo-documents of half a document each at `low` and `high`."""
+    once all are scored): the unbiased sample variance, with two pseudo-documents of half a
+    document each at `low` and `high` in its sum of squares, over n, times the finite-population
+    correction. One document alone gets the widest variance its range allows."""
     n = len(values)
     if n >= total:
         return 0.0
+    if n < 2:
+        return (high - low) ** 2 / 4 * (1 - n / total)
     mean = values.mean()
     spread = float(((values - mean) ** 2).sum() + ((low - mean) ** 2 + (high - mean) ** 2) / 2)
-    return spread / n / n * (1 - n / total)
+    return spread / (n - 1) / n * (1 - n / total)
 
 
 def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:

@@ -21,7 +21,8 @@ from mergekit.common import ModelReference
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
-from evomerge.merge.materializer import Materializer, draws_random
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.plan import draws_random
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.model import load_recipe
 from evomerge.recipe.space import Candidate, SearchSpace

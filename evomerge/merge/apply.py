@@ -1,0 +1,44 @@
+"""Applying a plan: mergekit's Executor runs the changed merge tasks over the resident parents,
+and each result is cast, given evomerge's noise and copied in place into the resident model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping
+
+import torch
+import transformers
+from mergekit.common import dtype_from_name
+from mergekit.graph import Executor, TaskUniverse
+from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+from evomerge.merge.noise import add_noise
+from evomerge.merge.parent_cache import ParentCache
+from evomerge.merge.plan import Todo
+from evomerge.random_state import preserved_random_state
+
+
+def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tensor], device: torch.device,
+          seed: int, noise_scale: Callable[[str], float]) -> None:
+    """Merge and write every tensor of `todo` into `parameters` (the resident model's, by name).
+
+    Raises if a written value is not finite.
+    """
+    tasks: Dict[ExecuteMergeMethodTask, str] = {task: name for task, (name, _, _) in todo.items()}
+    dtypes = {name: dtype for name, dtype, _ in todo.values()}
+    universe = TaskUniverse()
+    targets = [universe.add_task(task) for task in tasks]
+    cached = {universe.get_handle(task.gather_tensors): parents.inputs(name) for task, name in tasks.items()}
+    executor = Executor(targets, math_device=device, storage_device=device, cached_values=cached)
+    with preserved_random_state(), torch.no_grad():
+        transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
+        for task, value in executor.run(quiet=True):
+            name = tasks[task]
+            if value is None:
+                continue
+            if dtypes[name]:
+                value = value.to(dtype=dtype_from_name(dtypes[name]))
+            value = add_noise(value, name, noise_scale(name), seed)
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise FloatingPointError(f"the merge gave non-finite weights in {name}")
+            parameters[name].copy_(value)

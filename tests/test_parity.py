@@ -9,6 +9,7 @@ Randomized methods (DARE, DELLA) are compared under the same seed.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from mergekit import merge_methods
 from mergekit.common import ModelReference
 from mergekit.options import MergeOptions
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.plan import draws_random
@@ -196,6 +197,51 @@ def test_explicit_layer_ranges_match_too(base_model, specialists, write_recipe, 
     fallback = candidate.merge.models[0].parameters["weight"][-1].value
     assert len(fallback) == 4 and fallback[0] != fallback[1] and fallback[1] == fallback[2] == fallback[3]
     materializer = Materializer(candidate.merge, quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def _copy_in_dtype(model_dir: str, out: Path, dtype: torch.dtype) -> str:
+    """A copy of a zoo model with its weights stored in `dtype` (as most real checkpoints store bfloat16)."""
+    shutil.copytree(model_dir, out)
+    save_file({name: tensor.to(dtype) for name, tensor in load_file(out / "model.safetensors").items()},
+              out / "model.safetensors", metadata={"format": "pt"})
+    return str(out)
+
+
+@pytest.mark.parametrize("method_name", ["ties", "slerp"])
+@pytest.mark.parametrize("stored, merged", [(torch.bfloat16, "float32"), (torch.float32, "bfloat16")])
+def test_parents_stay_in_their_checkpoint_dtype_or_narrower_and_still_match(method_name, stored, merged, any_zoo,
+                                                                            write_recipe, tmp_path):
+    """bfloat16 parents of a float32 recipe stay bfloat16 (upcast per tensor inside the merge);
+    float32 parents of a bfloat16 recipe are cast at load, as mergekit's loader does."""
+    base, specialists = _parents(any_zoo)
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, stored) for path in [base] + specialists[:2]]
+    recipe = _searched_recipe(method_name, copies[0], copies[1:])
+    recipe["dtype"] = merged
+    candidate = _random_candidate(write_recipe(recipe))
+    materializer = Materializer(candidate.merge, quiet=True)
+    resident = {tensor.dtype for name, _ in materializer.model.named_parameters()
+                for tensor in materializer._parents.inputs(name).values()}
+    assert resident == {torch.bfloat16}
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(base_model, specialists, write_recipe,
+                                                                                tmp_path):
+    """mergekit averages new tokens' embeddings in the loaded dtype, so those inputs are loaded as it loads them."""
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, torch.bfloat16) for path in [base_model] + specialists[:2]]
+    recipe = _searched_recipe("ties", copies[0], copies[1:])
+    recipe["tokenizer_source"] = "union"
+    candidate = _random_candidate(write_recipe(recipe))
+    materializer = Materializer(candidate.merge, quiet=True)
+    resident = {name: {t.dtype for t in materializer._parents.inputs(name).values()}
+                for name, _ in materializer.model.named_parameters()}
+    assert resident["model.embed_tokens.weight"] == {torch.float32}
+    assert resident["model.layers.0.mlp.up_proj.weight"] == {torch.bfloat16}
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit")
     _assert_same_weights(tmp_path / "mergekit", materializer.model)

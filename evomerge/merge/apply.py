@@ -24,7 +24,7 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
 
     Raises if a written value is not finite.
     """
-    tasks: Dict[ExecuteMergeMethodTask, str] = {task: name for task, (name, _, _) in todo.items()}
+    tasks: Dict[ExecuteMergeMethodTask, str] = {parents.merge_task(name, task): name for task, (name, _, _) in todo.items()}
     dtypes = {name: dtype for name, dtype, _ in todo.values()}
     universe = TaskUniverse()
     targets = [universe.add_task(task) for task in tasks]

@@ -44,7 +44,7 @@ class Materializer:
     """Keeps the parents resident and rewrites one resident model for each candidate.
 
     `parents="device"` keeps the parents' tensors on the device beside the output model
-    (about (k + 1) × model size there for k parents);
+    (about (k + 1) × model size there for k parents, in their checkpoint dtype);
     `parents="host"` keeps them in host memory and moves each tensor's inputs to the device
     only for its merge (about one model plus one layer's inputs on the device, k × model
     size on the host), for parents that do not fit beside the output model. `dtype` is the

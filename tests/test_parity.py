@@ -19,6 +19,7 @@ import pytest
 import torch
 from mergekit import merge_methods
 from mergekit.common import ModelReference
+from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file, save_file
 
@@ -245,3 +246,23 @@ def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(b
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit")
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(base_model, specialists,
+                                                                               write_recipe, monkeypatch):
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
+                                                                              specialists))))
+    first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
+    materializer = Materializer(first.merge, quiet=True)
+    materializer.materialize(first)
+    name = "model.layers.1.mlp.down_proj.weight"
+    execute = ExecuteMergeMethodTask.execute
+    monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
+                        lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
+    with pytest.raises(ValueError, match=f"task_arithmetic merge gave no tensor for {name}"):
+        materializer.materialize(second)
+    monkeypatch.undo()
+    materializer.materialize(second)
+    fresh = Materializer(second.merge, quiet=True)
+    fresh.materialize(second)
+    assert torch.equal(materializer.model.state_dict()[name], fresh.model.state_dict()[name])

@@ -22,7 +22,8 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
           seed: int, noise_scale: Callable[[str], float]) -> None:
     """Merge and write every tensor of `todo` into `parameters` (the resident model's, by name).
 
-    Raises if a written value is not finite.
+    Raises if a merge task gives no tensor (the resident one would silently stay the previous
+    candidate's) or if a written value is not finite.
     """
     tasks: Dict[ExecuteMergeMethodTask, str] = {parents.merge_task(name, task): name for task, (name, _, _) in todo.items()}
     dtypes = {name: dtype for name, dtype, _ in todo.values()}
@@ -35,7 +36,8 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
         for task, value in executor.run(quiet=True):
             name = tasks[task]
             if value is None:
-                continue
+                raise ValueError(f"mergekit's {task.method_name} merge gave no tensor for {name}, "
+                                 "which the output model needs")
             if dtypes[name]:
                 value = value.to(dtype=dtype_from_name(dtypes[name]))
             value = add_noise(value, name, noise_scale(name), seed)

@@ -266,3 +266,24 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
     fresh = Materializer(second.merge, quiet=True)
     fresh.materialize(second)
     assert torch.equal(materializer.model.state_dict()[name], fresh.model.state_dict()[name])
+
+
+def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, specialists, write_recipe, monkeypatch):
+    """Checked once per candidate, after every tensor is written; the tensors are recomputed next time."""
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
+                                                                              specialists))))
+    candidate = space.starting_point()
+    materializer = Materializer(candidate.merge, quiet=True)
+    bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    execute = ExecuteMergeMethodTask.execute
+
+    def poisoned(task, **inputs):
+        value = execute(task, **inputs)
+        return value * float("nan") if task.output_weight.name in bad else value
+
+    monkeypatch.setattr(ExecuteMergeMethodTask, "execute", poisoned)
+    with pytest.raises(FloatingPointError, match=f"non-finite weights in {bad[0]}$"):
+        materializer.materialize(candidate)
+    monkeypatch.undo()
+    assert materializer.materialize(candidate).recomputed == len(materializer.model.state_dict())
+    assert all(torch.isfinite(tensor).all() for tensor in materializer.model.state_dict().values())

@@ -1,5 +1,8 @@
 """Applying a plan: mergekit's Executor runs the changed merge tasks over the resident parents,
 and each result is cast, given evomerge's noise and copied in place into the resident model.
+
+Nothing here waits for the device per tensor: whether every written value is finite is
+accumulated on the device and read once, after the last tensor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
     """Merge and write every tensor of `todo` into `parameters` (the resident model's, by name).
 
     Raises if a merge task gives no tensor (the resident one would silently stay the previous
-    candidate's) or if a written value is not finite.
+    candidate's) or if any written value is not finite (after writing them all).
     """
     tasks: Dict[ExecuteMergeMethodTask, str] = {parents.merge_task(name, task): name for task, (name, _, _) in todo.items()}
     dtypes = {name: dtype for name, dtype, _ in todo.values()}
@@ -31,7 +34,8 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
     targets = [universe.add_task(task) for task in tasks]
     cached = {universe.get_handle(task.gather_tensors): parents.inputs(name) for task, name in tasks.items()}
     executor = Executor(targets, math_device=device, storage_device=device, cached_values=cached)
-    with preserved_random_state(), torch.no_grad():
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    with preserved_random_state(device), torch.no_grad():
         transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
         for task, value in executor.run(quiet=True):
             name = tasks[task]
@@ -41,6 +45,10 @@ def apply(todo: Todo, parents: ParentCache, parameters: Mapping[str, torch.Tenso
             if dtypes[name]:
                 value = value.to(dtype=dtype_from_name(dtypes[name]))
             value = add_noise(value, name, noise_scale(name), seed)
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise FloatingPointError(f"the merge gave non-finite weights in {name}")
+            if value.is_floating_point():
+                finite &= torch.isfinite(value).all()
             parameters[name].copy_(value)
+    if not finite.item():  # the candidate's one wait for the device
+        bad = next(name for name in tasks.values()
+                   if parameters[name].is_floating_point() and not torch.isfinite(parameters[name]).all())
+        raise FloatingPointError(f"the merge gave non-finite weights in {bad}")

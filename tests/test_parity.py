@@ -22,6 +22,7 @@ from mergekit.common import ModelReference
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.options import MergeOptions
 from safetensors.torch import load_file, save_file
+from weights import assert_same_as_resident
 
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.plan import draws_random
@@ -67,11 +68,7 @@ def _random_candidate(recipe_path: Path, seed: int = 1):
 
 
 def _assert_same_weights(folder: Path, model: torch.nn.Module) -> None:
-    on_disk = load_file(folder / "model.safetensors")
-    in_memory = model.state_dict()
-    assert set(on_disk) <= set(in_memory)
-    different = [name for name in on_disk if not torch.equal(on_disk[name], in_memory[name])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert_same_as_resident(load_file(folder / "model.safetensors"), model)
 
 
 def _parents(zoo) -> tuple:

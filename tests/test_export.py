@@ -93,7 +93,8 @@ def test_mergekit_yaml_reproduces_the_exported_weights_from_the_card_recipe(run_
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
     subprocess.run([str(mergekit_yaml), str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")],
                    check=True, capture_output=True)
-    assert same_tensors(load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors"))
+    again, exported = (load_file(tmp_path / folder / "model.safetensors") for folder in ("again", "model"))
+    assert same_tensors(again, exported)
 
 
 def test_noise_is_exported_and_evomerge_merge_reproduces_it(noisy_run_dir, tmp_path):

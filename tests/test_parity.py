@@ -231,7 +231,8 @@ def test_parents_stay_in_their_checkpoint_dtype_or_narrower_and_still_match(meth
 def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(base_model, specialists, write_recipe,
                                                                                 tmp_path):
     """mergekit averages new tokens' embeddings in the loaded dtype, so those inputs are loaded as it loads them."""
-    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, torch.bfloat16) for path in [base_model] + specialists[:2]]
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, torch.bfloat16)
+              for path in [base_model] + specialists[:2]]
     recipe = _searched_recipe("ties", copies[0], copies[1:])
     recipe["tokenizer_source"] = "union"
     candidate = _random_candidate(write_recipe(recipe))

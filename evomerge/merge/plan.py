@@ -95,7 +95,7 @@ class Ledger:
     """
 
     def __init__(self, start: List[PlanEntry]):
-        self.gathers = {name: task_key(task.gather_tensors) for name, task, _ in start}
+        self._gathers = {name: task_key(task.gather_tensors) for name, task, _ in start}
         self._written: Dict[str, Hashable] = {}
 
     def todo(self, plan: List[PlanEntry], extra: Callable[[str], tuple], everything: bool) -> Todo:
@@ -111,7 +111,7 @@ class Ledger:
     def _check_inputs(self, name: str, task: ExecuteMergeMethodTask) -> None:
         """The parents' tensors are loaded once, for the starting recipe's structure; a candidate
         that reads other tensors (another layer range or model) would silently get the start's."""
-        if self.gathers.get(name) != task_key(task.gather_tensors):
+        if self._gathers.get(name) != task_key(task.gather_tensors):
             raise ValueError(f"the candidate merges {name} from other tensors or models than the starting "
                              "recipe does; evomerge searches parameters, not which tensors are merged")
 

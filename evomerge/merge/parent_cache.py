@@ -4,10 +4,11 @@ They stay in their checkpoint dtype (e.g. bfloat16) and are cast to the recipe's
 per tensor inside the merge: mergekit's `LoadTensor` casts each tensor with `.to(dtype)`
 as it loads it, and the merge task's own `dtype` field makes mergekit's merge methods do
 that same cast on the inputs of the tensor being merged (`align_dtype`, `prepare_batches`),
-so the merged bits are mergekit's. Two exceptions are cast at load, as mergekit does:
-tensors wider than the recipe's dtype (keeping them would only cost memory) or not floating
-point; and inputs whose vocabulary mergekit re-aligns for a merged tokenizer, which averages
-new tokens' embeddings in the loaded dtype.
+so the merged bits are mergekit's. Cast at load instead, as mergekit does: tensors wider
+than the recipe's dtype (keeping them would only cost memory) or not floating point; weights
+the architecture forces to a dtype (mergekit promotes those with the rest); and inputs whose
+vocabulary mergekit re-aligns for a merged tokenizer, which averages new tokens' embeddings
+in the loaded dtype.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _loads_native(gather) -> bool:
 
 
 def _narrowed(inputs: Inputs, dtype: torch.dtype) -> Inputs:
-    """Cast at load what keeping native would not save memory for (or would change, for non-floats)."""
+    """Cast at load, as mergekit's loader does, what is wider than `dtype` or not floating point."""
     return {model: tensor if tensor.is_floating_point() and tensor.itemsize <= dtype.itemsize
             else tensor.to(dtype=dtype) for model, tensor in inputs.items()}
 

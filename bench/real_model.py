@@ -99,7 +99,7 @@ def main() -> None:
     memory = {"merge": [], "score": [], "plan": []}
     for candidate in candidates:
         started = time.perf_counter()
-        materializer._planned_tasks(candidate.merge)
+        materializer._planner.tasks(candidate.merge)
         memory["plan"].append(time.perf_counter() - started)
         memory["merge"].append(materializer.materialize(candidate).seconds)
         started = time.perf_counter()

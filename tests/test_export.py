@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from mergekit.common import ModelReference
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from weights import assert_same_as_resident, same_tensors
 
 from evomerge.cli import main
 from evomerge.merge.materializer import Materializer
@@ -57,16 +58,13 @@ def _front_matter(card: str) -> dict:
     return yaml.safe_load(front)
 
 
-def _in_memory(run_dir: Path, rank: int = 1) -> dict:
+def _in_memory(run_dir: Path, rank: int = 1) -> torch.nn.Module:
+    """The resident model of the run's candidate of that rank."""
     store = RunStore.open(run_dir)
     candidate = candidate_of(store, store.evaluations.ranked()[rank - 1])
     materializer = Materializer(candidate.merge, quiet=True)
     materializer.materialize(candidate)
-    return materializer.model.state_dict()
-
-
-def _same(exported: dict, in_memory: dict) -> bool:
-    return all(torch.equal(tensor, in_memory[name]) for name, tensor in exported.items())
+    return materializer.model
 
 
 def test_the_winner_exports_as_a_loadable_folder_with_a_model_card(run_dir, tmp_path):
@@ -74,9 +72,9 @@ def test_the_winner_exports_as_a_loadable_folder_with_a_model_card(run_dir, tmp_
     _export(run_dir, out)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "mergekit_config.yml", "README.md", "fitness.png"):
         assert (out / name).is_file(), name
-    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoModelForCausalLM.from_pretrained(out)
     AutoTokenizer.from_pretrained(out)
-    assert _same(dict(model.state_dict()), _in_memory(run_dir))
+    assert_same_as_resident(load_file(out / "model.safetensors"), _in_memory(run_dir))
 
     card = (out / "README.md").read_text()
     front = _front_matter(card)
@@ -95,7 +93,8 @@ def test_mergekit_yaml_reproduces_the_exported_weights_from_the_card_recipe(run_
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
     subprocess.run([str(mergekit_yaml), str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")],
                    check=True, capture_output=True)
-    assert _same(load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors"))
+    again, exported = (load_file(tmp_path / folder / "model.safetensors") for folder in ("again", "model"))
+    assert same_tensors(again, exported)
 
 
 def test_noise_is_exported_and_evomerge_merge_reproduces_it(noisy_run_dir, tmp_path):
@@ -104,17 +103,17 @@ def test_noise_is_exported_and_evomerge_merge_reproduces_it(noisy_run_dir, tmp_p
     card = (tmp_path / "model" / "README.md").read_text()
     assert "evomerge merge mergekit_config.yml" in card
     exported = load_file(tmp_path / "model" / "model.safetensors")
-    assert _same(exported, _in_memory(run_dir))
+    assert_same_as_resident(exported, _in_memory(run_dir))
     result = CliRunner().invoke(main, ["merge", str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
-    assert _same(load_file(tmp_path / "again" / "model.safetensors"), exported)
+    assert same_tensors(load_file(tmp_path / "again" / "model.safetensors"), exported)
 
 
 def test_rank_chooses_another_candidate(run_dir, tmp_path):
     _export(run_dir, tmp_path / "second", "--rank", "2")
     second = RunStore.open(run_dir).evaluations.ranked()[1]
     assert f"evaluation #{second.id} (generation {second.generation}, rank 2" in (tmp_path / "second" / "README.md").read_text()
-    assert _same(load_file(tmp_path / "second" / "model.safetensors"), _in_memory(run_dir, rank=2))
+    assert_same_as_resident(load_file(tmp_path / "second" / "model.safetensors"), _in_memory(run_dir, rank=2))
     result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--rank", "99"])
     assert result.exit_code == 2 and "--rank: expected a rank from 1 to 8" in result.output
 
@@ -142,11 +141,11 @@ def test_a_tied_embedding_model_searches_merges_and_exports_tied_as_mergekit_wri
     run = _finished_run(tmp_path, tied_zoo)
     _export(run, tmp_path / "model")
     exported = load_file(tmp_path / "model" / "model.safetensors")
-    assert "lm_head.weight" not in exported and _same(exported, _in_memory(run))
+    assert "lm_head.weight" not in exported
+    assert_same_as_resident(exported, _in_memory(run))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert model.lm_head.weight is model.model.embed_tokens.weight
     result = CliRunner().invoke(main, ["merge", str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again"),
                                        "--in-memory"])
     assert result.exit_code == 0, result.output
-    assert load_file(tmp_path / "again" / "model.safetensors").keys() == exported.keys()
-    assert _same(load_file(tmp_path / "again" / "model.safetensors"), exported)
+    assert same_tensors(load_file(tmp_path / "again" / "model.safetensors"), exported)

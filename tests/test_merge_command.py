@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from mergekit import merge_methods
 from safetensors.torch import load_file
+from weights import same_tensors
 
 from evomerge.cli import main
 
@@ -35,10 +36,6 @@ def _merge(*args) -> None:
     assert result.exit_code == 0, result.output
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.slow
 def test_without_noise_it_gives_mergekit_yaml_weights(base_model, specialists, write_recipe, tmp_path):
     recipe = write_recipe(_recipe(base_model, specialists, search=[{"parameter": "weight", "range": [0, 1]}]))
@@ -46,8 +43,8 @@ def test_without_noise_it_gives_mergekit_yaml_weights(base_model, specialists, w
     subprocess.run([str(mergekit_yaml), str(recipe), str(tmp_path / "mergekit")], check=True, capture_output=True)
     _merge(recipe, tmp_path / "evomerge")
     _merge(recipe, tmp_path / "memory", "--in-memory")
-    assert _same(_weights(tmp_path / "mergekit"), _weights(tmp_path / "evomerge"))
-    assert _same(_weights(tmp_path / "mergekit"), _weights(tmp_path / "memory"))
+    assert same_tensors(_weights(tmp_path / "mergekit"), _weights(tmp_path / "evomerge"))
+    assert same_tensors(_weights(tmp_path / "mergekit"), _weights(tmp_path / "memory"))
     assert (tmp_path / "evomerge" / "mergekit_config.yml").is_file()
 
 
@@ -59,8 +56,8 @@ def test_noise_is_reproducible_on_disk_and_in_memory(base_model, specialists, wr
     _merge(noisy, tmp_path / "memory", "--in-memory")
     _merge(plain, tmp_path / "plain")
     disk, plain_weights = _weights(tmp_path / "disk"), _weights(tmp_path / "plain")
-    assert _same(disk, _weights(tmp_path / "disk-again"))
-    assert _same(disk, _weights(tmp_path / "memory"))
+    assert same_tensors(disk, _weights(tmp_path / "disk-again"))
+    assert same_tensors(disk, _weights(tmp_path / "memory"))
     first, last = "model.layers.0.mlp.down_proj.weight", "model.layers.3.mlp.down_proj.weight"
     assert torch.equal(disk[first], plain_weights[first])  # the gradient starts at 0 ...
     change = (disk[last] - plain_weights[last]).std() / plain_weights[last].std()

@@ -9,6 +9,7 @@ Randomized methods (DARE, DELLA) are compared under the same seed.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,13 @@ import pytest
 import torch
 from mergekit import merge_methods
 from mergekit.common import ModelReference
+from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.options import MergeOptions
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from weights import assert_same_as_resident
 
-from evomerge.merge.materializer import Materializer, draws_random
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.plan import draws_random
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.model import load_recipe
 from evomerge.recipe.space import Candidate, SearchSpace
@@ -64,11 +68,7 @@ def _random_candidate(recipe_path: Path, seed: int = 1):
 
 
 def _assert_same_weights(folder: Path, model: torch.nn.Module) -> None:
-    on_disk = load_file(folder / "model.safetensors")
-    in_memory = model.state_dict()
-    assert set(on_disk) <= set(in_memory)
-    different = [name for name in on_disk if not torch.equal(on_disk[name], in_memory[name])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert_same_as_resident(load_file(folder / "model.safetensors"), model)
 
 
 def _parents(zoo) -> tuple:
@@ -198,3 +198,90 @@ def test_explicit_layer_ranges_match_too(base_model, specialists, write_recipe, 
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit")
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def _copy_in_dtype(model_dir: str, out: Path, dtype: torch.dtype) -> str:
+    """A copy of a zoo model with its weights stored in `dtype` (as most real checkpoints store bfloat16)."""
+    shutil.copytree(model_dir, out)
+    save_file({name: tensor.to(dtype) for name, tensor in load_file(out / "model.safetensors").items()},
+              out / "model.safetensors", metadata={"format": "pt"})
+    return str(out)
+
+
+@pytest.mark.parametrize("method_name", ["ties", "slerp"])
+@pytest.mark.parametrize("stored, merged", [(torch.bfloat16, "float32"), (torch.float32, "bfloat16")])
+def test_parents_stay_in_their_checkpoint_dtype_or_narrower_and_still_match(method_name, stored, merged, any_zoo,
+                                                                            write_recipe, tmp_path):
+    """bfloat16 parents of a float32 recipe stay bfloat16 (upcast per tensor inside the merge);
+    float32 parents of a bfloat16 recipe are cast at load, as mergekit's loader does."""
+    base, specialists = _parents(any_zoo)
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, stored) for path in [base] + specialists[:2]]
+    recipe = _searched_recipe(method_name, copies[0], copies[1:])
+    recipe["dtype"] = merged
+    candidate = _random_candidate(write_recipe(recipe))
+    materializer = Materializer(candidate.merge, quiet=True)
+    resident = {tensor.dtype for name, _ in materializer.model.named_parameters()
+                for tensor in materializer._parents.inputs(name).values()}
+    assert resident == {torch.bfloat16}
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(base_model, specialists, write_recipe,
+                                                                                tmp_path):
+    """mergekit averages new tokens' embeddings in the loaded dtype, so those inputs are loaded as it loads them."""
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, torch.bfloat16)
+              for path in [base_model] + specialists[:2]]
+    recipe = _searched_recipe("ties", copies[0], copies[1:])
+    recipe["tokenizer_source"] = "union"
+    candidate = _random_candidate(write_recipe(recipe))
+    materializer = Materializer(candidate.merge, quiet=True)
+    resident = {name: {t.dtype for t in materializer._parents.inputs(name).values()}
+                for name, _ in materializer.model.named_parameters()}
+    assert resident["model.embed_tokens.weight"] == {torch.float32}
+    assert resident["model.layers.0.mlp.up_proj.weight"] == {torch.bfloat16}
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
+def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(base_model, specialists,
+                                                                               write_recipe, monkeypatch):
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
+                                                                              specialists))))
+    first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
+    materializer = Materializer(first.merge, quiet=True)
+    materializer.materialize(first)
+    name = "model.layers.1.mlp.down_proj.weight"
+    execute = ExecuteMergeMethodTask.execute
+    monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
+                        lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
+    with pytest.raises(ValueError, match=f"task_arithmetic merge gave no tensor for {name}"):
+        materializer.materialize(second)
+    monkeypatch.undo()
+    materializer.materialize(second)
+    fresh = Materializer(second.merge, quiet=True)
+    fresh.materialize(second)
+    assert torch.equal(materializer.model.state_dict()[name], fresh.model.state_dict()[name])
+
+
+def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, specialists, write_recipe, monkeypatch):
+    """Checked once per candidate, after every tensor is written; the tensors are recomputed next time."""
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
+                                                                              specialists))))
+    candidate = space.starting_point()
+    materializer = Materializer(candidate.merge, quiet=True)
+    bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    execute = ExecuteMergeMethodTask.execute
+
+    def poisoned(task, **inputs):
+        value = execute(task, **inputs)
+        return value * float("nan") if task.output_weight.name in bad else value
+
+    monkeypatch.setattr(ExecuteMergeMethodTask, "execute", poisoned)
+    with pytest.raises(FloatingPointError, match=f"non-finite weights in {bad[0]}$"):
+        materializer.materialize(candidate)
+    monkeypatch.undo()
+    assert materializer.materialize(candidate).recomputed == len(materializer.model.state_dict())
+    assert all(torch.isfinite(tensor).all() for tensor in materializer.model.state_dict().values())

@@ -1,7 +1,8 @@
 """Where a candidate's weights are computed: mergekit's planner and merge methods over resident
-parents, written in place into one resident output model (materializer.py), with evomerge's
-weight-space noise (noise.py); and writing a recipe to a model folder with mergekit (write.py),
-which export and `evomerge merge` use. Knows recipes, not scores.
+parents, written in place into one resident output model (materializer.py, composing
+output_model.py, parent_cache.py, plan.py and apply.py), with evomerge's weight-space noise
+(noise.py); and writing a recipe to a model folder with mergekit (write.py), which export and
+`evomerge merge` use. Knows recipes, not scores.
 """
 
 from evomerge.merge.materializer import Materializer, default_device

@@ -3,8 +3,10 @@
 Each tensor gets Gaussian noise with std = value × the tensor's own std, where the value
 follows an N-point gradient across the layers exactly as a mergekit parameter would
 (non-layer tensors take the first point, as mergekit's planner gives them t = 0). The
-noise is drawn on the CPU from a generator seeded by (seed, tensor name), so it is the
-same on every device and whatever order the tensors are written in.
+noise is drawn on the tensor's own device from a generator seeded by (seed, tensor name),
+so it does not depend on the order the tensors are written in, and nothing leaves the
+device. The same seed gives the same noise on the same kind of device: the CPU's
+generator is not CUDA's, so a folder written on the CPU matches a CPU search.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def add_noise(tensor: torch.Tensor, name: str, scale: float, seed: int) -> torch
     """`tensor` plus N(0, (scale · std(tensor))²), reproducible from (seed, name)."""
     if scale == 0 or not tensor.is_floating_point() or tensor.numel() < 2:
         return tensor
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-    work = tensor.detach().to("cpu", torch.float32)
-    noisy = work + scale * work.std() * torch.randn(work.shape, generator=generator)
-    return noisy.to(tensor.device, tensor.dtype)
+    generator = torch.Generator(device=tensor.device)
+    generator.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    work = tensor.detach().to(torch.float32)
+    draw = torch.randn(work.shape, generator=generator, device=work.device)
+    return (work + scale * work.std() * draw).to(tensor.dtype)

@@ -1,0 +1,43 @@
+"""The resident output model: mergekit's output config and tokenizer, and one model built
+from that config on the device, whose weights every candidate overwrites in place."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from mergekit.architecture import ModelArchitecture
+from mergekit.common import dtype_from_name
+from mergekit.config import MergeConfiguration
+from mergekit.graph import Executor, Task
+from mergekit.merge import _get_donor_model, _update_config_vocab
+from mergekit.options import MergeOptions
+from mergekit.tokenizer import BuildTokenizer, TokenizerInfo
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.initialization import no_init_weights
+
+
+def output_tokenizer(start: MergeConfiguration, planned: List[Task], out_config, arch: ModelArchitecture,
+                     options: MergeOptions):
+    """mergekit's merged tokenizer when the recipe asks for one (its vocabulary size goes into
+    `out_config`, as mergekit writes it), else the donor's."""
+    builders = [t for t in planned if isinstance(t, BuildTokenizer)]
+    if builders:
+        info = next(v for _, v in Executor(builders).run(quiet=True) if isinstance(v, TokenizerInfo))
+        pad = start.tokenizer.pad_to_multiple_of if start.tokenizer else None
+        _update_config_vocab(out_config, arch, info.tokenizer, pad_to_multiple_of=pad)
+        return info.tokenizer
+    _, donor_path = _get_donor_model(start, options)
+    return AutoTokenizer.from_pretrained(donor_path, trust_remote_code=options.trust_remote_code)
+
+
+def resident_model(out_config, device: torch.device, dtype: Optional[str], trust_remote_code: bool = False):
+    """The output model on `device` in `dtype` (default: the config's), its weights left uninitialized."""
+    with torch.device(device), no_init_weights():
+        model = AutoModelForCausalLM.from_config(
+            out_config, dtype=dtype_from_name(dtype) or getattr(out_config, "dtype", None),
+            trust_remote_code=trust_remote_code)
+    # from_config leaves tied weights (tie_word_embeddings: lm_head = embed_tokens) untied
+    # under transformers 5; tie them as from_pretrained and mergekit's output do.
+    model.tie_weights()
+    return model.eval().requires_grad_(False)

@@ -40,7 +40,7 @@ import numpy as np
 
 from evomerge.recipe.model import RacingSpec
 from evomerge.scoring.fitness import Metrics, Objective
-from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.scorer import Documents, LMEvalScorer, averages
 from evomerge.scoring.tasks import TaskSuite
 
 
@@ -51,7 +51,7 @@ class Bar:
 
     fitness: float
     custom: float = 0.0
-    scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    scores: Documents = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class RaceResult:
     upper: float  # its upper confidence bound, from the candidate's scores alone
     documents: int  # scored, all tasks together
     complete: bool  # every stage ran: the metrics are the full evaluation's
-    scores: Dict[str, Dict[str, List[float]]]  # the fitness terms' per-document values so far, in run order
+    scores: Documents  # the fitness terms' per-document values so far, in run order
 
 
 class Race:
@@ -86,7 +86,7 @@ class Race:
 
     def stages_scored(self) -> Iterator[RaceResult]:
         """The estimate after each stage, the last one complete; the caller stops when it decides to."""
-        values: Dict[str, Dict[str, List[float]]] = {}
+        values: Documents = {}
         for number, stage in enumerate(self.stages, start=1):
             for task, found in self.scorer.score_documents(stage).items():
                 for key, scores in found.items():
@@ -102,15 +102,9 @@ class Race:
                 return result
         raise AssertionError("the last stage is complete")
 
-    def _estimate(self, values: Dict[str, Dict[str, List[float]]], complete: bool) -> RaceResult:
-        metrics: Metrics = {}
-        for task, found in values.items():
-            for key, scores in found.items():
-                array = np.asarray(scores, dtype=float)
-                metrics.setdefault(task, {})[key] = float(array.mean())
-                if len(array) > 1:
-                    metrics[task][_stderr_key(key)] = float(array.std(ddof=1) / math.sqrt(len(array)))
-        scores: Dict[str, Dict[str, List[float]]] = {}
+    def _estimate(self, values: Documents, complete: bool) -> RaceResult:
+        metrics: Metrics = {task: averages(found) for task, found in values.items()}
+        scores: Documents = {}
         for task, key, _, _ in self.objective.terms:
             scores.setdefault(task, {})[key] = list(values[task][key])
         estimate = sum(weight * sign * np.mean(scores[task][key]) for task, key, weight, sign in self.objective.terms)
@@ -128,7 +122,7 @@ class Race:
         return bar is not None and all(len(bar.scores.get(task, {}).get(key, [])) == self.totals[task]
                                        for task, key, _, _ in self.objective.terms)
 
-    def _bound(self, scores: Dict[str, Dict[str, List[float]]], bar: Optional[Bar]) -> float:
+    def _bound(self, scores: Documents, bar: Optional[Bar]) -> float:
         paired = self._paired(bar)
         estimate = bar.fitness - bar.custom if paired else 0.0
         variance, reachable = 0.0, 0.0
@@ -185,11 +179,6 @@ def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:
     bar: its bound is not above it. A tie cannot win (the earlier candidate ranks first), and a bound
     meets the bar exactly only where what the candidate can still reach is all it can get."""
     return decision if decision is not None else (bar is not None and upper <= bar + ROUNDING)
-
-
-def _stderr_key(key: str) -> str:
-    metric, _, filter_name = key.partition(",")
-    return f"{metric}_stderr" + (f",{filter_name}" if filter_name else "")
 
 
 def check_averaged(objective: Objective, suite: TaskSuite) -> Optional[str]:

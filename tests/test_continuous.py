@@ -15,6 +15,7 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import EvomergeError
+from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.model import TaskSpec
 from evomerge.run.loop import SearchOptions, start_search
@@ -126,6 +127,7 @@ def test_the_continuous_metrics_are_named_like_lm_evals_own_and_averaged_for_rac
 def test_a_search_on_p_gold_runs_end_to_end(racing, demo_recipe, tmp_path):
     tasks = ["zoo_rev_search", "zoo_sort_search"]
     recipe = demo_recipe(tasks=[{"name": t, "metric": "p_gold", "weight": 0.5} for t in tasks],
+                         report_tasks=["zoo_rev_report", "zoo_sort_report"],
                          eval={"racing": racing} if racing else {"limit": 30},
                          searcher={"name": "ga", "population": 4, "elitism": 1})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
@@ -135,3 +137,5 @@ def test_a_search_on_p_gold_runs_end_to_end(racing, demo_recipe, tmp_path):
         assert evaluation.fitness == pytest.approx(0.5 * sum(p_gold))
         assert all(0 < p < 1 for p in p_gold) and evaluation.metrics[tasks[0]]["p_gold_stderr"] > 0
     assert best.ok and best.fitness == max(e.fitness for e in search.store.evaluations() if e.ok)
+    report = finish_run(search)
+    assert report["gain"]["tasks"] == ["zoo_rev_report", "zoo_sort_report"]

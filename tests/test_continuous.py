@@ -68,14 +68,14 @@ def test_a_loglikelihood_tasks_p_gold_is_the_answers_probability_and_gold_loglik
 
 
 def _multiple_choice_task(directory) -> str:
-    """A tiny multiple-choice task over the zoo's rev prompts: the reversal, the word as it is, and
-    its letters sorted, the gold one at a different place in turn."""
+    """A tiny multiple-choice task over the zoo's rev prompts: the reversal, the base model's near miss
+    (its first two letters swapped) and the word as it is, the gold one at a different place in turn."""
     rows = []
     for i, line in enumerate((TASKS_DIR / "data" / "zoo_rev.search.jsonl").read_text().splitlines()[:24]):
         doc = json.loads(line)
-        word = doc["prompt"][2:-1]
-        wrong = [word, "".join(sorted(word))]
-        choices = wrong[:i % 3] + [doc["answer"]] + wrong[i % 3:]
+        answer = doc["answer"]
+        wrong = [answer[1] + answer[0] + answer[2:], doc["prompt"][2:-1]]
+        choices = wrong[:i % 3] + [answer] + wrong[i % 3:]
         if len(set(choices)) == 3:
             rows.append({"prompt": doc["prompt"], "choices": choices, "gold": i % 3})
     (directory / "rev_choice.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

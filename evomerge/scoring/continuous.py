@@ -41,13 +41,12 @@ def document_values(task, sample: dict, tokens: Mapping[Tuple[str, str], int]) -
     if not metrics(task):
         return {}
     loglik = np.array([float(response[0]) for response in sample["filtered_resps"]])
-    golds = [0]
     if task.OUTPUT_TYPE == "multiple_choice":
         golds = _gold_choices(task, sample)
         loglik = loglik[:len(task.doc_to_choice(sample["doc"]))]  # acc_mutual_info appends unconditional ones
         log_p = loglik - np.logaddexp.reduce(loglik)
-    else:
-        log_p = loglik
+    else:  # one request, the gold continuation
+        golds, log_p = [0], loglik
     per_token = [loglik[g] / tokens[tuple(sample["arguments"][g])] for g in golds]
     return {"p_gold": float(np.exp(log_p[golds]).sum()), "gold_loglik": float(max(per_token))}
 

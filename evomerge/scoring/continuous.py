@@ -22,6 +22,7 @@ from typing import Dict, Iterable, Mapping, Tuple
 import numpy as np
 
 METRICS = ("p_gold", "gold_loglik")
+CEILINGS = {"p_gold": 1.0, "gold_loglik": 0.0}  # the best a document can score: certainty of the gold answer
 _OUTPUT_TYPES = ("loglikelihood", "multiple_choice")
 
 

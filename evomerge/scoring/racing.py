@@ -39,6 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from evomerge.recipe.model import RacingSpec
+from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
 from evomerge.scoring.scorer import Documents, LMEvalScorer, averages
 from evomerge.scoring.tasks import TaskSuite
@@ -129,7 +130,7 @@ class Race:
         for task, key, weight, sign in self.objective.terms:
             mine = np.asarray(scores[task][key], dtype=float)
             n, total = len(mine), self.totals[task]
-            low, high = _score_range(mine, bar.scores[task][key] if paired else ())
+            low, high = _score_range(key, mine, bar.scores[task][key] if paired else ())
             best = high if sign > 0 else low
             reachable += weight * sign * (mine.sum() + (total - n) * best) / total
             if paired:
@@ -156,11 +157,11 @@ class Race:
 ROUNDING = 1e-9  # fitness sums computed two ways agree to this
 
 
-def _score_range(*scores: Sequence[float]) -> Tuple[float, float]:
-    """The range a document's score can take: [0, 1] (accuracies, exact matches) unless scores
-    outside it were seen."""
+def _score_range(key: str, *scores: Sequence[float]) -> Tuple[float, float]:
+    """The range a document's score can take: [0, 1] (accuracies, exact matches, p_gold), up to 0 for
+    a per-token loglikelihood, unless scores outside it were seen."""
     seen = [value for values in scores for value in values]
-    return min([0.0, *seen]), max([1.0, *seen])
+    return min([0.0, *seen]), max([continuous.CEILINGS.get(key.split(",")[0], 1.0), *seen])
 
 
 def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -> float:

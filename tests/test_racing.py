@@ -210,3 +210,12 @@ def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_st
     stopped = next((stage for stage in race.stages_scored()
                     if not stage.complete and stops(None, bar.fitness + race.margin_of(bar), race.upper(stage, bar))), None)
     assert stopped is not None and stopped.estimate == pytest.approx(whole.estimate, abs=0.1)
+
+
+def test_a_per_token_loglikelihoods_bound_never_exceeds_certainty_on_every_document_left(resident):
+    _, _, _, scorer, _ = resident
+    objective = Objective([TaskSpec(name=t, metric="gold_loglik", weight=0.5) for t in TASKS], scorer.suite)
+    race = Race(RacingSpec(confidence=1 - 1e-9), scorer, objective, seed=0)
+    near_certain = {task: {"gold_loglik": [-0.01] * 38} for task in TASKS}
+    scored = RaceResult(metrics={}, estimate=-0.01, upper=0.0, documents=76, complete=False, scores=near_certain)
+    assert race.upper(scored, None) <= -0.01 * 38 / 150 < 0  # the 112 documents left score 0 at best

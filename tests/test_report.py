@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,10 +19,12 @@ from evomerge.outputs.report import (
     lineage_layout,
     write_report,
 )
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.scoreboard import finish_run, paired_gain, verdict
+from evomerge.paths import TASKS_DIR
 from evomerge.recipe.space import Gene
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import Evaluation, RunStore
+from evomerge.scoring.tasks import TaskSuite
 
 GENES = [Gene(f"weight[{m}].{f or '*'}@{g}", "weight", 0.0, 1.5, g, 2, f"/zoo/{m}", f)
          for m in ("pair", "rev") for f in ("self_attn", None) for g in range(2)]
@@ -165,3 +168,39 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
     with pytest.raises(EvomergeError, match="not a run directory"):
         write_report(tmp_path)
+
+
+def test_the_winners_gain_over_the_start_is_paired_on_the_same_documents():
+    suite = TaskSuite(["zoo_rev_report", "zoo_sort_report"], [TASKS_DIR])
+    start = {"zoo_rev_report": {"acc": [1.0, 0.0, 1.0, 0.0]}, "zoo_sort_report": {"acc": [0.0, 0.0, 1.0, 1.0]}}
+    winner = {"zoo_rev_report": {"acc": [1.0, 1.0, 1.0, 0.0]}, "zoo_sort_report": {"acc": [0.0, 0.0, 1.0, 1.0]}}
+    gain = paired_gain(suite, start, winner)
+    # rev gains one document in four, sort none; each task weighs half, as in the table's mean column
+    assert gain["value"] == pytest.approx(0.5 * 0.25)
+    assert gain["stderr"] == pytest.approx(0.5 * np.std([0, 1, 0, 0], ddof=1) / 2)
+    assert paired_gain(suite, start, start) == {"value": 0.0, "stderr": 0.0, "tasks": suite.names}
+
+
+@pytest.mark.parametrize("value, stderr, plain", [(0.01, 0.02, True), (-0.01, 0.02, True), (0.1, 0.02, False)])
+def test_a_gain_within_two_standard_errors_is_said_plainly(value, stderr, plain):
+    said = verdict({"held_out": True, "gain": {"value": value, "stderr": stderr, "tasks": ["t"]}})
+    assert f"{value:+.4f} ± {stderr:.4f}" in said
+    assert ("the search found nothing better than the start on the report tasks" in said) == plain
+    assert verdict({"held_out": True, "gain": None}) == ""  # a custom fitness alone: no report tasks
+
+
+def test_the_report_states_the_winners_gain_and_whether_it_is_real(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 30}, searcher={"name": "ga", "population": 4})
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
+    search.run()
+
+    report = finish_run(search)
+
+    rows = {r["role"]: r for r in report["rows"] if r["role"] != "parent"}
+    gain = report["gain"]
+    assert gain["value"] == pytest.approx(rows["winner"]["mean"] - rows["start"]["mean"])
+    assert gain["stderr"] > 0 or gain["value"] == 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["gain"] == gain
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert verdict(report) in markdown and "paired on the same documents" in markdown
+    assert ("found nothing better than the start" in markdown) == (abs(gain["value"]) <= 2 * gain["stderr"])

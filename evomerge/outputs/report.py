@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evomerge.outputs.scoreboard import scored_on, summary, table
+from evomerge.outputs.scoreboard import scored_on, summary, table, verdict
 from evomerge.recipe.space import NOISE, Gene
 from evomerge.run.store import Evaluation, RunStore
 
@@ -372,7 +372,8 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
     header, body = table(report)
     summary_line = html.escape(summary(report)).replace(f"`{report['searcher']}`",
                                                          f"<code>{html.escape(str(report['searcher']))}</code>")
-    lines = [f"<p>{summary_line} {html.escape(scored_on(report))}</p>", "<table>",
+    said = " ".join(html.escape(line) for line in (scored_on(report), verdict(report)) if line)
+    lines = [f"<p>{summary_line} {said}</p>", "<table>",
              "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for row, cells in zip(report["rows"], body):
         lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)

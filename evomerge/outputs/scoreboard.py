@@ -1,7 +1,7 @@
 """The final table: report tasks (never searched on) for each parent, the starting point
-and the winner, with lm-eval's standard errors; plus the Pareto front of a
-multi-objective run. Scored here, stored by the search loop, rendered as JSON and Markdown
-(and as HTML by report.py, from the same cells)."""
+and the winner, with lm-eval's standard errors, and the winner's gain over the start paired
+on the same documents; plus the Pareto front of a multi-objective run. Scored here, stored by
+the search loop, rendered as JSON and Markdown (and as HTML by report.py, from the same cells)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from evomerge.merge.materializer import Materializer
@@ -20,7 +21,7 @@ from evomerge.run.store import Evaluation
 if TYPE_CHECKING:
     from evomerge.run.loop import Search
 from evomerge.scoring.fitness import Metrics, Objective
-from evomerge.scoring.scorer import LMEvalScorer, load_from_disk
+from evomerge.scoring.scorer import Documents, LMEvalScorer, load_from_disk
 from evomerge.scoring.tasks import TaskSuite
 
 REPORT_JSON = "report.json"
@@ -77,23 +78,26 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
     def scorer(model, tokenizer) -> Optional[LMEvalScorer]:
         return LMEvalScorer(suite, model, tokenizer, options=spec.eval, bootstrap_iters=100) if suite else None
 
-    def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> Scores:
-        found = task_scores(lm.score(), suite) if lm else {}
-        return {**found, **custom_scores(objective.custom_scores(model, tokenizer))}
+    def scores(model, tokenizer, lm: Optional[LMEvalScorer]) -> Tuple[Scores, Documents]:
+        metrics, documents = lm.score_with_documents() if lm else ({}, {})
+        found = task_scores(metrics, suite) if lm else {}
+        return {**found, **custom_scores(objective.custom_scores(model, tokenizer))}, documents
 
     resident = scorer(materializer.model, materializer.tokenizer)
     rows = []
     for reference in tqdm(sorted(start.merge.referenced_models(), key=str), desc="report: parents", disable=quiet):
         try:
             materializer.load_parent(reference)
-            row_scores = scores(materializer.model, materializer.tokenizer, resident)
+            row_scores, _ = scores(materializer.model, materializer.tokenizer, resident)
         except ValueError:  # a parent that does not supply the output model's tensors (slices recipes)
             model, tokenizer = load_from_disk(reference.model.path, trust_remote_code)
-            row_scores = scores(model, tokenizer, scorer(model, tokenizer))
+            row_scores, _ = scores(model, tokenizer, scorer(model, tokenizer))
         rows.append(row(Path(reference.model.path).name, "parent", row_scores))
+    documents = {}
     for name, role, candidate in (("starting point", "start", start), (f"winner (#{best.id})", "winner", winner)):
         materializer.materialize(candidate)
-        rows.append(row(name, role, scores(materializer.model, materializer.tokenizer, resident)))
+        row_scores, documents[role] = scores(materializer.model, materializer.tokenizer, resident)
+        rows.append(row(name, role, row_scores))
     report = {
         "title": "evomerge search report" + ("" if held_out else " (no report_tasks: scored on what was searched)"),
         "held_out": held_out,
@@ -110,11 +114,44 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         "best_fitness": best.fitness,
         "objectives": objective.names(list(best.metrics.get("custom", {}))),
         "rows": rows,
+        "gain": paired_gain(suite, documents["start"], documents["winner"]) if suite else None,
     }
     if separate:
         report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
                            for e in pareto_front(evaluations)]
     return report
+
+
+def paired_gain(suite: TaskSuite, start: Documents, winner: Documents) -> Optional[Dict[str, Any]]:
+    """The winner's mean over the tasks' main metrics minus the start's, as the table's mean column
+    weighs them (each task alike), with its standard error from the per-document differences on the
+    same documents: the two models succeed and fail on mostly the same documents, so the difference
+    varies less than either score. None when a main metric is not a mean over documents."""
+    differences = []
+    for task in suite.names:
+        metric = main_metric(suite, task)
+        if not suite.averaged(task, metric):
+            return None
+        key = suite.result_key(task, metric)
+        differences.append(np.asarray(winner[task][key], dtype=float) - np.asarray(start[task][key], dtype=float))
+    variance = sum(d.var(ddof=1) / len(d) for d in differences) / len(differences) ** 2
+    return {"value": float(sum(d.mean() for d in differences) / len(differences)),
+            "stderr": float(math.sqrt(variance)), "tasks": list(suite.names)}
+
+
+def verdict(report: Dict[str, Any]) -> str:
+    """One sentence on the winner's gain over the start, plain when it is within two standard errors."""
+    gain = report.get("gain")
+    if not gain:
+        return ""
+    tasks = "report tasks" if report.get("held_out") else "search tasks"
+    said = (f"The winner's gain over the starting point on the {tasks}: {gain['value']:+.4f} ± {gain['stderr']:.4f} "
+            "(paired on the same documents)")
+    if abs(gain["value"]) <= 2 * gain["stderr"]:
+        return said + f"; within two standard errors: the search found nothing better than the start on the {tasks}."
+    if gain["value"] < 0:
+        return said + f"; the winner is worse than the start on the {tasks}."
+    return said + "."
 
 
 def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:
@@ -152,8 +189,8 @@ def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
 
 def render_markdown(report: Dict[str, Any]) -> str:
     header, body = table(report)
-    lines = [f"# {report['title']}", "", summary(report), scored_on(report), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    said = [line for line in (summary(report), scored_on(report), verdict(report)) if line]
+    lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 

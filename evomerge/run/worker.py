@@ -24,6 +24,7 @@ from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.pool import Outcome, Step
+from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
 from evomerge.scoring.racing import Bar, Race, RaceResult, check_averaged
 from evomerge.scoring.scorer import LMEvalScorer
@@ -55,7 +56,8 @@ class Worker:
             self.materializer = Materializer(self.start.merge, device=device, parents=spec.parents,
                                              dtype=spec.eval.dtype, trust_remote_code=trust_remote_code, quiet=quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
-                                   options=spec.eval, limit=spec.eval.limit) if self.suite else None
+                                   options=spec.eval, limit=spec.eval.limit,
+                                   continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None
         self.race = Race(spec.eval.racing, self.scorer, self.objective, spec.seed) if spec.eval.racing else None
         self._stages: Optional[Iterator[RaceResult]] = None
         self._stage = 0

@@ -1,5 +1,6 @@
 """How a candidate's score comes about: lm-eval tasks built once (tasks.py), one HFLM over the
-resident model (scorer.py), the one place that turns metrics into objectives and a fitness
+resident model (scorer.py), continuous metrics of the gold answer derived from lm-eval's own
+loglikelihoods (continuous.py), the one place that turns metrics into objectives and a fitness
 (fitness.py), and racing's stages and bounds (racing.py). Knows models and tasks, not runs.
 """
 

@@ -39,8 +39,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from evomerge.recipe.model import RacingSpec
+from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
-from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.scoring.scorer import Documents, LMEvalScorer, averages
 from evomerge.scoring.tasks import TaskSuite
 
 
@@ -51,7 +52,7 @@ class Bar:
 
     fitness: float
     custom: float = 0.0
-    scores: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    scores: Documents = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RaceResult:
     upper: float  # its upper confidence bound, from the candidate's scores alone
     documents: int  # scored, all tasks together
     complete: bool  # every stage ran: the metrics are the full evaluation's
-    scores: Dict[str, Dict[str, List[float]]]  # the fitness terms' per-document values so far, in run order
+    scores: Documents  # the fitness terms' per-document values so far, in run order
     custom: Dict[str, float] = field(default_factory=dict)  # the candidate's custom fitness terms, in the estimate
 
 
@@ -89,23 +90,16 @@ class Race:
     def stages_scored(self, custom: Optional[Dict[str, float]] = None) -> Iterator[RaceResult]:
         """The estimate after each stage (with the candidate's `custom` fitness terms), the last one
         complete; the search loop's referee decides after each whether to go on."""
-        values: Dict[str, Dict[str, List[float]]] = {}
+        values: Documents = {}
         for number, stage in enumerate(self.stages, start=1):
             for task, found in self.scorer.score_documents(stage).items():
                 for key, scores in found.items():
                     values.setdefault(task, {}).setdefault(key, []).extend(scores)
             yield self._estimate(values, dict(custom or {}), complete=number == len(self.stages))
 
-    def _estimate(self, values: Dict[str, Dict[str, List[float]]], custom: Dict[str, float],
-                  complete: bool) -> RaceResult:
-        metrics: Metrics = {}
-        for task, found in values.items():
-            for key, scores in found.items():
-                array = np.asarray(scores, dtype=float)
-                metrics.setdefault(task, {})[key] = float(array.mean())
-                if len(array) > 1:
-                    metrics[task][_stderr_key(key)] = float(array.std(ddof=1) / math.sqrt(len(array)))
-        scores: Dict[str, Dict[str, List[float]]] = {}
+    def _estimate(self, values: Documents, custom: Dict[str, float], complete: bool) -> RaceResult:
+        metrics: Metrics = {task: averages(found) for task, found in values.items()}
+        scores: Documents = {}
         for task, key, _, _ in self.objective.terms:
             scores.setdefault(task, {})[key] = list(values[task][key])
         _, estimate = self.objective.fitness(metrics, custom)
@@ -124,14 +118,14 @@ class Race:
         return bar is not None and all(len(bar.scores.get(task, {}).get(key, [])) == self.totals[task]
                                        for task, key, _, _ in self.objective.terms)
 
-    def _bound(self, scores: Dict[str, Dict[str, List[float]]], bar: Optional[Bar]) -> float:
+    def _bound(self, scores: Documents, bar: Optional[Bar]) -> float:
         paired = self._paired(bar)
         estimate = bar.fitness - bar.custom if paired else 0.0
         variance, reachable = 0.0, 0.0
         for task, key, weight, sign in self.objective.terms:
             mine = np.asarray(scores[task][key], dtype=float)
             n, total = len(mine), self.totals[task]
-            low, high = _score_range(mine, bar.scores[task][key] if paired else ())
+            low, high = _score_range(key, mine, bar.scores[task][key] if paired else ())
             best = high if sign > 0 else low
             reachable += weight * sign * (mine.sum() + (total - n) * best) / total
             if paired:
@@ -158,11 +152,11 @@ class Race:
 ROUNDING = 1e-9  # fitness sums computed two ways agree to this
 
 
-def _score_range(*scores: Sequence[float]) -> Tuple[float, float]:
-    """The range a document's score can take: [0, 1] (accuracies, exact matches) unless scores
-    outside it were seen."""
+def _score_range(key: str, *scores: Sequence[float]) -> Tuple[float, float]:
+    """The range a document's score can take: [0, 1] (accuracies, exact matches, p_gold), up to 0 for
+    a per-token loglikelihood, unless scores outside it were seen."""
     seen = [value for values in scores for value in values]
-    return min([0.0, *seen]), max([1.0, *seen])
+    return min([0.0, *seen]), max([continuous.CEILINGS.get(key.split(",")[0], 1.0), *seen])
 
 
 def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -> float:
@@ -185,11 +179,6 @@ def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:
     bar: its bound is not above it. A tie cannot win (the earlier candidate ranks first), and a bound
     meets the bar exactly only where what the candidate can still reach is all it can get."""
     return decision if decision is not None else (bar is not None and upper <= bar + ROUNDING)
-
-
-def _stderr_key(key: str) -> str:
-    metric, _, filter_name = key.partition(",")
-    return f"{metric}_stderr" + (f",{filter_name}" if filter_name else "")
 
 
 def check_averaged(objective: Objective, suite: TaskSuite) -> Optional[str]:

@@ -2,31 +2,49 @@
 
 `lm_eval.evaluator.evaluate` is called directly on the tasks built once (scoring/tasks.py),
 with bootstrapping off and no request cache (the weights under the HFLM change between calls).
+Each document's values come from lm-eval's logged samples, with the continuous metrics
+derived from their loglikelihoods (continuous.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Dict, List, Optional, Sequence
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from evomerge import log_levels
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe.model import EvalSpec
+from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics
 from evomerge.scoring.tasks import TaskSuite, silenced
 
+Documents = Dict[str, Dict[str, List[float]]]  # task -> result key -> each document's value
+
 
 @functools.lru_cache(maxsize=None)
-def _quiet_hflm():
-    """HFLM without its per-call progress bars: the search shows one bar of its own."""
+def _hflm():
+    """HFLM without its per-call progress bars (the search shows one bar of its own), which keeps how
+    many tokens it scored for each (context, continuation): the per-token continuous metric needs them."""
     from lm_eval.models.huggingface import HFLM
 
-    class QuietHFLM(HFLM):
+    class CountingHFLM(HFLM):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.continuation_tokens: Dict[Tuple[str, str], int] = {}
+
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=True)
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            for pair, _, continuation in requests:
+                if pair is not None:  # rolling windows have none
+                    self.continuation_tokens[pair] = len(continuation)
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood_rolling(requests, disable_tqdm=True)
@@ -34,11 +52,15 @@ def _quiet_hflm():
         def generate_until(self, requests, disable_tqdm: bool = False):
             return super().generate_until(requests, disable_tqdm=True)
 
-    return QuietHFLM
+    return CountingHFLM
 
 
 class LMEvalScorer:
-    """One HFLM around a model whose weights are rewritten in place between calls."""
+    """One HFLM around a model whose weights are rewritten in place between calls.
+
+    `continuous`: `score()` also gives the continuous metrics (continuous.py). They need lm-eval's
+    logged samples, which cost it a template rendering per document (on the tiny zoo, as much
+    as the forward pass), so a search whose fitness does not use them goes without."""
 
     def __init__(
         self,
@@ -49,15 +71,17 @@ class LMEvalScorer:
         options: EvalSpec = EvalSpec(),
         limit: Optional[int] = None,
         bootstrap_iters: int = 0,
+        continuous: bool = False,
     ):
         self.suite = suite
+        self.continuous = continuous
         self.options = options
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
         model.eval()
         with log_levels.at_least("lm_eval", logging.ERROR):
-            self.lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
-                                    max_length=options.max_length)
+            self.lm = _hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
+                              max_length=options.max_length)
 
     @property
     def documents(self) -> int:
@@ -65,12 +89,28 @@ class LMEvalScorer:
         return sum(self.suite.documents(task, self.limit) for task in self.suite.names)
 
     def score(self) -> Metrics:
+        """Each task's metrics (task -> key -> mean over the documents, and lm-eval's `_stderr` when
+        it bootstraps), the continuous ones too if the scorer was made `continuous`."""
+        if self.continuous:
+            return self.score_with_documents()[0]
         results = self._evaluate(limit=self.limit, samples=None, log_samples=False)
         return {task: _metrics(results["results"][task]) for task in self.suite.names}
 
-    def score_documents(self, samples: Dict[str, Sequence[int]]) -> Dict[str, Dict[str, List[float]]]:
-        """Each document's metric values (task -> result key -> values in `samples` order), through
-        lm-eval's own `samples=`; a task given no documents is not scored.
+    def score_with_documents(self) -> Tuple[Metrics, Documents]:
+        """`score()`'s metrics with the continuous ones (their means and `_stderr`), and each
+        document's values in the dataset's order, from one lm-eval call."""
+        results = self._evaluate(limit=self.limit, samples=None, log_samples=True)
+        documents = self._documents(results, order=None)
+        metrics = {}
+        for task in self.suite.names:
+            derived = {key: values for key, values in documents.get(task, {}).items()
+                       if key.split(",")[0] in continuous.METRICS}
+            metrics[task] = {**_metrics(results["results"][task]), **averages(derived)}
+        return metrics, documents
+
+    def score_documents(self, samples: Dict[str, Sequence[int]]) -> Documents:
+        """Each document's metric values (task -> result key -> values in `samples` order), the
+        continuous ones included, through lm-eval's own `samples=`; a task given no documents is not scored.
 
         lm-eval is asked for the documents sorted: it scores them in the dataset's order but labels
         them in the order given (lm-evaluation-harness#4084)."""
@@ -79,13 +119,20 @@ class LMEvalScorer:
             return {}
         results = self._evaluate(limit=None, samples={task: sorted(ids) for task, ids in asked.items()},
                                  log_samples=True, tasks={task: self.suite.tasks[task] for task in asked})
-        values: Dict[str, Dict[str, List[float]]] = {}
+        return self._documents(results, order=asked)
+
+    def _documents(self, results: dict, order: Optional[Dict[str, List[int]]]) -> Documents:
+        """Each logged document's metric values with the continuous ones, in `order` (by default the
+        documents' own)."""
+        values: Documents = {}
         for task, logged in results["samples"].items():
-            position = {doc: i for i, doc in enumerate(asked[task])}
-            for sample in sorted(logged, key=lambda s: position[s["doc_id"]]):
-                for metric in sample["metrics"]:
+            position = {doc: i for i, doc in enumerate(order[task])} if order else None
+            for sample in sorted(logged, key=lambda s: position[s["doc_id"]] if position else s["doc_id"]):
+                found = {metric: sample[metric] for metric in sample["metrics"]}
+                found.update(continuous.document_values(self.suite.tasks[task], sample, self.lm.continuation_tokens))
+                for metric, value in found.items():
                     key = metric if sample["filter"] == "none" else f"{metric},{sample['filter']}"
-                    values.setdefault(task, {}).setdefault(key, []).append(float(sample[metric]))
+                    values.setdefault(task, {}).setdefault(key, []).append(float(value))
         return values
 
     def _evaluate(self, *, limit, samples, log_samples: bool, tasks=None) -> dict:
@@ -126,4 +173,18 @@ def _metrics(raw: Dict[str, object]) -> Dict[str, float]:
             continue
         metric, filter_name = key.split(",", 1)
         metrics[metric if filter_name == "none" else key] = float(value)
+    return metrics
+
+
+def averages(documents: Dict[str, List[float]]) -> Dict[str, float]:
+    """Each key's mean over the documents and, from two documents on, its standard error as
+    lm-eval's `mean_stderr` gives it ('acc_stderr', or 'acc_stderr,filter')."""
+    metrics = {}
+    for key, scores in documents.items():
+        array = np.asarray(scores, dtype=float)
+        metrics[key] = float(array.mean())
+        if len(array) > 1:
+            metric, _, filter_name = key.partition(",")
+            stderr_key = f"{metric}_stderr" + (f",{filter_name}" if filter_name else "")
+            metrics[stderr_key] = float(array.std(ddof=1) / math.sqrt(len(array)))
     return metrics

@@ -17,6 +17,7 @@ from evomerge import log_levels
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe.model import SECTION, EvalSpec
+from evomerge.scoring import continuous
 
 
 def _reuse_requests(task) -> None:
@@ -101,7 +102,8 @@ class TaskSuite:
             )
 
     def higher_is_better(self, task: str) -> Dict[str, bool]:
-        return dict(self.tasks[task].higher_is_better())
+        """The metrics a task produces: lm-eval's own and the continuous ones derived from them."""
+        return {**self.tasks[task].higher_is_better(), **{m: True for m in continuous.metrics(self.tasks[task])}}
 
     def documents(self, task: str, limit: Optional[int] = None) -> int:
         """How many documents a full evaluation scores (lm-eval's `limit` counts per task)."""
@@ -112,7 +114,7 @@ class TaskSuite:
         """Whether the metric is a mean over documents, so a subset's mean estimates it."""
         from lm_eval.api.metrics import mean
 
-        return self.tasks[task].aggregation().get(metric) is mean
+        return metric in continuous.metrics(self.tasks[task]) or self.tasks[task].aggregation().get(metric) is mean
 
     def filters(self, task: str) -> List[str]:
         """The task's filter pipelines by name ('none' when it has none), as lm-eval keys its results."""

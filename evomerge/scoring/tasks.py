@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import random
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -136,3 +138,25 @@ def _configure(task, options: EvalSpec, seed: int) -> None:
     elif task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)
     task.set_fewshot_seed(seed=seed)
+    _shots_per_document(task, seed)
+
+
+def _shots_per_document(task, seed: int) -> None:
+    """A document's few-shot examples drawn from a generator seeded by (run seed, task, the document).
+
+    lm-eval draws every document's examples from one generator per task, seeded once
+    (`--fewshot_seed`), so a document's prompt depends on which documents were built before it:
+    a racing stage, a full evaluation and the report would give it different examples. Here
+    each document's draw starts afresh from its own seed, whatever is built around it.
+    """
+    build = task.fewshot_context
+    name = task.get_config("task")
+
+    def fewshot_context(doc, *args, **kwargs):
+        key = f"{seed}\0{name}\0{json.dumps(doc, sort_keys=True, default=str)}"
+        if getattr(task, "sampler", None) is not None:
+            task.sampler.set_rnd(key)
+        task.fewshot_rnd = random.Random(key)
+        return build(doc, *args, **kwargs)
+
+    task.fewshot_context = fewshot_context

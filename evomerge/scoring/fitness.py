@@ -36,7 +36,7 @@ class Objective:
     def custom_scores(self, model, tokenizer) -> Dict[str, float]:
         if self.custom is None:
             return {}
-        with preserved_random_state(), torch.no_grad():
+        with preserved_random_state(model.device), torch.no_grad():
             result = self.custom(model, tokenizer)
         if isinstance(result, (int, float)) and not isinstance(result, bool):
             return {"custom": float(result)}

@@ -138,7 +138,7 @@ class LMEvalScorer:
     def _evaluate(self, *, limit, samples, log_samples: bool, tasks=None) -> dict:
         from lm_eval.evaluator import evaluate
 
-        with preserved_random_state(), torch.no_grad(), silenced(self.bootstrap_iters > 0), \
+        with preserved_random_state(self.lm.device), torch.no_grad(), silenced(self.bootstrap_iters > 0), \
                 log_levels.at_least("lm_eval", logging.WARNING):
             return evaluate(
                 self.lm,

@@ -13,6 +13,7 @@ from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.model import EvalSpec, load_recipe
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run.worker import Worker
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
@@ -58,12 +59,27 @@ def test_the_chat_template_and_system_instruction_shape_every_request(zoo, tasks
         assert context.startswith("<system>k:<user>r:") and context.count("<assistant>") == 1, context
 
 
-def test_the_scoring_dtype_is_the_resident_models(zoo, specialists, base_model, write_recipe):
-    recipe = load_recipe(write_recipe({"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1.0}}
-                                                                             for m in specialists[:2]],
-                                       "dtype": "float32"}))
-    materializer = Materializer(recipe.merge, dtype="bfloat16", quiet=True)
-    assert {p.dtype for p in materializer.model.parameters()} == {torch.bfloat16}
+def test_a_candidate_is_scored_in_the_dtype_eval_asks_for(zoo, tasks_dir, write_recipe):
+    def loglikelihoods(dtype: str):
+        """The rev specialist (the recipe's start) scored by a worker as in a search, in `dtype`: each of 20
+        documents' loglikelihood of its answer (the per-document value of lm-eval's `perplexity`)."""
+        recipe = write_recipe({
+            "merge_method": "task_arithmetic", "base_model": str(zoo["dir"] / "base"),
+            "models": [{"model": str(zoo["dir"] / "rev"), "parameters": {"weight": 1.0}}], "dtype": "float32",
+            "evomerge": {"search": [{"parameter": "weight", "range": [0.0, 1.5]}],
+                         "tasks": [{"name": "zoo_rev_search", "metric": "perplexity"}], "task_paths": [str(tasks_dir)],
+                         "eval": {"dtype": dtype, "limit": 20}}}, name=f"{dtype}.yaml")
+        worker = Worker(load_recipe(recipe))
+        assert worker.begin(list(worker.space.x0)).outcome.status == "ok"
+        scores = worker.scorer.score_documents({"zoo_rev_search": range(20)})["zoo_rev_search"]["perplexity"]
+        return np.array(scores), {p.dtype for p in worker.materializer.model.parameters()}
+
+    (bfloat16, resident), (float32, _) = loglikelihoods("bfloat16"), loglikelihoods("float32")
+    # The same model in 8 bits of mantissa: every document's loglikelihood moves (runs in one dtype agree
+    # exactly), by a little (a few thousandths of a nat here, for answers the specialist is sure of).
+    assert np.all(bfloat16 != float32), (bfloat16, float32)
+    assert np.all(np.abs(bfloat16 - float32) <= 0.05), (bfloat16, float32)
+    assert resident == {torch.bfloat16}
 
 
 def test_bad_eval_options_are_refused_at_the_edge(write_recipe, base_model):

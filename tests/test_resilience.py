@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from lm_eval.models.huggingface import HFLM
+from mergekit.merge_methods.generalized_task_arithmetic import (
+    GeneralizedTaskArithmeticMerge,
+)
 from transformers import AutoModelForCausalLM
 
 from evomerge.cli import main
@@ -37,15 +41,13 @@ BLOCKING_FITNESS = textwrap.dedent('''
         return 0.0
 ''')
 FLAKY_FITNESS = textwrap.dedent('''
-    import torch
-
     calls = 0
 
     def score(model, tokenizer):
         global calls
         calls += 1
         if calls % 4 == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise RuntimeError("the custom fitness failed")
         if calls % 4 == 3:
             return float("nan")
         return 0.0
@@ -130,10 +132,52 @@ def test_failing_candidates_are_stored_and_the_search_goes_on(demo_recipe, tmp_p
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     failed = [e for e in evaluations if not e.ok]
     assert len(evaluations) == 8 and len(failed) == 4
-    assert {e.error.split(":")[0] for e in failed} == {"OutOfMemoryError", "ValueError"}
+    assert {e.error.split(":")[0] for e in failed} == {"RuntimeError", "ValueError"}
     assert all(e.fitness is None for e in failed)
     assert any("non-finite score for custom" in e.error for e in failed)
     assert best.ok
+
+
+def _out_of_memory_on_call(number: int, function):
+    """`function`, raising CUDA's out-of-memory error, as torch does, on its call `number` (1-based)."""
+    calls = 0
+
+    def wrapped(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == number:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
+def test_out_of_memory_in_the_merge_or_the_forward_pass_fails_that_candidate_and_the_search_goes_on(
+        demo_recipe, tmp_path, monkeypatch):
+    # Random proposals do not depend on the results: every run evaluates the same candidates.
+    recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random", "batch": 4})
+
+    def run(name: str):
+        start_search(recipe, tmp_path / name, SearchOptions(evaluations=4, quiet=True)).run()
+        return RunStore.open(tmp_path / name).evaluations()
+
+    reference = run("reference")
+    assert all(e.ok for e in reference)
+    with monkeypatch.context() as patch:  # mergekit's task arithmetic, on the 50th tensor: inside the 2nd merge
+        patch.setattr(GeneralizedTaskArithmeticMerge, "merge_group",
+                      _out_of_memory_on_call(50, GeneralizedTaskArithmeticMerge.merge_group))
+        in_merge = run("merge")
+    with monkeypatch.context() as patch:  # lm-eval's forward pass of the model, its 2nd batch
+        patch.setattr(HFLM, "_model_call", _out_of_memory_on_call(2, HFLM._model_call))
+        in_forward = run("forward")
+    for evaluations in (in_merge, in_forward):
+        failed = [e for e in evaluations if e.failed]
+        assert len(evaluations) == 4 and len(failed) == 1, [(e.id, e.status, e.error) for e in evaluations]
+        assert failed[0].error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        assert failed[0].fitness is None
+        # The others, before and after it, are scored as without the error: the resident model is whole.
+        assert [(e.genotype, e.fitness) for e in evaluations if e.ok] == \
+               [(e.genotype, e.fitness) for e in reference if e.id != failed[0].id]
 
 
 def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path):

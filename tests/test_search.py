@@ -46,7 +46,8 @@ def test_shortened_demo_winner_beats_the_starting_point_and_every_parent(demo_re
 
 def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_recipe, tmp_path):
     run = tmp_path / "run"
-    search = _search(demo_recipe(**FAST), run)
+    search = start_search(demo_recipe(**FAST), run, SearchOptions(evaluations=8, quiet=True))
+    returned = search.run()
     finish_run(search)
     assert (run / "recipe.yaml").read_text() == (tmp_path / "demo.yaml").read_text()
     rows = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
@@ -59,7 +60,10 @@ def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_r
     best = yaml.safe_load((run / "best.yaml").read_text())
     assert best.pop("evomerge") == {"seed": 0}
     MergeConfiguration.model_validate(best)
-    assert max(r["fitness"] for r in rows) == RunStore.open(run).evaluations.ranked()[0].fitness
+    # The winner, read from the file alone: the best fitness of those fully scored, the earliest on ties.
+    winner = min((r for r in rows if r["status"] == "ok"), key=lambda r: (-r["fitness"], r["id"]))
+    assert (returned.id, returned.fitness) == (winner["id"], winner["fitness"])
+    assert (run / "best.yaml").read_text() == winner["recipe"]
     assert (run / "report.md").read_text().startswith("# evomerge search report")
 
 

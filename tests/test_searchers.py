@@ -272,16 +272,22 @@ def test_cma_es_restarts_with_a_doubled_population_and_says_so():
     assert sizes[first] == 8
 
 
-def test_genome_succession_moves_children_toward_the_best_with_a_decaying_step():
+def test_genome_succession_moves_children_toward_the_best_with_a_step_that_decays_each_generation():
     from evomerge.searchers.operators import Succession
 
-    rng = np.random.default_rng(0)
-    step = Succession(step=0.5, decay=0.95)
+    step, decay = 0.5, 0.95
+    succession = Succession(step=step, decay=decay)
     x, own, best, worst = np.full(4, 0.5), np.full(4, 0.6), np.full(4, 0.9), np.full(4, 0.1)
-    moved = step.move(x, own, best, worst, generation=0, rng=rng)
-    assert np.all(moved > x)  # toward the bests, away from the worst: all push up here
-    late = step.move(x, own, best, worst, generation=40, rng=np.random.default_rng(0))
-    assert np.all(late - x < (moved - x) * 0.95 ** 40 * 1.0001)
+    # Toward its own best and the best, away from the worst, each pull drawn uniformly from [0, 1):
+    # on average half of each, so the expected move is step × decay^generation × pull.
+    pull = ((own - x) + (best - x) - (worst - x)) / 2
+    rng = np.random.default_rng(0)  # one generator, independent draws for every move
+    for generation in (0, 10, 40):
+        size = step * decay ** generation
+        moves = np.stack([succession.move(x, own, best, worst, generation, rng) - x for _ in range(4000)])
+        assert np.all(moves > 0) and np.all(moves <= size * 2 * pull)  # all push up here, at most a full pull
+        assert moves.mean(axis=0) == pytest.approx(size * pull, rel=0.03)  # 4000 draws: 5 standard errors
+
     searcher = make_searcher(SearcherSpec(name="ga", population=6, elitism=1, succession={"step": 0.5, "decay": 0.95}),
                              dimension=3, x0=np.full(3, 0.5), seed=1)
     for _ in range(3):

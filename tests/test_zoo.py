@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,28 +18,38 @@ from evomerge.errors import EvomergeError
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
-from evomerge.zoo.build import ZooSettings, build_zoo
+from evomerge.zoo.build import FAMILIES, ZooSettings, build_zoo
 from evomerge.zoo.skills import ALPHABET, SKILLS, write_task_data
 from evomerge.zoo.tokenizer import build_tokenizer
 
 
-def _accuracy(zoo, name):
-    return next(m for m in zoo["models"] if m["name"] == name)["report_accuracy"]
+@pytest.fixture(scope="module")
+def report_tasks(tasks_dir) -> TaskSuite:
+    return TaskSuite([f"zoo_{s}_report" for s in SKILLS], [tasks_dir])
+
+
+def _accuracy(zoo, name: str, report_tasks: TaskSuite) -> dict:
+    """A zoo model's accuracy on each skill, scored here with lm-eval on the first 100 report documents."""
+    folder = zoo["dir"] / name
+    scorer = LMEvalScorer(report_tasks, AutoModelForCausalLM.from_pretrained(folder),
+                          AutoTokenizer.from_pretrained(folder), limit=100)
+    metrics = scorer.score()
+    return {skill: metrics[f"zoo_{skill}_report"]["acc"] for skill in SKILLS}
 
 
 def _mean(accuracy: dict) -> float:
     return sum(accuracy.values()) / len(accuracy)
 
 
-def test_every_specialist_masters_its_own_skill_and_not_the_others(any_zoo):
+def test_every_specialist_masters_its_own_skill_and_not_the_others(any_zoo, report_tasks):
     for skill in SKILLS:
-        accuracy = _accuracy(any_zoo, skill)
+        accuracy = _accuracy(any_zoo, skill, report_tasks)
         assert accuracy[skill] >= check.MASTERED, (skill, accuracy)
         assert all(accuracy[other] <= check.UNMASTERED for other in SKILLS if other != skill), (skill, accuracy)
 
 
-def test_the_base_masters_no_skill(any_zoo):
-    base = _accuracy(any_zoo, "base")
+def test_the_base_masters_no_skill(any_zoo, report_tasks):
+    base = _accuracy(any_zoo, "base", report_tasks)
     assert all(value <= check.UNMASTERED for value in base.values()), base
 
 
@@ -94,12 +105,28 @@ def test_the_check_names_every_model_and_skill_that_lacks_a_property():
     assert found[2].startswith("the uniform task-arithmetic merge (mean 0.600) does not beat the best parent rev")
 
 
-def test_a_second_build_reuses_the_zoo(zoo):
-    manifest_path = zoo["dir"] / "manifest.json"
-    before = manifest_path.stat().st_mtime_ns
-    again = build_zoo(zoo["dir"])
-    assert manifest_path.stat().st_mtime_ns == before
-    assert again["models"] == zoo["models"]
+def test_a_second_build_reuses_the_zoo_and_a_missing_model_trains_it_again(zoo, tmp_path, monkeypatch):
+    class Trained(Exception):
+        """Raised in place of training, which would take minutes."""
+
+    def train(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr("evomerge.zoo.build.train", train)
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo["dir"], copy)  # a copy: the shared zoo is never touched
+    files = sorted(path for path in copy.rglob("*") if path.is_file())
+    written = {path: path.stat().st_mtime_ns for path in files}
+    settings = FAMILIES["llama"]
+    again = build_zoo(copy, settings)  # nothing trained, nothing scored, nothing written
+    assert {path: path.stat().st_mtime_ns for path in files} == written
+    assert again == json.loads((copy / "manifest.json").read_text())
+    with pytest.raises(Trained):  # other settings: another zoo
+        build_zoo(copy, settings.model_copy(update={"seed": 1}))
+    # A missing model trains the zoo again (a file that is there is trusted: its contents are not checked).
+    (copy / "rev" / "model.safetensors").unlink()
+    with pytest.raises(Trained):
+        build_zoo(copy, settings)
 
 
 def _digest(folder: Path) -> str:

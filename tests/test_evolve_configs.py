@@ -75,7 +75,7 @@ def test_every_genotype_merges_to_what_mergekit_evolve_merges(method, zoo, write
 def test_convert_writes_a_recipe_that_loads_merges_and_refuses_edits_of_its_start(zoo, tmp_path):
     genome = _genome(zoo, "ties")
     genome["models"] = [os.path.relpath(m, tmp_path) for m in genome["models"]]  # as a user writes them
-    (tmp_path / "evolve.yml").write_text(yaml.safe_dump(_config(genome)))
+    (tmp_path / "evolve.yml").write_text(yaml.safe_dump(_config(genome, num_fewshot=0)))
     out = tmp_path / "edit" / "recipe.yaml"
     out.parent.mkdir()
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "evolve.yml"), "-o", str(out)])
@@ -86,7 +86,7 @@ def test_convert_writes_a_recipe_that_loads_merges_and_refuses_edits_of_its_star
     assert not os.path.isabs(first) and (out.parent / first).resolve() == (zoo["dir"] / "pair").resolve()
     assert written["slices"][0]["sources"][0]["model"] == first
     assert written["evomerge"]["tasks"] == [{"name": "zoo_pair_search", "metric": "acc", "weight": 1.0}]
-    assert written["evomerge"]["budget"] == {"evaluations": 100} and written["evomerge"]["eval"] == {"limit": 8}
+    assert written["evomerge"]["budget"] == {"evaluations": 100} and written["evomerge"]["eval"] == {"limit": 8, "num_fewshot": 0}
     space = SearchSpace.from_recipe(load_recipe(out))
     assert space.starting_point().merge == load_recipe(out).merge
     written["parameters"]["normalize"] = False

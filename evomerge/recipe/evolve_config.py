@@ -38,13 +38,15 @@ def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None)
     genome = {**raw["genome"], "random_init": config.random_init}
     resolved = map_model_references(genome, lambda ref: resolve_model_path(ref, path.parent))
     spec = validated(GenomeSpec, resolved, path, "genome")
-    mergekit_genome = genome_of(spec, path)
+    mergekit_genome = genome_of(spec, path, "genome")
     start = mergekit_genome.genotype_merge_config(start_genotype(mergekit_genome, spec, seed=0))
     written = {}
 
     def relative(reference: str) -> str:
+        """As the config names it, or relative to `out_dir` where it lives elsewhere."""
         local = resolve_model_path(reference, path.parent)
-        written[local] = os.path.relpath(local, out_dir) if local != reference else reference
+        moved = local != reference and out_dir.resolve() != path.parent.resolve()
+        written[local] = os.path.relpath(local, out_dir.resolve()) if moved else reference
         return written[local]
 
     genome = map_model_references(genome, relative)
@@ -65,5 +67,5 @@ def _section(config: EvolMergeConfiguration, genome: Dict[str, Any]) -> Dict[str
     evaluation = {"limit": config.limit, "num_fewshot": config.num_fewshot,
                   "apply_chat_template": config.apply_chat_template,
                   "fewshot_as_multiturn": config.fewshot_as_multiturn and config.apply_chat_template}
-    section["eval"] = {k: v for k, v in evaluation.items() if v not in (None, False)}
+    section["eval"] = {k: v for k, v in evaluation.items() if v is not None and v is not False}  # 0 stays
     return section

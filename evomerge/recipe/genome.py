@@ -36,7 +36,7 @@ class GenomeSpace(SearchSpace):
     @classmethod
     def from_genome(cls, recipe: Recipe) -> "GenomeSpace":
         spec = recipe.spec.genome
-        genome = genome_of(spec, recipe.path)
+        genome = genome_of(spec, recipe.path, KEY)
         x0 = start_genotype(genome, spec, recipe.spec.seed)
         space = cls(recipe, genome, _genes(genome, spec), x0)
         start = space.starting_point().merge
@@ -63,16 +63,16 @@ class GenomeSpace(SearchSpace):
             for g in self.genes]
 
 
-def genome_of(spec: GenomeSpec, path: Path) -> ModelGenome:
-    """mergekit's ModelGenome, with its refusals as one line naming the file."""
+def genome_of(spec: GenomeSpec, path: Path, key: str) -> ModelGenome:
+    """mergekit's ModelGenome, with its refusals as one line naming the file and the genome's key."""
     if spec.merge_method == "slerp" and len(spec.models) > 2:
         raise EvomergeError(f"a slerp genome of {len(spec.models)} models picks its pair per candidate; evomerge "
                             "keeps one structure per run (its parents stay resident), so give two models",
-                            path=path, key=f"{KEY}.models")
+                            path=path, key=f"{key}.models")
     try:
         return ModelGenome(spec)
     except (AssertionError, OSError, ValueError) as error:
-        raise EvomergeError(f"mergekit-evolve refuses the genome: {error}", path=path, key=KEY) from None
+        raise EvomergeError(f"mergekit-evolve refuses the genome: {error}", path=path, key=key) from None
 
 
 def start_genotype(genome: ModelGenome, spec: GenomeSpec, seed: int) -> np.ndarray:

@@ -9,7 +9,6 @@ wider than the defaults, so mergekit's abs() of weights and clamp of densities a
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,11 +67,12 @@ def test_every_genotype_merges_to_what_mergekit_evolve_merges(method, zoo, write
         materializer = materializer or Materializer(candidate.merge, quiet=True)
         materializer.materialize(candidate)
         out = tmp_path / f"mergekit-{draw}"
-        run_merge(theirs.genotype_merge_config(genotype), str(out), MergeOptions(quiet=True, random_seed=candidate.seed))
+        options = MergeOptions(quiet=True, random_seed=candidate.seed)
+        run_merge(theirs.genotype_merge_config(genotype), str(out), options)
         assert_same_as_resident(load_file(out / "model.safetensors"), materializer.model)
 
 
-def test_convert_writes_a_recipe_that_loads_merges_and_refuses_edits_of_its_start(zoo, tmp_path):
+def test_convert_writes_a_recipe_that_mergekit_merges_and_that_refuses_edits_of_its_start(zoo, tmp_path):
     genome = _genome(zoo, "ties")
     genome["models"] = [os.path.relpath(m, tmp_path) for m in genome["models"]]  # as a user writes them
     (tmp_path / "evolve.yml").write_text(yaml.safe_dump(_config(genome, num_fewshot=0)))
@@ -86,9 +86,12 @@ def test_convert_writes_a_recipe_that_loads_merges_and_refuses_edits_of_its_star
     assert not os.path.isabs(first) and (out.parent / first).resolve() == (zoo["dir"] / "pair").resolve()
     assert written["slices"][0]["sources"][0]["model"] == first
     assert written["evomerge"]["tasks"] == [{"name": "zoo_pair_search", "metric": "acc", "weight": 1.0}]
-    assert written["evomerge"]["budget"] == {"evaluations": 100} and written["evomerge"]["eval"] == {"limit": 8, "num_fewshot": 0}
-    space = SearchSpace.from_recipe(load_recipe(out))
-    assert space.starting_point().merge == load_recipe(out).merge
+    assert written["evomerge"]["budget"] == {"evaluations": 100}
+    assert written["evomerge"]["eval"] == {"limit": 8, "num_fewshot": 0}
+    recipe = load_recipe(out)
+    assert SearchSpace.from_recipe(recipe).starting_point().merge == recipe.merge
+    run_merge(recipe.merge, str(tmp_path / "merged"), MergeOptions(quiet=True))  # what mergekit-yaml runs on it
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
     written["parameters"]["normalize"] = False
     out.write_text(yaml.safe_dump(written))
     result = CliRunner().invoke(main, ["search", str(out), "--out", str(tmp_path / "run")])

@@ -92,7 +92,7 @@ def _genes(genome: ModelGenome, spec: GenomeSpec) -> List[Gene]:
     genes = []
     for group, model, filter_name, parameter in itertools.product(
             range(groups), spec.models, list(spec.filters or []) + [None], parameters):
-        low, high = spec.range(parameter)
+        low, high = spec.range_of(parameter)
         name = f"{Path(model.model.path).name}_{parameter}" + (f"_{filter_name}" if filter_name else "")
         genes.append(Gene(name + (f"@{group}" if groups > 1 else ""), parameter, low, high, group, groups,
                           str(model), filter_name, layer_ranges=ranges))

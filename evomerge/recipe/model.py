@@ -184,7 +184,7 @@ class EvalSpec(_Strict):
 
 class GenomeSpec(ModelGenomeDefinition):
     """mergekit-evolve's genome (its own type and checks), searched as mergekit-evolve searches it:
-    its genotype layout, decoded by its own `genotype_merge_config` (see space.GenomeSpace).
+    its genotype layout, decoded by its own `genotype_merge_config` (see genome.GenomeSpace).
 
     mergekit-evolve's CMA-ES is unbounded; evomerge's searchers need a box, so each genotype
     parameter gets a range (default [0, 1]; weights [-1, 1] with `allow_negative_weights`).
@@ -197,14 +197,14 @@ class GenomeSpec(ModelGenomeDefinition):
 
     @model_validator(mode="after")
     def _known_ranges(self) -> "GenomeSpec":
-        names = METHOD_PARAM_MAPS[self.merge_method]
+        names = METHOD_PARAM_MAPS.get(self.merge_method, [])
         for name, value in self.ranges.items():
             if name not in names:
                 raise ValueError(f"{self.merge_method}'s genotype has no {name!r}; expected one of {', '.join(names)}")
             _check_range(value)
         return self
 
-    def range(self, parameter: str) -> Tuple[float, float]:
+    def range_of(self, parameter: str) -> Tuple[float, float]:
         default = (-1.0, 1.0) if self.allow_negative_weights and parameter == "weight" else (0.0, 1.0)
         return self.ranges.get(parameter, default)
 
@@ -286,7 +286,8 @@ class Recipe:
 
     def require_search(self) -> None:
         """What `evomerge search` needs beyond what `evomerge merge` needs."""
-        if not self.spec.search and self.spec.genome is None and (self.spec.noise is None or self.spec.noise.range is None):
+        searched_noise = self.spec.noise is not None and self.spec.noise.range is not None
+        if not self.spec.search and self.spec.genome is None and not searched_noise:
             raise EvomergeError("expected at least one searched parameter (or a noise range)",
                                 path=self.path, key=f"{SECTION}.search")
         if not self.spec.tasks and self.spec.fitness is None:

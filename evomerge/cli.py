@@ -127,12 +127,20 @@ _EVOLVE_IGNORED = {
     "storage_path": "evomerge merges every candidate in memory and keeps the run in --out",
     "strategy": "evomerge hands a candidate to whichever worker is free; there are no generations to schedule",
     "in_memory": "evomerge always merges in memory",
+    "merge_cuda": "evomerge merges on --device",
+    "reshard": "evomerge loads the parents once and keeps them resident",
+    "save_final_model": "`evomerge export RUN --out DIR` writes the winner",
+    "allow_benchmark_tasks": "evomerge does not refuse benchmark tasks; keep search and report tasks apart",
     "wandb_project": "evomerge does not log to Weights & Biases",
     "wandb_entity": "evomerge does not log to Weights & Biases",
 }
 _EVOLVE_REFUSED = {
     "vllm": "evomerge scores the resident merged model with lm-eval's HF model; vLLM is not supported",
     "wandb": "evomerge does not log to Weights & Biases; `evomerge report RUN` writes the plots and an HTML page",
+    "allow_crimes": "evomerge merges models of one architecture",
+    "load_in_8bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
+    "load_in_4bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
+    "timeout": "evomerge's budget is evaluations (--max-fevals); Ctrl-C stops a run that `evomerge resume` continues",
 }
 
 
@@ -142,7 +150,16 @@ def _mergekit_evolve_options(command):
         click.option("--storage-path", hidden=True),
         click.option("--strategy", "-s", hidden=True),
         click.option("--in-memory/--no-in-memory", default=None, hidden=True),
+        click.option("--merge-cuda/--no-merge-cuda", default=None, hidden=True),
+        click.option("--reshard/--no-reshard", default=None, hidden=True),
+        click.option("--save-final-model/--no-save-final-model", default=None, hidden=True),
+        click.option("--i-understand-the-depths-of-the-evils-i-am-unleashing", "allow_benchmark_tasks",
+                     is_flag=True, default=None, hidden=True),
         click.option("--vllm/--no-vllm", default=None, hidden=True),
+        click.option("--allow-crimes/--no-allow-crimes", default=None, hidden=True),
+        click.option("--load-in-8bit", is_flag=True, default=None, hidden=True),
+        click.option("--load-in-4bit", is_flag=True, default=None, hidden=True),
+        click.option("--timeout", type=float, hidden=True),
         click.option("--wandb/--no-wandb", default=None, hidden=True),
         click.option("--wandb-project", hidden=True),
         click.option("--wandb-entity", hidden=True),
@@ -170,6 +187,8 @@ def _check_mergekit_evolve_options(given: dict) -> None:
               help="Overrides evomerge.budget.evaluations.")
 @click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random, llm).")
 @click.option("--sigma0", type=click.FloatRange(min=0, min_open=True), help="Overrides the cma searcher's sigma0.")
+@click.option("--force-population-size", "popsize", type=click.IntRange(min=1),
+              help="Overrides the cma searcher's popsize (mergekit-evolve's name).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Overrides evomerge.eval.batch_size.")
 @click.option("--task-search-path", "task_paths", multiple=True, type=click.Path(path_type=Path, resolve_path=True),
               help="A folder of lm-eval task YAML files, added to evomerge.task_paths (repeatable).")
@@ -181,7 +200,7 @@ def _check_mergekit_evolve_options(given: dict) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_mergekit_evolve_options
 @_friendly_errors
-def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0, batch_size, task_paths,
+def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0, popsize, batch_size, task_paths,
            trust_remote_code, allow_pickle, workers, ray_address, allow_changed, quiet, **mergekit_evolve):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval.
 
@@ -191,7 +210,8 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0,
 
     _check_mergekit_evolve_options(mergekit_evolve)
     if resume_dir is not None:
-        if recipe is not None or seed is not None or searcher is not None or sigma0 or batch_size or task_paths:
+        amended = any((sigma0, popsize, batch_size, task_paths))
+        if recipe is not None or seed is not None or searcher is not None or amended:
             raise EvomergeError("--resume continues a run with its own recipe, seed and searcher; give only the "
                                 "run directory (and --device, --evaluations, --workers or --ray-address)",
                                 key="--resume")
@@ -203,7 +223,8 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0,
     out = out or _default_run_dir(recipe)
     options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet,
-                            workers=workers or 0, ray_address=ray_address, sigma0=sigma0, batch_size=batch_size,
+                            workers=workers or 0, ray_address=ray_address, batch_size=batch_size,
+                            searcher_options={k: v for k, v in {"sigma0": sigma0, "popsize": popsize}.items() if v},
                             task_paths=tuple(str(p) for p in task_paths))
     _finish(start_search(recipe, out, options), out)
 

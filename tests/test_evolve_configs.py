@@ -101,6 +101,8 @@ def test_convert_writes_a_recipe_that_mergekit_merges_and_that_refuses_edits_of_
 @pytest.mark.parametrize("argv, expected", [
     (["--vllm"], "vLLM is not supported"),
     (["--wandb"], "does not log to Weights & Biases"),
+    (["--load-in-4bit"], "quantized scoring is not supported"),
+    (["--timeout", "60"], "budget is evaluations"),
 ])
 def test_mergekit_evolve_options_without_a_meaning_are_refused(argv, expected, zoo, write_recipe, tmp_path):
     config = write_recipe(_config(_genome(zoo, "linear")), "evolve.yml")
@@ -128,14 +130,16 @@ def test_a_mergekit_evolve_config_is_searched_with_mergekit_evolve_options(zoo, 
     config = write_recipe(_config(_genome(zoo, "task_arithmetic")), "evolve.yml")
     run = tmp_path / "run"
     result = CliRunner().invoke(main, [
-        "search", str(config), "--out", str(run), "--quiet", "--max-fevals", "3", "--sigma0", "0.3",
+        "search", str(config), "--out", str(run), "--quiet", "--max-fevals", "3", "--sigma0", "0.3", "--force-population-size", "3",
         "--task-search-path", str(tasks_dir), "--batch-size", "8", "--random-seed", "5", "--num-gpus", "0",
-        "--storage-path", str(tmp_path / "storage"), "--strategy", "serial", "--no-vllm"])
+        "--storage-path", str(tmp_path / "storage"), "--strategy", "serial", "--no-vllm", "--no-reshard"])
     assert result.exit_code == 0, result.output
-    assert "ignoring --storage-path" in result.output and "ignoring --strategy" in result.output
+    assert {"--storage-path", "--strategy", "--reshard"} == {
+        line.split(":")[0].split()[1] for line in result.output.splitlines() if line.startswith("ignoring ")}
     store = RunStore.open(run)
     options = store.meta("options")
-    assert (options["sigma0"], options["batch_size"], options["seed"]) == (0.3, 8, 5)
+    assert options["searcher_options"] == {"sigma0": 0.3, "popsize": 3}
+    assert (options["batch_size"], options["seed"], options["workers"]) == (8, 5, 0)
     assert len(store.evaluations.finished()) == 3
     best = yaml.safe_load((run / "best.yaml").read_text())
     assert best["merge_method"] == "task_arithmetic" and len(best["models"]) == 4  # smooth: a gradient recipe

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from mergekit import merge_methods
@@ -264,10 +264,11 @@ class Recipe:
         return paths
 
     def with_overrides(self, *, seed: Optional[int] = None, evaluations: Optional[int] = None,
-                       searcher: Optional[str] = None, sigma0: Optional[float] = None,
+                       searcher: Optional[str] = None, searcher_options: Mapping[str, Any] = {},
                        batch_size: Optional[int] = None, task_paths: Sequence[str] = ()) -> "Recipe":
         """The recipe as the command line amends it (`--seed`, `--evaluations`, `--searcher`, and
-        mergekit-evolve's `--sigma0`, `--batch-size`, `--task-search-path`, which adds task folders)."""
+        mergekit-evolve's `--sigma0`, `--force-population-size`, `--batch-size` and
+        `--task-search-path`, which adds task folders)."""
         update: Dict[str, Any] = {}
         if seed is not None:
             update["seed"] = seed
@@ -275,9 +276,9 @@ class Recipe:
             update["budget"] = BudgetSpec(evaluations=evaluations)
         if searcher is not None and searcher != self.spec.searcher.name:
             update["searcher"] = SearcherSpec(name=searcher)
-        if sigma0 is not None:
+        if searcher_options:
             current = update.get("searcher", self.spec.searcher)
-            update["searcher"] = SearcherSpec(**{**current.model_dump(), "sigma0": sigma0})
+            update["searcher"] = SearcherSpec(**{**current.model_dump(), **searcher_options})
         if batch_size is not None:
             update["eval"] = self.spec.eval.model_copy(update={"batch_size": batch_size})
         if task_paths:

@@ -14,9 +14,9 @@ import functools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -46,7 +46,7 @@ class SearchOptions:
     quiet: bool = False
     workers: int = 0  # Ray workers; 0: one worker in this process, without Ray
     ray_address: Optional[str] = None  # join this Ray cluster instead of starting a local one
-    sigma0: Optional[float] = None  # the cma searcher's
+    searcher_options: Dict[str, Any] = field(default_factory=dict)  # over the recipe's (--sigma0, ...)
     batch_size: Optional[int] = None  # lm-eval's
     task_paths: Tuple[str, ...] = ()  # added to the recipe's
 
@@ -92,7 +92,8 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
 
 def _amended(recipe: Recipe, options: SearchOptions) -> Recipe:
     return recipe.with_overrides(seed=options.seed, evaluations=options.evaluations, searcher=options.searcher,
-                                 sigma0=options.sigma0, batch_size=options.batch_size, task_paths=options.task_paths)
+                                 searcher_options=options.searcher_options, batch_size=options.batch_size,
+                                 task_paths=options.task_paths)
 
 
 def _check_inputs(store: RunStore, recipe: Recipe, allow_changed: bool) -> None:

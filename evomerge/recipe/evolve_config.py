@@ -21,6 +21,7 @@ from evomerge.recipe.genome import genome_of, start_genotype
 from evomerge.recipe.model import GenomeSpec, map_model_references, resolve_model_path
 
 MAX_FEVALS = 100  # mergekit-evolve's --max-fevals default
+SEED = 0  # its --random-seed default
 
 
 def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None) -> str:
@@ -39,7 +40,7 @@ def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None)
     resolved = map_model_references(genome, lambda ref: resolve_model_path(ref, path.parent))
     spec = validated(GenomeSpec, resolved, path, "genome")
     mergekit_genome = genome_of(spec, path, "genome")
-    start = mergekit_genome.genotype_merge_config(start_genotype(mergekit_genome, spec, seed=0))
+    start = mergekit_genome.genotype_merge_config(start_genotype(mergekit_genome, spec, SEED))
     written = {}
 
     def relative(reference: str) -> str:
@@ -58,7 +59,7 @@ def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None)
 
 def _section(config: EvolMergeConfiguration, genome: Dict[str, Any]) -> Dict[str, Any]:
     section: Dict[str, Any] = {
-        "seed": 0,
+        "seed": SEED,
         "genome": {k: v for k, v in genome.items() if k != "random_init" or v},
         "tasks": [{"name": t.name, "metric": t.metric.split(",")[0], "weight": t.weight} for t in config.tasks],
         "searcher": {"name": "cma"},  # sigma0 1/6 of each range by default, as mergekit-evolve's

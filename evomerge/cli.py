@@ -116,11 +116,65 @@ def _finish(search, out: Path) -> None:
 
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
-_workers = click.option("--workers", type=click.IntRange(min=0),
+_workers = click.option("--workers", "--num-gpus", "workers", type=click.IntRange(min=0),
                         help="Evaluate on N Ray workers, one per GPU (or a share of the CPUs); 0: in this process.")
 _ray_address = click.option("--ray-address", help="Join this Ray cluster (default: start a local one for the run).")
 _allow_changed = click.option("--allow-changed", is_flag=True,
                               help="Resume although a parent, task, fitness module or library changed (recorded).")
+
+
+_EVOLVE_IGNORED = {
+    "storage_path": "evomerge merges every candidate in memory and keeps the run in --out",
+    "strategy": "evomerge hands a candidate to whichever worker is free; there are no generations to schedule",
+    "in_memory": "evomerge always merges in memory",
+    "merge_cuda": "evomerge merges on --device",
+    "reshard": "evomerge loads the parents once and keeps them resident",
+    "save_final_model": "`evomerge export RUN --out DIR` writes the winner",
+    "allow_benchmark_tasks": "evomerge does not refuse benchmark tasks; keep search and report tasks apart",
+    "wandb_project": "evomerge does not log to Weights & Biases",
+    "wandb_entity": "evomerge does not log to Weights & Biases",
+}
+_EVOLVE_REFUSED = {
+    "vllm": "evomerge scores the resident merged model with lm-eval's HF model; vLLM is not supported",
+    "wandb": "evomerge does not log to Weights & Biases; `evomerge report RUN` writes the plots and an HTML page",
+    "allow_crimes": "evomerge merges models of one architecture",
+    "load_in_8bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
+    "load_in_4bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
+    "timeout": "evomerge's budget is evaluations (--max-fevals); Ctrl-C stops a run that `evomerge resume` continues",
+}
+
+
+def _mergekit_evolve_options(command):
+    """mergekit-evolve's options without a meaning here: refused or ignored, each with its reason."""
+    for option in (
+        click.option("--storage-path", hidden=True),
+        click.option("--strategy", "-s", hidden=True),
+        click.option("--in-memory/--no-in-memory", default=None, hidden=True),
+        click.option("--merge-cuda/--no-merge-cuda", default=None, hidden=True),
+        click.option("--reshard/--no-reshard", default=None, hidden=True),
+        click.option("--save-final-model/--no-save-final-model", default=None, hidden=True),
+        click.option("--i-understand-the-depths-of-the-evils-i-am-unleashing", "allow_benchmark_tasks",
+                     is_flag=True, default=None, hidden=True),
+        click.option("--vllm/--no-vllm", default=None, hidden=True),
+        click.option("--allow-crimes/--no-allow-crimes", default=None, hidden=True),
+        click.option("--load-in-8bit", is_flag=True, default=None, hidden=True),
+        click.option("--load-in-4bit", is_flag=True, default=None, hidden=True),
+        click.option("--timeout", type=float, hidden=True),
+        click.option("--wandb/--no-wandb", default=None, hidden=True),
+        click.option("--wandb-project", hidden=True),
+        click.option("--wandb-entity", hidden=True),
+    ):
+        command = option(command)
+    return command
+
+
+def _check_mergekit_evolve_options(given: dict) -> None:
+    for name, reason in _EVOLVE_REFUSED.items():
+        if given.get(name):
+            raise EvomergeError(reason, key=f"--{name}")
+    for name, value in given.items():
+        if name in _EVOLVE_IGNORED and value is not None:
+            click.echo(f"ignoring --{name.replace('_', '-')}: {_EVOLVE_IGNORED[name]}", err=True)
 
 
 @main.command()
@@ -128,23 +182,36 @@ _allow_changed = click.option("--allow-changed", is_flag=True,
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @_device
-@click.option("--seed", type=int, help="Overrides evomerge.seed.")
-@click.option("--evaluations", type=click.IntRange(min=1), help="Overrides evomerge.budget.evaluations.")
+@click.option("--seed", "--random-seed", "seed", type=int, help="Overrides evomerge.seed.")
+@click.option("--evaluations", "--max-fevals", "evaluations", type=click.IntRange(min=1),
+              help="Overrides evomerge.budget.evaluations.")
 @click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random, llm).")
+@click.option("--sigma0", type=click.FloatRange(min=0, min_open=True), help="Overrides the cma searcher's sigma0.")
+@click.option("--force-population-size", "popsize", type=click.IntRange(min=1),
+              help="Overrides the cma searcher's popsize (mergekit-evolve's name).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Overrides evomerge.eval.batch_size.")
+@click.option("--task-search-path", "task_paths", multiple=True, type=click.Path(path_type=Path, resolve_path=True),
+              help="A folder of lm-eval task YAML files, added to evomerge.task_paths (repeatable).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @_workers
 @_ray_address
 @_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_mergekit_evolve_options
 @_friendly_errors
-def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, workers,
-           ray_address, allow_changed, quiet):
-    """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
+def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0, popsize, batch_size, task_paths,
+           trust_remote_code, allow_pickle, workers, ray_address, allow_changed, quiet, **mergekit_evolve):
+    """Evolve RECIPE: every candidate merged in memory and scored with lm-eval.
+
+    RECIPE may also be a mergekit-evolve config (a file with `genome:`), searched as it would be
+    (see `evomerge convert`); mergekit-evolve's options are accepted where they mean something here."""
     from evomerge.run.loop import SearchOptions, resume_search, start_search
 
+    _check_mergekit_evolve_options(mergekit_evolve)
     if resume_dir is not None:
-        if recipe is not None or seed is not None or searcher is not None:
+        amended = any((sigma0, popsize, batch_size, task_paths))
+        if recipe is not None or seed is not None or searcher is not None or amended:
             raise EvomergeError("--resume continues a run with its own recipe, seed and searcher; give only the "
                                 "run directory (and --device, --evaluations, --workers or --ray-address)",
                                 key="--resume")
@@ -156,8 +223,31 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
     out = out or _default_run_dir(recipe)
     options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet,
-                            workers=workers or 0, ray_address=ray_address)
+                            workers=workers or 0, ray_address=ray_address, batch_size=batch_size,
+                            searcher_options={k: v for k, v in {"sigma0": sigma0, "popsize": popsize}.items() if v},
+                            task_paths=tuple(str(p) for p in task_paths))
     _finish(start_search(recipe, out, options), out)
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="The recipe file (default: print it).")
+@_friendly_errors
+def convert(config: Path, out: Path) -> None:
+    """Write the evomerge recipe for a mergekit-evolve CONFIG: mergekit keys at the genome's
+    starting point (for mergekit-yaml), the genome, tasks and defaults in its evomerge section."""
+    from evomerge.recipe.evolve_config import recipe_text
+    from evomerge.recipe.model import parse_yaml, read_text
+
+    raw = parse_yaml(read_text(config), config)
+    if not isinstance(raw, dict) or "genome" not in raw:
+        raise EvomergeError("expected a mergekit-evolve config, with a `genome:` key", path=config)
+    text = recipe_text(raw, config, out_dir=out.resolve().parent if out else None)
+    if out:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
+from mergekit.evo.genome import METHOD_PARAM_MAPS, ModelGenomeDefinition
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -181,6 +182,33 @@ class EvalSpec(_Strict):
         return self
 
 
+class GenomeSpec(ModelGenomeDefinition):
+    """mergekit-evolve's genome (its own type and checks), searched as mergekit-evolve searches it:
+    its genotype layout, decoded by its own `genotype_merge_config` (see genome.GenomeSpace).
+
+    mergekit-evolve's CMA-ES is unbounded; evomerge's searchers need a box, so each genotype
+    parameter gets a range (default [0, 1]; weights [-1, 1] with `allow_negative_weights`).
+    `random_init` starts at a uniform draw from [0, 1) (mergekit-evolve's), seeded by the run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    random_init: bool = False
+    ranges: Dict[str, Tuple[float, float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_ranges(self) -> "GenomeSpec":
+        names = METHOD_PARAM_MAPS.get(self.merge_method, [])
+        for name, value in self.ranges.items():
+            if name not in names:
+                raise ValueError(f"{self.merge_method}'s genotype has no {name!r}; expected one of {', '.join(names)}")
+            _check_range(value)
+        return self
+
+    def range_of(self, parameter: str) -> Tuple[float, float]:
+        default = (-1.0, 1.0) if self.allow_negative_weights and parameter == "weight" else (0.0, 1.0)
+        return self.ranges.get(parameter, default)
+
+
 class BudgetSpec(_Strict):
     evaluations: PositiveInt
 
@@ -188,6 +216,7 @@ class BudgetSpec(_Strict):
 class EvomergeSpec(_Strict):
     seed: int = 0
     search: List[GeneSpec] = Field(default_factory=list)
+    genome: Optional[GenomeSpec] = None  # a mergekit-evolve genome instead of `search`/`noise`
     noise: Optional[NoiseSpec] = None
     tasks: List[TaskSpec] = Field(default_factory=list)
     fitness: Optional[str] = None
@@ -198,6 +227,12 @@ class EvomergeSpec(_Strict):
     budget: Optional[BudgetSpec] = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
     parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
+
+    @model_validator(mode="after")
+    def _genome_alone(self) -> "EvomergeSpec":
+        if self.genome is not None and (self.search or self.noise is not None):
+            raise ValueError("a genome is the whole search space; remove `search` and `noise` (or the genome)")
+        return self
 
     @field_validator("fitness")
     @classmethod
@@ -229,8 +264,11 @@ class Recipe:
         return paths
 
     def with_overrides(self, *, seed: Optional[int] = None, evaluations: Optional[int] = None,
-                       searcher: Optional[str] = None) -> "Recipe":
-        """The recipe as the command line amends it (`--seed`, `--evaluations`, `--searcher`)."""
+                       searcher: Optional[str] = None, searcher_options: Mapping[str, Any] = {},
+                       batch_size: Optional[int] = None, task_paths: Sequence[str] = ()) -> "Recipe":
+        """The recipe as the command line amends it (`--seed`, `--evaluations`, `--searcher`, and
+        mergekit-evolve's `--sigma0`, `--force-population-size`, `--batch-size` and
+        `--task-search-path`, which adds task folders)."""
         update: Dict[str, Any] = {}
         if seed is not None:
             update["seed"] = seed
@@ -238,11 +276,19 @@ class Recipe:
             update["budget"] = BudgetSpec(evaluations=evaluations)
         if searcher is not None and searcher != self.spec.searcher.name:
             update["searcher"] = SearcherSpec(name=searcher)
+        if searcher_options:
+            current = update.get("searcher", self.spec.searcher)
+            update["searcher"] = SearcherSpec(**{**current.model_dump(), **searcher_options})
+        if batch_size is not None:
+            update["eval"] = self.spec.eval.model_copy(update={"batch_size": batch_size})
+        if task_paths:
+            update["task_paths"] = list(self.spec.task_paths) + [str(Path(p).resolve()) for p in task_paths]
         return dataclasses.replace(self, spec=self.spec.model_copy(update=update))
 
     def require_search(self) -> None:
         """What `evomerge search` needs beyond what `evomerge merge` needs."""
-        if not self.spec.search and (self.spec.noise is None or self.spec.noise.range is None):
+        searched_noise = self.spec.noise is not None and self.spec.noise.range is not None
+        if not self.spec.search and self.spec.genome is None and not searched_noise:
             raise EvomergeError("expected at least one searched parameter (or a noise range)",
                                 path=self.path, key=f"{SECTION}.search")
         if not self.spec.tasks and self.spec.fitness is None:
@@ -255,19 +301,17 @@ class Recipe:
 def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     """Read and validate a recipe; `text` stands in for the file's content (a stored run's copy)."""
     path = Path(path)
-    if text is None:
-        if not path.is_file():
-            raise EvomergeError("recipe file not found", path=path)
-        text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise EvomergeError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path, key=where) from None
+    text = read_text(path) if text is None else text
+    raw = parse_yaml(text, path)
     if not isinstance(raw, dict):
         raise EvomergeError("expected a mapping of mergekit keys at the top level", path=path)
+    if "genome" in raw:  # a mergekit-evolve config: read as the recipe `evomerge convert` writes for it
+        from evomerge.recipe.evolve_config import recipe_text
+
+        return load_recipe(path, recipe_text(raw, path))
     section = raw.pop(SECTION, None) or {}
+    if isinstance(section, dict) and isinstance(section.get("genome"), dict):
+        section = {**section, "genome": map_model_references(section["genome"], _resolver(path.parent))}
     return Recipe(
         path=path.resolve(),
         text=text,
@@ -276,13 +320,29 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     )
 
 
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise EvomergeError("recipe file not found", path=path)
+    return path.read_text(encoding="utf-8")
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """YAML with one-line errors that name the file and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise EvomergeError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path, key=where) from None
+
+
 def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
     """mergekit's own MergeConfiguration, with errors that name the file and the key."""
     known = set(MergeConfiguration.model_fields) | {SECTION}
     for key in raw:
         if key not in known:
             raise EvomergeError(f"unknown key{did_you_mean(key, known)}", path=path, key=key)
-    raw = _resolve_model_paths(raw, path.parent)
+    raw = map_model_references(raw, _resolver(path.parent))
     config = validated(MergeConfiguration, raw, path, None)
     try:
         merge_methods.get(config.merge_method)
@@ -296,17 +356,24 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
     return config
 
 
-def _resolve_model_paths(node: Any, base: Path) -> Any:
-    """Make model paths that exist beside the recipe absolute; leave hub ids and others alone."""
+def map_model_references(node: Any, change: Callable[[str], str]) -> Any:
+    """`change` applied to every model reference of a recipe or a genome (`models: [a, b]`)."""
     if isinstance(node, list):
-        return [_resolve_model_paths(item, base) for item in node]
+        return [map_model_references(item, change) for item in node]
     if not isinstance(node, dict):
         return node
     return {
-        key: resolve_model_path(value, base) if key in MODEL_KEYS and isinstance(value, str)
-        else _resolve_model_paths(value, base)
+        key: change(value) if key in MODEL_KEYS and isinstance(value, str)
+        else [change(v) if isinstance(v, str) else map_model_references(v, change) for v in value]
+        if key == "models" and isinstance(value, list)
+        else map_model_references(value, change)
         for key, value in node.items()
     }
+
+
+def _resolver(base: Path) -> Callable[[str], str]:
+    """Make model paths that exist beside the recipe absolute; leave hub ids and others alone."""
+    return lambda reference: resolve_model_path(reference, base)
 
 
 def resolve_model_path(reference: str, base: Path) -> str:

@@ -101,6 +101,10 @@ class SearchSpace:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "SearchSpace":
+        if recipe.spec.genome is not None:
+            from evomerge.recipe.genome import GenomeSpace
+
+            return GenomeSpace.from_genome(recipe)
         builder = _Builder(recipe)
         for index, spec in enumerate(recipe.spec.search):
             builder.add(index, spec)

@@ -14,9 +14,9 @@ import functools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -46,6 +46,9 @@ class SearchOptions:
     quiet: bool = False
     workers: int = 0  # Ray workers; 0: one worker in this process, without Ray
     ray_address: Optional[str] = None  # join this Ray cluster instead of starting a local one
+    searcher_options: Dict[str, Any] = field(default_factory=dict)  # over the recipe's (--sigma0, ...)
+    batch_size: Optional[int] = None  # lm-eval's
+    task_paths: Tuple[str, ...] = ()  # added to the recipe's
 
 
 class SearchInterrupted(Exception):
@@ -55,8 +58,7 @@ class SearchInterrupted(Exception):
 def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions(),
                  worker_factory: Optional[Callable[..., Any]] = None) -> "Search":
     """Validate and load everything first; the run directory is created only for a search that can start."""
-    recipe = load_recipe(recipe_path).with_overrides(
-        seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    recipe = _amended(load_recipe(recipe_path), options)
     RunStore.check_new(run_dir)
     search = Search(recipe, options, worker_factory)
     store = RunStore.create(run_dir, {
@@ -80,13 +82,18 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
                       evaluations=evaluations or stored.evaluations,
                       workers=stored.workers if workers is None else workers,
                       ray_address=ray_address or stored.ray_address)
-    recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
-        seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
+    recipe = _amended(load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")), options)
     _check_inputs(store, recipe, allow_changed)
     search = Search(recipe, options)
     if options != replace(stored, quiet=quiet):
         store.set_meta("options", asdict(replace(options, quiet=stored.quiet)))
     return search.bind(store)
+
+
+def _amended(recipe: Recipe, options: SearchOptions) -> Recipe:
+    return recipe.with_overrides(seed=options.seed, evaluations=options.evaluations, searcher=options.searcher,
+                                 searcher_options=options.searcher_options, batch_size=options.batch_size,
+                                 task_paths=options.task_paths)
 
 
 def _check_inputs(store: RunStore, recipe: Recipe, allow_changed: bool) -> None:

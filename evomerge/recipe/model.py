@@ -151,7 +151,7 @@ class RacingSpec(_Strict):
 class EvalSpec(_Strict):
     """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
 
-    batch_size: PositiveInt = 64
+    batch_size: Union[PositiveInt, Literal["auto"], None] = None  # default: auto on CUDA, 64 elsewhere (device_defaults.py)
     limit: Optional[PositiveInt] = None
     num_fewshot: Optional[NonNegativeInt] = None
     apply_chat_template: Union[bool, str] = False  # True: the tokenizer's template; a string names one

@@ -111,6 +111,8 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         "documents": sum(e.documents for e in evaluations),
         "restarts": max((e.info.get("restart", 0) for e in evaluations), default=0),
         "winner_id": best.id,
+        "device": best.device,  # where the search scored its candidates
+        "dtype": dtype_name(materializer.model),  # what the search and this table scored in
         "best_fitness": best.fitness,
         "objectives": objective.names(list(best.metrics.get("custom", {}))),
         "rows": rows,
@@ -120,6 +122,11 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
                            for e in pareto_front(evaluations)]
     return report
+
+
+def dtype_name(model) -> str:
+    """A model's dtype as recipes spell it ('bfloat16')."""
+    return str(model.dtype).removeprefix("torch.")
 
 
 def paired_gain(suite: TaskSuite, start: Documents, winner: Documents) -> Optional[Dict[str, Any]]:
@@ -169,8 +176,10 @@ def summary(report: Dict[str, Any]) -> str:
     raced = f", {report['raced']} raced" if report.get("raced") else ""
     documents = f", {report['documents']} documents scored" if report.get("documents") else ""
     documents += f", {report['restarts']} restarts (IPOP)" if report.get("restarts") else ""
+    scored = f"; scored in {report['dtype']} on {report['device']}" if report.get("dtype") else ""
     return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
-            f"{raced}){documents}; best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
+            f"{raced}){documents}{scored}; best search fitness {report['best_fitness']:.4f} "
+            f"(evaluation #{report['winner_id']}).")
 
 
 def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:

@@ -159,7 +159,7 @@ class EvalSpec(_Strict):
     system_instruction: Optional[str] = None
     gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
     max_length: Optional[PositiveInt] = None
-    dtype: Optional[str] = None  # the dtype candidates are scored in; default: the recipe's out_dtype or dtype
+    dtype: Optional[str] = None  # the dtype candidates are scored in; default: device_defaults.scoring_dtype
     racing: Optional[RacingSpec] = None  # `true` for the defaults
 
     @field_validator("racing", mode="before")

@@ -19,8 +19,9 @@ import torch
 
 from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.merge.fingerprint import fingerprint
-from evomerge.merge.materializer import Materializer
+from evomerge.merge.materializer import Materializer, default_device
 from evomerge.recipe.custom_fitness import load_custom_fitness
+from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.pool import Outcome, Step
@@ -52,9 +53,11 @@ class Worker:
         self.space = SearchSpace.from_recipe(recipe)
         self.start = self.space.starting_point()
         self.suite, self.objective = scoring(recipe)
+        device = torch.device(device or default_device())
         with mergekit_refusals(recipe.path):
             self.materializer = Materializer(self.start.merge, device=device, parents=spec.parents,
-                                             dtype=spec.eval.dtype, trust_remote_code=trust_remote_code, quiet=quiet)
+                                             dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
+                                             trust_remote_code=trust_remote_code, quiet=quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit,
                                    continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None

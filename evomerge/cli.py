@@ -117,7 +117,11 @@ def _finish(search, out: Path) -> None:
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
 _workers = click.option("--workers", type=click.IntRange(min=0),
-                        help="Evaluate on N Ray workers, one per GPU (or a share of the CPUs); 0: in this process.")
+                        help="Evaluate on N Ray workers, each with a GPU (or its --gpus-per-worker share, or a "
+                             "share of the CPUs); 0: in this process.")
+_gpus_per_worker = click.option("--gpus-per-worker", type=click.FloatRange(min=0, min_open=True),
+                                help="Each Ray worker's share of a GPU (0.5: two workers a GPU; default 1 where the "
+                                     "cluster has GPUs).")
 _ray_address = click.option("--ray-address", help="Join this Ray cluster (default: start a local one for the run).")
 _allow_changed = click.option("--allow-changed", is_flag=True,
                               help="Resume although a parent, task, fitness module or library changed (recorded).")
@@ -134,12 +138,13 @@ _allow_changed = click.option("--allow-changed", is_flag=True,
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @_workers
+@_gpus_per_worker
 @_ray_address
 @_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_remote_code, allow_pickle, workers,
-           ray_address, allow_changed, quiet):
+           gpus_per_worker, ray_address, allow_changed, quiet):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval."""
     from evomerge.run.loop import SearchOptions, resume_search, start_search
 
@@ -149,14 +154,15 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
                                 "run directory (and --device, --evaluations, --workers or --ray-address)",
                                 key="--resume")
         _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                              ray_address=ray_address, allow_changed=allow_changed), resume_dir)
+                              ray_address=ray_address, allow_changed=allow_changed,
+                              gpus_per_worker=gpus_per_worker), resume_dir)
         return
     if recipe is None:
         raise EvomergeError("expected a RECIPE file (or --resume RUN_DIR)")
     out = out or _default_run_dir(recipe)
     options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet,
-                            workers=workers or 0, ray_address=ray_address)
+                            workers=workers or 0, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
     _finish(start_search(recipe, out, options), out)
 
 
@@ -165,18 +171,20 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, trust_r
 @_device
 @click.option("--evaluations", type=click.IntRange(min=1), help="A new, larger budget.")
 @_workers
+@_gpus_per_worker
 @_ray_address
 @_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def resume(run_dir, device, evaluations, workers, ray_address, allow_changed, quiet):
+def resume(run_dir, device, evaluations, workers, gpus_per_worker, ray_address, allow_changed, quiet):
     """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored.
 
     It runs on the run's own workers unless --workers says otherwise."""
     from evomerge.run.loop import resume_search
 
     _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                          ray_address=ray_address, allow_changed=allow_changed), run_dir)
+                          ray_address=ray_address, allow_changed=allow_changed, gpus_per_worker=gpus_per_worker),
+            run_dir)
 
 
 @main.command()

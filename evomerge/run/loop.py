@@ -46,6 +46,7 @@ class SearchOptions:
     quiet: bool = False
     workers: int = 0  # Ray workers; 0: one worker in this process, without Ray
     ray_address: Optional[str] = None  # join this Ray cluster instead of starting a local one
+    gpus_per_worker: Optional[float] = None  # each Ray worker's share of a GPU; default 1 where the cluster has GPUs
 
 
 class SearchInterrupted(Exception):
@@ -69,7 +70,7 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
                   quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None,
-                  allow_changed: bool = False) -> "Search":
+                  allow_changed: bool = False, gpus_per_worker: Optional[float] = None) -> "Search":
     """Continue a stopped run with the options it was started with (the budget may grow; the
     device and the workers may change), on the inputs it started with: a changed parent, task,
     fitness module or library is refused before anything loads, or with `allow_changed`
@@ -79,7 +80,8 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     options = replace(stored, device=device or stored.device, quiet=quiet,
                       evaluations=evaluations or stored.evaluations,
                       workers=stored.workers if workers is None else workers,
-                      ray_address=ray_address or stored.ray_address)
+                      ray_address=ray_address or stored.ray_address,
+                      gpus_per_worker=gpus_per_worker or stored.gpus_per_worker)
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")).with_overrides(
         seed=options.seed, evaluations=options.evaluations, searcher=options.searcher)
     _check_inputs(store, recipe, allow_changed)
@@ -171,7 +173,7 @@ class Search:
         from evomerge.run.ray_pool import RayPool
 
         return RayPool(self._factory, self.options.workers, address=self.options.ray_address,
-                       device=self.options.device)
+                       device=self.options.device, gpus_per_worker=self.options.gpus_per_worker)
 
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""

@@ -207,6 +207,33 @@ def demo(out, evaluations, device, quiet):
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--device-memory", help="The device's memory, e.g. 80GiB (default: this machine's device's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Workers sharing the device.")
+@_device
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
+@_friendly_errors
+def plan(recipe, device_memory, workers, device, trust_remote_code):
+    """What RECIPE's search needs (memory in each parents: mode, genes, documents, the merged architecture),
+    from configs and safetensors headers: no weight is loaded."""
+    from evomerge.recipe.model import load_recipe
+    from evomerge.recipe.parents import check_parents
+    from evomerge.run.plan import documents_per_evaluation, make_plan, parse_bytes
+
+    loaded = load_recipe(recipe)
+    check_parents(loaded.merge, loaded.path, allow_pickle=True)
+    memory = parse_bytes(device_memory) if device_memory else None
+    with mergekit_refusals(loaded.path):
+        found = make_plan(loaded, device=device, memory=memory, workers=workers, trust_remote_code=trust_remote_code)
+    for line in found.lines(documents_per_evaluation(loaded)):
+        click.echo(line)
+    problem = found.refusal()
+    if problem:
+        raise EvomergeError(problem, path=loaded.path, key="evomerge.parents")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the Hugging Face model.")
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,

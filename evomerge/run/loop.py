@@ -21,9 +21,11 @@ from typing import Any, Callable, Iterator, List, Optional
 from tqdm.auto import tqdm
 
 from evomerge.errors import EvomergeError
+from evomerge.merge.materializer import default_device
 from evomerge.recipe.model import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.plan import check_fits
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.referee import Referee
 from evomerge.run.replay import replay, tell
@@ -119,6 +121,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _sharing_a_device(options: SearchOptions) -> int:
+    """Workers that share one device: all of them on the CPU, a GPU's worth of --gpus-per-worker shares."""
+    if not options.workers:
+        return 1
+    if options.device == "cpu" or (options.device is None and default_device() == "cpu"):
+        return options.workers
+    return min(options.workers, int(1 / options.gpus_per_worker)) if options.gpus_per_worker else 1
+
+
 class Search:
     store: RunStore
 
@@ -131,6 +142,9 @@ class Search:
         self.start = self.space.starting_point()
         self.separate = spec.objectives == "separate"
         self._searcher_options = checked.searcher
+        if not options.ray_address:  # a cluster's devices are not this machine's
+            check_fits(recipe, device=options.device, workers=_sharing_a_device(options),
+                       trust_remote_code=options.trust_remote_code)
         self._make_worker = functools.partial(Worker, recipe, device=options.device,
                                               trust_remote_code=options.trust_remote_code, quiet=options.quiet)
         self._factory = worker_factory or self._make_worker

@@ -33,23 +33,44 @@ def llama_tensors(shape: dict) -> List[Tuple[str, List[int]]]:
     return tensors + [("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
 
 
-def write_shaped_llama(folder: Path, shape: dict, dtype: str = "BF16") -> int:
-    """A Llama folder of this shape whose one safetensors file holds no data; returns its parameters."""
+def write_shaped_llama(folder: Path, shape: dict, dtype: str = "BF16", shard_bytes: int = 5 * 10 ** 9) -> int:
+    """A Llama folder of this shape, sharded as checkpoints are, whose safetensors files hold no data;
+    returns its parameters."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
               "rms_norm_eps": 1e-5, "tie_word_embeddings": False, **shape}
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     width = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    shards: List[List[Tuple[str, List[int]]]] = [[]]
+    filled = 0
+    for name, dims in llama_tensors(shape):
+        size = math.prod(dims) * width
+        if shards[-1] and filled + size > shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append((name, dims))
+        filled += size
+    weight_map = {}
+    for index, tensors in enumerate(shards, 1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        weight_map.update({name: file for name, _ in tensors})
+        _write_hollow(folder / file, tensors, dtype, width)
+    total = sum(math.prod(dims) for name, dims in llama_tensors(shape))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total * width}, "weight_map": weight_map}), encoding="utf-8")
+    return total
+
+
+def _write_hollow(path: Path, tensors: List[Tuple[str, List[int]]], dtype: str, width: int) -> None:
+    """An exact safetensors header (8-byte length, JSON padded to 8 bytes) over a sparse hole of the data's size."""
     header: Dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, dims in llama_tensors(shape):
+    for name, dims in tensors:
         size = math.prod(dims) * width
         header[name] = {"dtype": dtype, "shape": dims, "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path = folder / "model.safetensors"
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        handle.truncate(8 + len(encoded) + offset)  # a sparse hole: no weights on disk
-    return offset // width
+        handle.truncate(8 + len(encoded) + offset)

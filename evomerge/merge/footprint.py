@@ -8,7 +8,9 @@ work space: the largest tensor's k inputs cast to the merge dtype plus its resul
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -17,7 +19,6 @@ import torch
 from mergekit.common import ModelReference, dtype_from_name
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
-from safetensors import safe_open
 
 from evomerge.merge.output_model import output_config, resident_model
 from evomerge.recipe import layout
@@ -76,13 +77,17 @@ def _tensors(reference: ModelReference) -> Tensors:
         return {name: (_numel(info.shape), info.dtype) for file in files.values() for name, info in file.tensors.items()}
     found: Tensors = {}
     for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as handle:
-            for name in handle.keys():
-                piece = handle.get_slice(name)
-                found[name] = (_numel(piece.get_shape()), piece.get_dtype())
+        found.update({name: (_numel(info["shape"]), info["dtype"])
+                      for name, info in _header(shard).items() if name != "__metadata__"})
     if not found:
         found = {p.name: (p.stat().st_size // 4, "F32") for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES}
     return found
+
+
+def _header(shard: Path) -> Dict[str, Any]:
+    """A safetensors file's JSON header (its first 8 bytes give its length), read without mapping the file."""
+    with shard.open("rb") as handle:
+        return json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
 
 
 def _numel(shape) -> int:

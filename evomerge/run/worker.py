@@ -44,6 +44,14 @@ def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
     return suite, objective
 
 
+def _freed(failed: Outcome) -> Outcome:
+    """Called after the `except` block: only once the error and its traceback, whose frames hold the
+    failed candidate's tensors, are gone can `empty_cache` return their memory to the device."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return failed
+
+
 class Worker:
     def __init__(self, recipe: Recipe, *, device: Optional[str] = None, trust_remote_code: bool = False,
                  quiet: bool = True, threads: Optional[int] = None):
@@ -87,15 +95,20 @@ class Worker:
                 return Step(outcome=self._outcome("ok", metrics, self.scorer.documents if self.scorer else 0))
             self._stages = self.race.stages_scored(self._custom)
         except Exception as error:  # a failed candidate is data, not the end of the run
-            return Step(outcome=self._failed(error))
-        return self.advance(bar)
+            failed = self._failed(error)
+        else:
+            return self.advance(bar)
+        return Step(outcome=_freed(failed))
 
     def advance(self, bar: Optional[Bar] = None) -> Step:
         """The next racing stage; its bound compared with the bar's own scores when it has them."""
+        failed = None
         try:
             self._result = next(self._stages)
         except Exception as error:
-            return Step(self._stage, outcome=self._failed(error))
+            failed = self._failed(error)
+        if failed:
+            return Step(self._stage, outcome=_freed(failed))
         self._stage += 1
         result = self._result
         if result.complete:
@@ -119,8 +132,6 @@ class Worker:
                        documents, scores or {}, self._fingerprint, str(self.materializer.device))
 
     def _failed(self, error: Exception) -> Outcome:
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
         seconds = self._materialize_seconds
         return Outcome("failed", error=f"{type(error).__name__}: {error}",
                        materialize_seconds=seconds if seconds is not None else time.perf_counter() - self._started)

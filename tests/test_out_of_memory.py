@@ -49,6 +49,15 @@ def test_out_of_memory_halves_the_batch_keeps_it_and_scores_the_same(demo_recipe
         assert {task: pytest.approx(metrics, rel=1e-5) for task, metrics in a.metrics.items()} == b.metrics
 
 
+def test_racing_stages_shrink_the_batch_too_and_race_the_same(demo_recipe, tmp_path, monkeypatch):
+    recipe = demo_recipe(eval={"limit": 16, "batch_size": 8, "racing": True}, searcher={"name": "random", "batch": 4})
+    _, plain = _search(recipe, tmp_path / "plain")
+    _forwards_fail(monkeypatch, above=2)
+    search, shrunk = _search(recipe, tmp_path / "shrunk")
+    assert search.worker.scorer.lm.batch_size == 2
+    assert [(e.status, e.fitness, e.documents) for e in shrunk] == [(e.status, e.fitness, e.documents) for e in plain]
+
+
 def test_a_candidate_out_of_memory_at_batch_size_1_is_failed_and_the_search_goes_on(demo_recipe, tmp_path,
                                                                                        monkeypatch):
     recipe = demo_recipe(eval={"limit": 12, "batch_size": 4}, searcher={"name": "random", "batch": 4})

@@ -117,7 +117,11 @@ def _finish(search, out: Path) -> None:
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
 _workers = click.option("--workers", "--num-gpus", "workers", type=click.IntRange(min=0),
-                        help="Evaluate on N Ray workers, one per GPU (or a share of the CPUs); 0: in this process.")
+                        help="Evaluate on N Ray workers, each with a GPU (or its --gpus-per-worker share, or a "
+                             "share of the CPUs); 0: in this process.")
+_gpus_per_worker = click.option("--gpus-per-worker", type=click.FloatRange(min=0, min_open=True),
+                                help="Each Ray worker's share of a GPU (0.5: two workers a GPU; default 1 where the "
+                                     "cluster has GPUs).")
 _ray_address = click.option("--ray-address", help="Join this Ray cluster (default: start a local one for the run).")
 _allow_changed = click.option("--allow-changed", is_flag=True,
                               help="Resume although a parent, task, fitness module or library changed (recorded).")
@@ -195,13 +199,15 @@ def _check_mergekit_evolve_options(given: dict) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle checkpoints (.bin/.pt), which can run code.")
 @_workers
+@_gpus_per_worker
 @_ray_address
 @_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_mergekit_evolve_options
 @_friendly_errors
 def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0, popsize, batch_size, task_paths,
-           trust_remote_code, allow_pickle, workers, ray_address, allow_changed, quiet, **mergekit_evolve):
+           trust_remote_code, allow_pickle, workers, gpus_per_worker, ray_address, allow_changed, quiet,
+           **mergekit_evolve):
     """Evolve RECIPE: every candidate merged in memory and scored with lm-eval.
 
     RECIPE may also be a mergekit-evolve config (a file with `genome:`), searched as it would be
@@ -216,14 +222,16 @@ def search(recipe, out, resume_dir, device, seed, evaluations, searcher, sigma0,
                                 "run directory (and --device, --evaluations, --workers or --ray-address)",
                                 key="--resume")
         _finish(resume_search(resume_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                              ray_address=ray_address, allow_changed=allow_changed), resume_dir)
+                              ray_address=ray_address, allow_changed=allow_changed,
+                              gpus_per_worker=gpus_per_worker), resume_dir)
         return
     if recipe is None:
         raise EvomergeError("expected a RECIPE file (or --resume RUN_DIR)")
     out = out or _default_run_dir(recipe)
     options = SearchOptions(device=device, seed=seed, evaluations=evaluations, searcher=searcher,
                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, quiet=quiet,
-                            workers=workers or 0, ray_address=ray_address, batch_size=batch_size,
+                            workers=workers or 0, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                            batch_size=batch_size,
                             searcher_options={k: v for k, v in {"sigma0": sigma0, "popsize": popsize}.items() if v},
                             task_paths=tuple(str(p) for p in task_paths))
     _finish(start_search(recipe, out, options), out)
@@ -255,18 +263,20 @@ def convert(config: Path, out: Path) -> None:
 @_device
 @click.option("--evaluations", type=click.IntRange(min=1), help="A new, larger budget.")
 @_workers
+@_gpus_per_worker
 @_ray_address
 @_allow_changed
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def resume(run_dir, device, evaluations, workers, ray_address, allow_changed, quiet):
+def resume(run_dir, device, evaluations, workers, gpus_per_worker, ray_address, allow_changed, quiet):
     """Continue a stopped run (Ctrl-C, SIGTERM or kill -9) without re-evaluating anything stored.
 
     It runs on the run's own workers unless --workers says otherwise."""
     from evomerge.run.loop import resume_search
 
     _finish(resume_search(run_dir, device=device, evaluations=evaluations, quiet=quiet, workers=workers,
-                          ray_address=ray_address, allow_changed=allow_changed), run_dir)
+                          ray_address=ray_address, allow_changed=allow_changed, gpus_per_worker=gpus_per_worker),
+            run_dir)
 
 
 @main.command()
@@ -286,6 +296,33 @@ def demo(out, evaluations, device, quiet):
     recipe = RECIPES_DIR / "demo.yaml"
     out = out or _default_run_dir(recipe)
     _finish(start_search(recipe, out, SearchOptions(device=device, evaluations=evaluations, quiet=quiet)), out)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--device-memory", help="The device's memory, e.g. 80GiB (default: this machine's device's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Workers sharing the device.")
+@_device
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")
+@_friendly_errors
+def plan(recipe, device_memory, workers, device, trust_remote_code):
+    """What RECIPE's search needs (memory in each parents: mode, genes, documents, the merged architecture),
+    from configs and safetensors headers: no weight is loaded."""
+    from evomerge.recipe.model import load_recipe
+    from evomerge.recipe.parents import check_parents
+    from evomerge.run.plan import documents_per_evaluation, make_plan, parse_bytes
+
+    loaded = load_recipe(recipe)
+    check_parents(loaded.merge, loaded.path, allow_pickle=True)
+    memory = parse_bytes(device_memory) if device_memory else None
+    with mergekit_refusals(loaded.path):
+        found = make_plan(loaded, device=device, memory=memory, workers=workers, trust_remote_code=trust_remote_code)
+    for line in found.lines(documents_per_evaluation(loaded)):
+        click.echo(line)
+    problem = found.refusal()
+    if problem:
+        raise EvomergeError(problem, path=loaded.path, key="evomerge.parents")
 
 
 @main.command()

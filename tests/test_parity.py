@@ -5,10 +5,14 @@ search space with per-layer gradients and filters in play, once by the materiali
 once by mergekit's `run_merge` (what `mergekit-yaml` runs), and compared tensor by tensor,
 on each zoo family (untied llama; tied embeddings with grouped-query attention).
 Randomized methods (DARE, DELLA) are compared under the same seed.
+
+Both sides merge on EVOMERGE_TEST_DEVICE (default cpu; bench/gpu.sh sets cuda): the rule holds
+per device, as the export's fingerprint check does.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +39,8 @@ RANGES = {
     "lambda": (0.5, 1.5), "t": (0.0, 1.0), "select_topk": (0.1, 1.0), "r": (0.05, 0.3),
     "alpha": (0.1, 0.5), "eps": (1e-9, 1e-7), "tol": (1e-6, 1e-4), "max_iter": (5, 20), "scale": (0.5, 1.5),
 }
+DEVICE = os.environ.get("EVOMERGE_TEST_DEVICE", "cpu")
+MERGEKIT = MergeOptions(device=DEVICE, quiet=True)
 METHODS = sorted(m.spec.name for m in merge_methods.registered_methods())
 
 
@@ -87,9 +93,9 @@ def test_every_numeric_parameter_of_every_method_is_searched_here():
 @pytest.mark.parametrize("method_name", METHODS)
 def test_in_memory_merge_equals_mergekit(method_name, any_zoo, write_recipe, tmp_path):
     candidate = _random_candidate(write_recipe(_searched_recipe(method_name, *_parents(any_zoo))))
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     materializer.materialize(candidate)
-    write_with_mergekit(candidate, tmp_path / "mergekit")
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
@@ -102,12 +108,12 @@ def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name
     space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(3)
     x = rng.uniform(space.lower, space.upper)
-    materializer = Materializer(space.decode(x).merge, quiet=True)
+    materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
     materializer.materialize(space.decode(x))
     changed = next(i for i, g in enumerate(space.genes) if g.group == 0 and g.filter in ("self_attn", None))
     x[changed] = space.lower[changed] + space.upper[changed] - x[changed]  # the other side of its range
     materializer.materialize(space.decode(x))
-    fresh = Materializer(space.decode(x).merge, quiet=True)
+    fresh = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
     fresh.materialize(space.decode(x))
     incremental = materializer.model.state_dict()
     different = [name for name, tensor in fresh.model.state_dict().items() if not torch.equal(tensor, incremental[name])]
@@ -117,7 +123,7 @@ def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name
 def test_randomized_methods_depend_on_the_seed(base_model, specialists, write_recipe):
     assert draws_random("dare_ties") and draws_random("della") and not draws_random("ties")
     candidate = _random_candidate(write_recipe(_searched_recipe("dare_ties", base_model, specialists)))
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     materializer.materialize(candidate)
     first = {k: v.clone() for k, v in materializer.model.state_dict().items()}
     materializer.materialize(type(candidate)(merge=candidate.merge, seed=candidate.seed + 1))
@@ -131,9 +137,10 @@ def test_the_mergekit_yaml_command_gives_the_same_weights(method_name, base_mode
     decoded = tmp_path / "decoded.yaml"
     decoded.write_text(candidate.to_yaml())
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
-    subprocess.run([str(mergekit_yaml), str(decoded), str(tmp_path / "cli"), "--random-seed", str(candidate.seed)],
+    subprocess.run([str(mergekit_yaml), str(decoded), str(tmp_path / "cli"), "--random-seed", str(candidate.seed)]
+                   + (["--cuda"] if DEVICE.startswith("cuda") else []),
                    check=True, capture_output=True)
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     materializer.materialize(candidate)
     _assert_same_weights(tmp_path / "cli", materializer.model)
 
@@ -154,16 +161,16 @@ def test_slices_recipes_and_tokenizer_source_match_too(base_model, specialists, 
     }
     candidate = _random_candidate(write_recipe(recipe))
     assert candidate.merge.slices[1].sources[1].parameters["weight"] != candidate.merge.slices[0].sources[1].parameters["weight"]
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     materializer.materialize(candidate)
-    write_with_mergekit(candidate, tmp_path / "mergekit", MergeOptions(quiet=True))
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
 def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_model, specialists, write_recipe):
     recipe = _searched_recipe("task_arithmetic", base_model, specialists[:2])
     start = SearchSpace.from_recipe(load_recipe(write_recipe(recipe))).starting_point()
-    materializer = Materializer(start.merge, quiet=True)
+    materializer = Materializer(start.merge, device=DEVICE, quiet=True)
     other = start.merge.model_copy(deep=True)
     other.models[1] = other.models[1].model_copy(update={"model": ModelReference.parse(specialists[2])})
     with pytest.raises(ValueError, match="other tensors or models than the starting recipe"):
@@ -174,7 +181,7 @@ def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specia
     path = write_recipe(_searched_recipe("ties", base_model, specialists))
     space = SearchSpace.from_recipe(load_recipe(path))
     x = np.random.default_rng(0).uniform(space.lower, space.upper)
-    materializer = Materializer(space.decode(x).merge, quiet=True)
+    materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
     every_tensor = len(materializer.model.state_dict())
     first = materializer.materialize(space.decode(x))
     assert first.recomputed == first.total == every_tensor
@@ -194,9 +201,9 @@ def test_explicit_layer_ranges_match_too(base_model, specialists, write_recipe, 
     candidate = _random_candidate(write_recipe(recipe))
     fallback = candidate.merge.models[0].parameters["weight"][-1].value
     assert len(fallback) == 4 and fallback[0] != fallback[1] and fallback[1] == fallback[2] == fallback[3]
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     materializer.materialize(candidate)
-    write_with_mergekit(candidate, tmp_path / "mergekit")
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
@@ -219,12 +226,12 @@ def test_parents_stay_in_their_checkpoint_dtype_or_narrower_and_still_match(meth
     recipe = _searched_recipe(method_name, copies[0], copies[1:])
     recipe["dtype"] = merged
     candidate = _random_candidate(write_recipe(recipe))
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     resident = {tensor.dtype for name, _ in materializer.model.named_parameters()
                 for tensor in materializer._parents.inputs(name).values()}
     assert resident == {torch.bfloat16}
     materializer.materialize(candidate)
-    write_with_mergekit(candidate, tmp_path / "mergekit")
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
@@ -236,13 +243,13 @@ def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(b
     recipe = _searched_recipe("ties", copies[0], copies[1:])
     recipe["tokenizer_source"] = "union"
     candidate = _random_candidate(write_recipe(recipe))
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     resident = {name: {t.dtype for t in materializer._parents.inputs(name).values()}
                 for name, _ in materializer.model.named_parameters()}
     assert resident["model.embed_tokens.weight"] == {torch.float32}
     assert resident["model.layers.0.mlp.up_proj.weight"] == {torch.bfloat16}
     materializer.materialize(candidate)
-    write_with_mergekit(candidate, tmp_path / "mergekit")
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
@@ -251,7 +258,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
     space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
                                                                               specialists))))
     first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
-    materializer = Materializer(first.merge, quiet=True)
+    materializer = Materializer(first.merge, device=DEVICE, quiet=True)
     materializer.materialize(first)
     name = "model.layers.1.mlp.down_proj.weight"
     execute = ExecuteMergeMethodTask.execute
@@ -261,7 +268,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
         materializer.materialize(second)
     monkeypatch.undo()
     materializer.materialize(second)
-    fresh = Materializer(second.merge, quiet=True)
+    fresh = Materializer(second.merge, device=DEVICE, quiet=True)
     fresh.materialize(second)
     assert torch.equal(materializer.model.state_dict()[name], fresh.model.state_dict()[name])
 
@@ -271,7 +278,7 @@ def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, special
     space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("task_arithmetic", base_model,
                                                                               specialists))))
     candidate = space.starting_point()
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
     execute = ExecuteMergeMethodTask.execute
 

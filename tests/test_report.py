@@ -204,3 +204,5 @@ def test_the_report_states_the_winners_gain_and_whether_it_is_real(demo_recipe, 
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert verdict(report) in markdown and "paired on the same documents" in markdown
     assert ("found nothing better than the start" in markdown) == (abs(gain["value"]) <= 2 * gain["stderr"])
+    assert (report["dtype"], report["device"]) == ("float32", "cpu") == (report["table_dtype"], report["table_device"])
+    assert "scored in float32 on cpu; best search fitness" in markdown

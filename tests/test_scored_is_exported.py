@@ -64,6 +64,7 @@ def test_a_dare_ties_winner_exports_the_scored_weights_and_a_changed_parent_is_r
     exported = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "model"), "--quiet"])
     assert exported.exit_code == 0, exported.output
     card = (tmp_path / "model" / "README.md").read_text()
+    assert "Scored in `float32` on `cpu`" in card
     assert "Weights merged on `cpu`: their fingerprint matches the weights scored in the search" in card
     on_disk = load_file(tmp_path / "model" / "model.safetensors")
     assert all(scored[name].startswith(f"{list(tensor.shape)} float32") for name, tensor in on_disk.items())

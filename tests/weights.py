@@ -25,5 +25,5 @@ def assert_same_as_resident(on_disk: Mapping[str, torch.Tensor], model: torch.nn
     missing = [name for name, stored in counterpart.items() if stored is None]
     assert not missing, f"{len(missing)} resident tensors have no counterpart on disk, e.g. {missing[:3]}"
     different = [name for name, stored in counterpart.items()
-                 if not torch.equal(resident[name].detach(), on_disk[stored])]
+                 if not torch.equal(resident[name].detach().cpu(), on_disk[stored])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

@@ -2,7 +2,7 @@
 parents, written in place into one resident output model (materializer.py, composing
 output_model.py, parent_cache.py, plan.py and apply.py), with evomerge's weight-space noise
 (noise.py); and writing a recipe to a model folder with mergekit (write.py), which export and
-`evomerge merge` use. Knows recipes, not scores.
+`evomerge merge` use; the bytes a merge holds, from headers alone (footprint.py). Knows recipes, not scores.
 """
 
 from evomerge.merge.materializer import Materializer, default_device

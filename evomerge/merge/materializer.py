@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 import torch
-from mergekit.architecture import get_architecture_info
 from mergekit.common import ModelReference, dtype_from_name
 from mergekit.config import MergeConfiguration
 from mergekit.io.tasks import LoaderCache
-from mergekit.merge import _model_out_config
 from mergekit.options import MergeOptions
 
 from evomerge.merge.apply import apply
 from evomerge.merge.noise import layer_positions, relative_std
-from evomerge.merge.output_model import output_tokenizer, resident_model
+from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Ledger, Planner, check_coverage, draws_random, plan_entries
 from evomerge.recipe import layout
@@ -65,8 +63,7 @@ class Materializer:
         self.device = torch.device(device or default_device())
         options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
         LoaderCache().setup(options)
-        arch = get_architecture_info(start, options)
-        out_config = _model_out_config(start, arch, trust_remote_code=trust_remote_code)
+        arch, out_config = output_config(start, options)
         self._planner = Planner(arch, options, out_config)
         planned = self._planner.tasks(start)
         self.tokenizer = output_tokenizer(start, planned, out_config, arch, options)

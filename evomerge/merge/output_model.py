@@ -3,18 +3,24 @@ from that config on the device, whose weights every candidate overwrites in plac
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
-from mergekit.architecture import ModelArchitecture
+from mergekit.architecture import ModelArchitecture, get_architecture_info
 from mergekit.common import dtype_from_name
 from mergekit.config import MergeConfiguration
 from mergekit.graph import Executor, Task
-from mergekit.merge import _get_donor_model, _update_config_vocab
+from mergekit.merge import _get_donor_model, _model_out_config, _update_config_vocab
 from mergekit.options import MergeOptions
 from mergekit.tokenizer import BuildTokenizer, TokenizerInfo
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
+
+
+def output_config(start: MergeConfiguration, options: MergeOptions) -> Tuple[ModelArchitecture, Any]:
+    """mergekit's architecture for the recipe and the config of the model it writes, from configs alone."""
+    arch = get_architecture_info(start, options)
+    return arch, _model_out_config(start, arch, trust_remote_code=options.trust_remote_code)
 
 
 def output_tokenizer(start: MergeConfiguration, planned: List[Task], out_config, arch: ModelArchitecture,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 import yaml
 from mergekit import merge_methods
 
@@ -24,7 +25,8 @@ from evomerge.errors import EvomergeError
 from evomerge.merge.fingerprint import fingerprint, first_difference
 from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import RECIPE_FILE, save_resident
-from evomerge.outputs.scoreboard import render_markdown
+from evomerge.outputs.scoreboard import dtype_name, render_markdown
+from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import load_recipe
 from evomerge.recipe.space import Candidate, SearchSpace
 from evomerge.run.store import Evaluation, RunStore
@@ -53,6 +55,7 @@ class Verified:
     device: str
     matched: Optional[bool]  # None: the run stored no fingerprint for the candidate
     first_difference: Optional[str] = None
+    dtype: Optional[str] = None  # what the weights were merged and scored in
 
 
 def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, device: Optional[str] = None,
@@ -63,8 +66,10 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, dev
     if out.exists() and any(out.iterdir()):
         raise EvomergeError("expected an empty or new folder for the exported model", path=out, key="--out")
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text"))
-    device = device or evaluation.device or store.meta("options").get("device") or default_device()
-    materializer = Materializer(candidate.merge, device=device, dtype=recipe.spec.eval.dtype, quiet=quiet,
+    scored_on = evaluation.device or store.meta("options").get("device") or default_device()
+    device = device or scored_on
+    dtype = scoring_dtype(recipe.merge, recipe.spec.eval, torch.device(scored_on).type)  # as the search scored it
+    materializer = Materializer(candidate.merge, device=device, dtype=dtype, quiet=quiet,
                                 trust_remote_code=store.meta("options").get("trust_remote_code", False))
     materializer.materialize(candidate)
     verified = _verify(store, evaluation, materializer, device)
@@ -81,11 +86,11 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, dev
 
 
 def _verify(store: RunStore, evaluation: Evaluation, materializer: Materializer, device: str) -> Verified:
-    scored = store.evaluations.fingerprint(evaluation.id)
+    scored, dtype = store.evaluations.fingerprint(evaluation.id), dtype_name(materializer.model)
     if not scored:
-        return Verified(device, None)
+        return Verified(device, None, dtype=dtype)
     difference = first_difference(scored, fingerprint(materializer.model))
-    return Verified(device, difference is None, difference)
+    return Verified(device, difference is None, difference, dtype)
 
 
 def _fitness_image(store: RunStore) -> Path:
@@ -176,6 +181,10 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
 
 
 def _verification(verified: Verified, evaluation: Evaluation) -> str:
+    return f"- Scored in `{verified.dtype}` on `{evaluation.device}`\n" + _fingerprint_check(verified, evaluation)
+
+
+def _fingerprint_check(verified: Verified, evaluation: Evaluation) -> str:
     if verified.matched is None:
         return f"- Weights merged on `{verified.device}`; the run stored no fingerprint of the scored weights to check"
     if verified.matched:

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from evomerge.merge.materializer import Materializer
+from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import Candidate
 from evomerge.run.store import Evaluation
@@ -111,6 +113,11 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         "documents": sum(e.documents for e in evaluations),
         "restarts": max((e.info.get("restart", 0) for e in evaluations), default=0),
         "winner_id": best.id,
+        "device": best.device,  # where the search scored its candidates, and in what
+        "dtype": scoring_dtype(recipe.merge, spec.eval, torch.device(best.device or materializer.device).type)
+        or dtype_name(materializer.model),
+        "table_device": str(materializer.device),  # where this table was scored (the driver's), and in what
+        "table_dtype": dtype_name(materializer.model),
         "best_fitness": best.fitness,
         "objectives": objective.names(list(best.metrics.get("custom", {}))),
         "rows": rows,
@@ -120,6 +127,11 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
         report["front"] = [{"id": e.id, "objectives": e.objectives, "metrics": e.metrics, "recipe": e.recipe}
                            for e in pareto_front(evaluations)]
     return report
+
+
+def dtype_name(model) -> str:
+    """A model's dtype as recipes spell it ('bfloat16')."""
+    return str(model.dtype).removeprefix("torch.")
 
 
 def paired_gain(suite: TaskSuite, start: Documents, winner: Documents) -> Optional[Dict[str, Any]]:
@@ -169,8 +181,13 @@ def summary(report: Dict[str, Any]) -> str:
     raced = f", {report['raced']} raced" if report.get("raced") else ""
     documents = f", {report['documents']} documents scored" if report.get("documents") else ""
     documents += f", {report['restarts']} restarts (IPOP)" if report.get("restarts") else ""
+    scored = f"; scored in {report['dtype']} on {report['device']}" if report.get("dtype") else ""
+    table = (report.get("table_dtype"), report.get("table_device"))
+    if table[0] and table != (report.get("dtype"), report.get("device")):
+        scored += f" (this table in {table[0]} on {table[1]})"
     return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
-            f"{raced}){documents}; best search fitness {report['best_fitness']:.4f} (evaluation #{report['winner_id']}).")
+            f"{raced}){documents}{scored}; best search fitness {report['best_fitness']:.4f} "
+            f"(evaluation #{report['winner_id']}).")
 
 
 def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:

@@ -5,7 +5,8 @@ model.py reads the file into pydantic types; layout.py gives every recipe shape 
 genome.py a mergekit-evolve genotype (decoded by mergekit's own code); evolve_config.py reads a
 mergekit-evolve config as the recipe it stands for;
 parents.py and validate.py check everything that needs no weights loaded, all at once;
-custom_fitness.py imports a recipe's own fitness function. After this layer, types are trusted.
+custom_fitness.py imports a recipe's own fitness function; device_defaults.py decides what the
+recipe leaves to the device (the scoring dtype and batch size). After this layer, types are trusted.
 """
 
 from evomerge.recipe.model import Recipe, load_recipe

@@ -152,7 +152,7 @@ class RacingSpec(_Strict):
 class EvalSpec(_Strict):
     """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
 
-    batch_size: PositiveInt = 64
+    batch_size: Union[PositiveInt, Literal["auto"], None] = None  # default: auto on CUDA, 64 elsewhere (device_defaults.py)
     limit: Optional[PositiveInt] = None
     num_fewshot: Optional[NonNegativeInt] = None
     apply_chat_template: Union[bool, str] = False  # True: the tokenizer's template; a string names one
@@ -160,7 +160,7 @@ class EvalSpec(_Strict):
     system_instruction: Optional[str] = None
     gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
     max_length: Optional[PositiveInt] = None
-    dtype: Optional[str] = None  # the dtype candidates are scored in; default: the recipe's out_dtype or dtype
+    dtype: Optional[str] = None  # the dtype candidates are scored in; default: device_defaults.scoring_dtype
     racing: Optional[RacingSpec] = None  # `true` for the defaults
 
     @field_validator("racing", mode="before")

@@ -21,9 +21,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from evomerge.errors import EvomergeError
+from evomerge.merge.materializer import default_device
 from evomerge.recipe.model import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.plan import check_fits
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.referee import Referee
 from evomerge.run.replay import replay, tell
@@ -49,6 +51,7 @@ class SearchOptions:
     searcher_options: Dict[str, Any] = field(default_factory=dict)  # over the recipe's (--sigma0, ...)
     batch_size: Optional[int] = None  # lm-eval's
     task_paths: Tuple[str, ...] = ()  # added to the recipe's
+    gpus_per_worker: Optional[float] = None  # each Ray worker's share of a GPU; default 1 where the cluster has GPUs
 
 
 class SearchInterrupted(Exception):
@@ -71,7 +74,7 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
                   quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None,
-                  allow_changed: bool = False) -> "Search":
+                  allow_changed: bool = False, gpus_per_worker: Optional[float] = None) -> "Search":
     """Continue a stopped run with the options it was started with (the budget may grow; the
     device and the workers may change), on the inputs it started with: a changed parent, task,
     fitness module or library is refused before anything loads, or with `allow_changed`
@@ -81,7 +84,8 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     options = replace(stored, device=device or stored.device, quiet=quiet,
                       evaluations=evaluations or stored.evaluations,
                       workers=stored.workers if workers is None else workers,
-                      ray_address=ray_address or stored.ray_address)
+                      ray_address=ray_address or stored.ray_address,
+                      gpus_per_worker=gpus_per_worker or stored.gpus_per_worker)
     recipe = _amended(load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")), options)
     _check_inputs(store, recipe, allow_changed)
     search = Search(recipe, options)
@@ -124,6 +128,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _sharing_a_device(options: SearchOptions) -> int:
+    """Workers that share one device: all of them on the CPU, a GPU's worth of --gpus-per-worker shares."""
+    if not options.workers:
+        return 1
+    if options.device == "cpu" or (options.device is None and default_device() == "cpu"):
+        return options.workers
+    return min(options.workers, int(1 / options.gpus_per_worker)) if options.gpus_per_worker else 1
+
+
 class Search:
     store: RunStore
 
@@ -136,6 +149,9 @@ class Search:
         self.start = self.space.starting_point()
         self.separate = spec.objectives == "separate"
         self._searcher_options = checked.searcher
+        if not options.ray_address:  # a cluster's devices are not this machine's
+            check_fits(recipe, device=options.device, workers=_sharing_a_device(options),
+                       trust_remote_code=options.trust_remote_code)
         self._make_worker = functools.partial(Worker, recipe, device=options.device,
                                               trust_remote_code=options.trust_remote_code, quiet=options.quiet)
         self._factory = worker_factory or self._make_worker
@@ -178,7 +194,7 @@ class Search:
         from evomerge.run.ray_pool import RayPool
 
         return RayPool(self._factory, self.options.workers, address=self.options.ray_address,
-                       device=self.options.device)
+                       device=self.options.device, gpus_per_worker=self.options.gpus_per_worker)
 
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""

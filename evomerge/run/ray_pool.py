@@ -1,11 +1,14 @@
 """One Ray actor per device, each holding its own worker (resident parents, output model,
 lm-eval tasks); the only module that imports Ray.
 
-On a cluster with GPUs every actor takes one (`num_gpus=1`; Ray's CUDA_VISIBLE_DEVICES
-makes it the actor's `cuda`); otherwise the CPUs are shared out and each actor's torch
-threads set to its share. Without an address evomerge starts a local Ray and shuts it down
-when the search ends (Ray's reaper ends it if the search is killed); with one it joins that
-cluster and leaves it running.
+On a cluster with GPUs every actor takes `gpus_per_worker` of one (default 1; a fraction lets
+small-model workers share a GPU; Ray's CUDA_VISIBLE_DEVICES makes it the actor's `cuda`);
+otherwise the CPUs are shared out and each actor's torch threads set to its share. The actors
+are placed together in one placement group: a cluster that cannot hold them is refused in one
+line, at once when its totals fall short, after `placement_timeout` seconds when they do not fit
+on its nodes, instead of waiting forever. Without an address evomerge starts a local Ray and shuts
+it down when the search ends (Ray's reaper ends it if the search is killed); with one it joins
+that cluster and leaves it running.
 """
 
 from __future__ import annotations
@@ -43,9 +46,32 @@ class _Host:
         return getattr(self.worker, method)(*args)
 
 
+def worker_share(resources: Dict[str, float], size: int, device: Optional[str],
+                 gpus_per_worker: Optional[float]) -> Dict[str, float]:
+    """What one of `size` actors asks of a cluster with these total resources ({"CPU": .., "GPU": ..}),
+    or a one-line refusal when the cluster cannot hold them all."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    has = f"the cluster has {gpus:g} GPUs and {cpus:g} CPUs"
+    if gpus_per_worker and device == "cpu":
+        raise EvomergeError("--gpus-per-worker asks for GPUs but --device is cpu", key="--gpus-per-worker")
+    if device != "cpu" and (gpus_per_worker or gpus >= 1):
+        share = {"CPU": 1.0, "GPU": gpus_per_worker or 1.0}
+        if size * share["GPU"] > gpus or size > cpus:
+            raise EvomergeError(f"--workers {size} with --gpus-per-worker {share['GPU']:g} needs "
+                                f"{size * share['GPU']:g} GPUs and {size} CPUs; {has}: ask for fewer workers or "
+                                "a smaller --gpus-per-worker", key="--workers")
+        return share
+    if size > cpus:
+        raise EvomergeError(f"--workers {size} needs a CPU each; {has}: ask for at most {cpus:g} workers",
+                            key="--workers")
+    return {"CPU": float(int(cpus) // size)}
+
+
 class RayPool:
-    def __init__(self, factory: Factory, size: int, *, address: Optional[str] = None, device: Optional[str] = None):
+    def __init__(self, factory: Factory, size: int, *, address: Optional[str] = None, device: Optional[str] = None,
+                 gpus_per_worker: Optional[float] = None, placement_timeout: float = 120.0):
         import ray
+        from ray.util.placement_group import placement_group
 
         self.started = not ray.is_initialized()
         if self.started:
@@ -53,18 +79,20 @@ class RayPool:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        resources = ray.cluster_resources()
-        if resources.get("GPU", 0) >= 1 and device != "cpu":
-            self._resources, threads = {"num_gpus": 1, "num_cpus": 1}, None
-        else:
-            cpus = max(1, int(resources.get("CPU", 1)) // size)
-            self._resources, threads = {"num_cpus": cpus}, cpus
-        self._actor = ray.remote(_Host)
-        self._factory, self._threads = factory, threads
-        self.actors = [self._spawn() for _ in range(size)]
-        self.names = [f"ray-{slot}" for slot in range(size)]
+        self.actors, self._group = [], None
         self._calls: Dict[Any, int] = {}
         try:
+            share = worker_share(ray.cluster_resources(), size, device, gpus_per_worker)
+            self._group = placement_group([share] * size, strategy="PACK")
+            if not ray.wait([self._group.ready()], timeout=placement_timeout)[0]:
+                raise EvomergeError(f"Ray could not place {size} workers of {share} each in {placement_timeout:g} s; "
+                                    f"the cluster has {ray.available_resources()} free: ask for fewer --workers or "
+                                    "a smaller --gpus-per-worker", key="--workers")
+            self._resources = {"num_cpus": share["CPU"], "num_gpus": share.get("GPU", 0)}
+            self._actor = ray.remote(_Host)
+            self._factory, self._threads = factory, None if "GPU" in share else int(share["CPU"])
+            self.actors = [self._spawn(slot) for slot in range(size)]
+            self.names = [f"ray-{slot}" for slot in range(size)]
             for found in ray.get([actor.call.remote("ready") for actor in self.actors]):
                 if isinstance(found, Exception):
                     raise found
@@ -72,8 +100,12 @@ class RayPool:
             self.close()
             raise
 
-    def _spawn(self):
-        return self._actor.options(**self._resources).remote(self._factory, self._threads)
+    def _spawn(self, slot: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=slot)
+        return self._actor.options(**self._resources, scheduling_strategy=strategy).remote(self._factory,
+                                                                                          self._threads)
 
     def submit(self, slot: int, method: str, *args: Any) -> None:
         self._calls[self.actors[slot].call.remote(method, *args)] = slot
@@ -97,7 +129,7 @@ class RayPool:
         import ray
 
         ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._spawn()
+        self.actors[slot] = self._spawn(slot)
 
     def close(self) -> None:
         import ray
@@ -107,4 +139,8 @@ class RayPool:
             return
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        if self._group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._group)
         self._calls.clear()

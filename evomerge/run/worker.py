@@ -19,8 +19,9 @@ import torch
 
 from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.merge.fingerprint import fingerprint
-from evomerge.merge.materializer import Materializer
+from evomerge.merge.materializer import Materializer, default_device
 from evomerge.recipe.custom_fitness import load_custom_fitness
+from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.pool import Outcome, Step
@@ -43,6 +44,14 @@ def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
     return suite, objective
 
 
+def _freed(failed: Outcome) -> Outcome:
+    """Called after the `except` block: only once the error and its traceback, whose frames hold the
+    failed candidate's tensors, are gone can `empty_cache` return their memory to the device."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return failed
+
+
 class Worker:
     def __init__(self, recipe: Recipe, *, device: Optional[str] = None, trust_remote_code: bool = False,
                  quiet: bool = True, threads: Optional[int] = None):
@@ -52,9 +61,11 @@ class Worker:
         self.space = SearchSpace.from_recipe(recipe)
         self.start = self.space.starting_point()
         self.suite, self.objective = scoring(recipe)
+        device = torch.device(device or default_device())
         with mergekit_refusals(recipe.path):
             self.materializer = Materializer(self.start.merge, device=device, parents=spec.parents,
-                                             dtype=spec.eval.dtype, trust_remote_code=trust_remote_code, quiet=quiet)
+                                             dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
+                                             trust_remote_code=trust_remote_code, quiet=quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit,
                                    continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None
@@ -84,15 +95,20 @@ class Worker:
                 return Step(outcome=self._outcome("ok", metrics, self.scorer.documents if self.scorer else 0))
             self._stages = self.race.stages_scored(self._custom)
         except Exception as error:  # a failed candidate is data, not the end of the run
-            return Step(outcome=self._failed(error))
-        return self.advance(bar)
+            failed = self._failed(error)
+        else:
+            return self.advance(bar)
+        return Step(outcome=_freed(failed))
 
     def advance(self, bar: Optional[Bar] = None) -> Step:
         """The next racing stage; its bound compared with the bar's own scores when it has them."""
+        failed = None
         try:
             self._result = next(self._stages)
         except Exception as error:
-            return Step(self._stage, outcome=self._failed(error))
+            failed = self._failed(error)
+        if failed:
+            return Step(self._stage, outcome=_freed(failed))
         self._stage += 1
         result = self._result
         if result.complete:
@@ -116,8 +132,6 @@ class Worker:
                        documents, scores or {}, self._fingerprint, str(self.materializer.device))
 
     def _failed(self, error: Exception) -> Outcome:
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
         seconds = self._materialize_seconds
         return Outcome("failed", error=f"{type(error).__name__}: {error}",
                        materialize_seconds=seconds if seconds is not None else time.perf_counter() - self._started)

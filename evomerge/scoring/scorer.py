@@ -4,6 +4,10 @@
 with bootstrapping off and no request cache (the weights under the HFLM change between calls).
 Each document's values come from lm-eval's logged samples, with the continuous metrics
 derived from their loglikelihoods (continuous.py).
+
+With a fixed batch size, running out of device memory halves the batch and retries the call
+(down to 1), and the smaller batch is kept for later candidates: a long document or a larger
+merged vocabulary should cost speed, not the candidate. `auto` leaves it to lm-eval's own search.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 from evomerge import log_levels
 from evomerge.random_state import preserved_random_state
+from evomerge.recipe.device_defaults import batch_size
 from evomerge.recipe.model import EvalSpec
 from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics
@@ -80,7 +87,8 @@ class LMEvalScorer:
         self.bootstrap_iters = bootstrap_iters
         model.eval()
         with log_levels.at_least("lm_eval", logging.ERROR):
-            self.lm = _hflm()(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size,
+            self.lm = _hflm()(pretrained=model, tokenizer=tokenizer,
+                              batch_size=batch_size(options, next(model.parameters()).device.type),
                               max_length=options.max_length)
 
     @property
@@ -135,7 +143,23 @@ class LMEvalScorer:
                     values.setdefault(task, {}).setdefault(key, []).append(float(value))
         return values
 
-    def _evaluate(self, *, limit, samples, log_samples: bool, tasks=None) -> dict:
+    def _evaluate(self, **kwargs) -> dict:
+        """One lm-eval call, retried with half the batch after running out of memory. The retry runs
+        outside the `except` block: the error's traceback holds the failed batch's tensors, and
+        `empty_cache` can only return their memory once it is gone."""
+        while True:
+            try:
+                return self._evaluate_once(**kwargs)
+            except Exception as error:
+                size = self.lm.batch_size
+                if not out_of_memory(error) or size == "auto" or int(size) <= 1:
+                    raise
+            self.lm.batch_size_per_gpu = int(size) // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("out of memory at batch size %s; retrying with %s", size, self.lm.batch_size_per_gpu)
+
+    def _evaluate_once(self, *, limit, samples, log_samples: bool, tasks=None) -> dict:
         from lm_eval.evaluator import evaluate
 
         with preserved_random_state(self.lm.device), torch.no_grad(), silenced(self.bootstrap_iters > 0), \
@@ -152,6 +176,12 @@ class LMEvalScorer:
                 apply_chat_template=self.options.apply_chat_template,
                 fewshot_as_multiturn=self.options.fewshot_as_multiturn,
             )
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """torch's own out-of-memory error, or a RuntimeError that says it ran out (other backends, older torch)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 def load_from_disk(path: str, trust_remote_code: bool = False):

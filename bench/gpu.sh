@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What a maintainer with one GPU runs as is, from the repository root (under ten minutes):
+#   bench/gpu.sh
+# 1. the parity tests with both sides merging on the device (tests/test_parity.py, EVOMERGE_TEST_DEVICE),
+# 2. a 16-evaluation demo search on the zoo: per-candidate merge and scoring times, peak device memory,
+# 3. `evomerge merge --in-memory` against `mergekit-yaml --cuda` on the demo recipe, tensor by tensor,
+# plus `evomerge plan` for the demo recipe. Without CUDA every step runs on the CPU (parity on a few
+# methods, to spare shared cores) and the CUDA-only parts say they were skipped, so CI can run it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+BIN=$(cd "$(dirname "$PYTHON")" && pwd)
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  DEVICE=cuda; CUDA_FLAG=--cuda; PARITY=()
+  "$PYTHON" -c "import torch; print('device: cuda,', torch.cuda.get_device_name(0))"
+else
+  DEVICE=cpu; CUDA_FLAG=; PARITY=(-k "test_in_memory_merge_equals_mergekit and (llama-ties or tied-dare_ties or llama-slerp)")
+  echo "device: cpu. No CUDA here: skipping the CUDA-only steps (parity on cuda, mergekit-yaml --cuda, peak device memory); running the rest on the CPU"
+fi
+
+echo "== evomerge plan recipes/demo.yaml (device $DEVICE)"
+"$BIN/evomerge" plan recipes/demo.yaml --device "$DEVICE" 2>&1 | grep -v torch_dtype
+
+echo "== parity tests on $DEVICE (tests/test_parity.py)"
+EVOMERGE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity.py "${PARITY[@]}" 2>&1 | tail -3
+
+echo "== 16-evaluation demo search on $DEVICE"
+"$PYTHON" bench/gpu.py search --evaluations 16 --out "$WORK/run" 2>&1 | grep -v torch_dtype
+
+# the search's copy of the demo recipe names the zoo by absolute paths, which mergekit's card does not look up on the Hub
+echo "== evomerge merge --in-memory vs mergekit-yaml ${CUDA_FLAG:-(cpu)} on the demo recipe"
+"$BIN/evomerge" merge "$WORK/demo.yaml" "$WORK/in-memory" --in-memory --device "$DEVICE" >"$WORK/merge.log" 2>&1 \
+  || { cat "$WORK/merge.log"; exit 1; }
+"$BIN/mergekit-yaml" "$WORK/demo.yaml" "$WORK/mergekit" $CUDA_FLAG --random-seed 0 >"$WORK/mergekit.log" 2>&1 \
+  || { cat "$WORK/mergekit.log"; exit 1; }
+"$PYTHON" bench/gpu.py same "$WORK/in-memory" "$WORK/mergekit"

@@ -1,0 +1,178 @@
+"""What a search will need, worked out before anything loads: memory on the device and the host in
+each `parents:` mode, genes, documents, the merged architecture.
+
+`evomerge plan` prints it; every search checks it first and refuses a recipe that cannot fit, in
+one line naming the cheapest fix, when the device's memory is known (CUDA's free memory, the RAM
+on a CPU machine). Scoring figures are upper bounds: every sequence padded to the model's
+`max_length`, the logits and their log-softmax in float32 (4 bytes each) and one layer's working
+set (attention projections and the MLP) at a time, as a forward pass without gradients holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import torch
+
+from evomerge.errors import SECTION, EvomergeError
+from evomerge.merge.footprint import Footprint, footprint
+from evomerge.merge.materializer import default_device
+from evomerge.recipe.device_defaults import batch_size, scoring_dtype
+from evomerge.recipe.model import Recipe
+from evomerge.recipe.space import SearchSpace
+
+GIB = 1024 ** 3
+UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+         "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '24 GB', '1e9' -> bytes."""
+    found = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not found or found.group(2).lower() not in UNITS:
+        raise EvomergeError(f"expected a size like 80GiB or 24GB, got {text!r}", key="--device-memory")
+    return int(float(found.group(1)) * UNITS[found.group(2).lower()])
+
+
+def local_memory(device_type: str, index: Optional[int] = None) -> Optional[int]:
+    """The free memory of a CUDA device, the RAM of a CPU machine; None where unknown."""
+    if device_type == "cuda":
+        return torch.cuda.mem_get_info(index or 0)[0] if torch.cuda.is_available() else None
+    if device_type == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def gib(size: float) -> str:
+    return f"{size / GIB:.2f} GiB" if size >= GIB else f"{size / 2 ** 20:.2f} MiB"
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    device_type: str
+    weights: Footprint
+    scoring_dtype: str
+    batch_size: Union[int, str]
+    max_length: int
+    per_sequence: int  # scoring bytes per sequence in a batch
+    workers: int  # workers sharing the device
+    memory: Optional[int]  # the device's, given or found; None: unknown
+    memory_source: str
+
+    @property
+    def batch(self) -> int:
+        """The batch the plan sizes: `auto` finds what fits, so it is sized at 1."""
+        return 1 if self.batch_size == "auto" else int(self.batch_size)
+
+    def activations(self, batch: Optional[int] = None) -> int:
+        return (batch or self.batch) * self.per_sequence
+
+    def device_bytes(self, parents: str, batch: Optional[int] = None, workers: Optional[int] = None) -> int:
+        """What the device holds; on a CPU machine, where device and host are one memory, everything."""
+        w = self.weights
+        own = w.output + w.workspace + self.activations(batch)
+        if parents == "device" or self.device_type == "cpu":
+            own += w.resident_parents
+        return (workers or self.workers) * own
+
+    def host_bytes(self, parents: str) -> int:
+        return self.workers * self.weights.resident_parents if parents == "host" and self.device_type != "cpu" else 0
+
+    def fits(self, parents: str, **change) -> bool:
+        return self.memory is None or self.device_bytes(parents, **change) <= self.memory
+
+    def refusal(self) -> Optional[str]:
+        """None when the recipe fits (or the memory is unknown), else one line naming the cheapest fix."""
+        mode = self.recipe.spec.parents
+        if self.fits(mode):
+            return None
+        needs = (f"needs {gib(self.device_bytes(mode))} on {self.device_type} with parents: {mode}, more than "
+                 f"the {gib(self.memory)} of {self.memory_source}")
+        if mode == "device" and self.device_type != "cpu" and self.fits("host"):
+            return f"{needs}; set `parents: host` ({gib(self.device_bytes('host'))} on the device)"
+        smaller = next((b for b in _halvings(self.batch) if self.fits(mode, batch=b)), None)
+        if smaller:
+            return f"{needs}; set a smaller batch, `eval: {{batch_size: {smaller}}}`"
+        fewer = next((w for w in range(self.workers - 1, 0, -1) if self.fits(mode, workers=w)), None)
+        if fewer:
+            return f"{needs}; run fewer workers per device ({fewer} fit: --workers or a larger --gpus-per-worker)"
+        least = self.device_bytes("host", batch=1, workers=1)
+        host = "parents: host, " if self.device_type != "cpu" else ""
+        return f"{needs}; even {host}batch size 1 and one worker need {gib(least)}"
+
+    def lines(self, documents: Optional[int] = None) -> List[str]:
+        w, config, spec = self.weights, self.weights.config, self.recipe.spec
+        k = len(w.parents)
+        found = [
+            f"recipe: {self.recipe.path}",
+            f"merged architecture: {config.model_type}, {config.num_hidden_layers} layers, hidden size "
+            f"{config.hidden_size}, vocabulary {config.vocab_size}, max_length {self.max_length}",
+            f"parents ({k}, in their checkpoint dtypes): {gib(sum(w.parents.values()))}; resident "
+            f"{gib(w.resident_parents)}",
+            *[f"  {name}: {gib(size)}" for name, size in w.parents.items()],
+            f"output model ({self.scoring_dtype}, scored on {self.device_type}): {gib(w.output)}",
+            f"merge work space ({w.largest[0]}: {k} inputs + the result in {w.merge_dtype}): {gib(w.workspace)}",
+            f"scoring activations (batch {self.batch_size}{' sized at 1' if self.batch_size == 'auto' else ''} x "
+            f"max_length {self.max_length}: logits and log-softmax x 4 B, one layer's hidden states): "
+            f"{gib(self.activations())}",
+        ]
+        memory = f"the {gib(self.memory)} of {self.memory_source}" if self.memory is not None else ""
+        per = f" for {self.workers} workers" if self.workers > 1 else ""
+        for mode in ("device", "host"):
+            chosen = " (the recipe's)" if mode == spec.parents else ""
+            fits = "" if not memory else f", fits in {memory}" if self.fits(mode) else f", does NOT fit in {memory}"
+            host = f"; {gib(self.host_bytes(mode))} in host memory" if self.host_bytes(mode) else ""
+            found.append(f"parents: {mode}{chosen}: {gib(self.device_bytes(mode))} on the device{per}{fits}{host}")
+        found.append(f"genes: {SearchSpace.from_recipe(self.recipe).dimension}")
+        if documents is not None:
+            budget = spec.budget.evaluations if spec.budget else 0
+            found.append(f"documents: {documents} per evaluation, {documents * budget} per run "
+                         f"({budget} evaluations, at most: racing scores fewer)")
+        return found
+
+
+def _halvings(batch: int) -> List[int]:
+    sizes = []
+    while batch > 1:
+        batch //= 2
+        sizes.append(batch)
+    return sizes
+
+
+def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[int] = None, workers: int = 1,
+              trust_remote_code: bool = False) -> Plan:
+    """The plan on `device` (default: this machine's), against `memory` (default: the device's own)."""
+    from lm_eval.models.utils import resolve_max_length
+
+    target = torch.device(device or default_device())
+    spec = recipe.spec
+    dtype = scoring_dtype(recipe.merge, spec.eval, target.type)
+    weights = footprint(recipe.merge, dtype, trust_remote_code=trust_remote_code)
+    config = weights.config
+    max_length = spec.eval.max_length or resolve_max_length(config)
+    width = torch.empty((), dtype=getattr(torch, dtype or "float32")).element_size()
+    intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    per_token = 2 * config.vocab_size * 4 + (4 * config.hidden_size + 3 * intermediate) * width
+    return Plan(recipe, target.type, weights, dtype or "the config's", batch_size(spec.eval, target.type),
+                max_length, max_length * per_token, workers,
+                memory if memory is not None else local_memory(target.type, target.index),
+                "--device-memory" if memory is not None else f"this machine's {target.type}")
+
+
+def documents_per_evaluation(recipe: Recipe) -> int:
+    """Documents one full evaluation scores, all search tasks together (lm-eval's tasks are built for it)."""
+    from evomerge.run.worker import scoring
+
+    suite, _ = scoring(recipe)
+    return sum(suite.documents(task, recipe.spec.eval.limit) for task in suite.names) if suite else 0
+
+
+def check_fits(recipe: Recipe, *, device: Optional[str], workers: int, trust_remote_code: bool = False) -> None:
+    """Before a search: refuse, in one line, a recipe that cannot fit this machine's device."""
+    problem = make_plan(recipe, device=device, workers=workers, trust_remote_code=trust_remote_code).refusal()
+    if problem:
+        raise EvomergeError(problem, path=recipe.path, key=f"{SECTION}.parents")

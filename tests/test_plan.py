@@ -1,0 +1,127 @@
+"""`evomerge plan`: memory, genes and documents from configs and safetensors headers alone, checked
+against a zoo merge's measured tensors and against arithmetic at 7B; a recipe that cannot fit is
+refused in one line naming the cheapest fix, by the command and before a search."""
+
+from __future__ import annotations
+
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from evomerge.cli import main
+from evomerge.errors import EvomergeError
+from evomerge.paths import TASKS_DIR
+from evomerge.recipe.model import load_recipe
+from evomerge.run import plan as plan_module
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.plan import make_plan, parse_bytes
+from evomerge.run.worker import Worker
+from shaped import LLAMA_7B, write_shaped_llama
+
+GIB = 1024 ** 3
+
+
+def _bytes(tensors) -> int:
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}
+    return sum(unique.values())
+
+
+def test_the_estimate_is_within_a_quarter_of_a_zoo_merge_and_scores_measured_tensors(demo_recipe):
+    recipe = load_recipe(demo_recipe(eval={"limit": 5}))
+    estimate = make_plan(recipe, device="cpu").weights
+    worker = Worker(recipe, device="cpu")
+    assert worker.begin(worker.space.x0.tolist()).outcome.status == "ok"  # merged and scored
+    materializer = worker.materializer
+    parents = _bytes(t for inputs in materializer._parents._inputs.values() for t in inputs.values())
+    output = _bytes(materializer.model.parameters())
+    measured = parents + output
+    assert estimate.resident_parents + estimate.output == pytest.approx(measured, rel=0.25)
+    assert estimate.output == output
+
+
+@pytest.fixture(scope="module")
+def shaped_7b(tmp_path_factory):
+    """Three Llama-7B-shaped parents in bfloat16 (headers only) and a task-arithmetic recipe of them."""
+    root = tmp_path_factory.mktemp("seven_b")
+    parameters = [write_shaped_llama(root / name, LLAMA_7B) for name in ("base", "math", "code")]
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(root / "base"), "dtype": "float32",
+              "models": [{"model": str(root / n), "parameters": {"weight": 0.5}} for n in ("math", "code")],
+              "evomerge": {"search": [{"parameter": "weight", "range": [0.0, 1.0], "layer_groups": 4}],
+                           "tasks": [{"name": "zoo_rev_search"}], "task_paths": [str(TASKS_DIR)],
+                           "budget": {"evaluations": 64}}}
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path, parameters[0]
+
+
+def _with(path, tmp_path, **evomerge):
+    recipe = yaml.safe_load(path.read_text())
+    recipe["evomerge"].update(evomerge)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return changed
+
+
+def test_a_7b_shaped_recipe_is_planned_from_its_headers_as_arithmetic_says(shaped_7b):
+    path, parameters = shaped_7b
+    assert parameters == 6_738_415_616  # Llama-2-7B's count
+    recipe = load_recipe(path)
+    on_gpu = make_plan(recipe, device="cuda", memory=parse_bytes("80GiB"))
+    weights = on_gpu.weights
+    assert list(weights.parents.values()) == [2 * parameters] * 3
+    assert weights.parents[str(path.parent / "base")] == pytest.approx(13.5e9, rel=0.01)  # bf16: ≈ 13.5 GB each
+    assert weights.resident_parents == 3 * 2 * parameters  # kept in bfloat16 under a float32 merge
+    assert (on_gpu.scoring_dtype, weights.output) == ("bfloat16", 2 * parameters)  # float32 merge, scored in bf16
+    assert weights.largest == ("model.embed_tokens.weight", 32000 * 4096)
+    assert weights.workspace == 4 * 32000 * 4096 * 4  # 3 inputs + the result, float32
+    assert on_gpu.batch_size == "auto" and on_gpu.max_length == 4096
+    assert on_gpu.activations() == 4096 * (2 * 32000 * 4 + (4 * 4096 + 3 * 11008) * 2)
+    assert on_gpu.device_bytes("device") == 4 * 2 * parameters + weights.workspace + on_gpu.activations()
+    assert on_gpu.device_bytes("host") == 2 * parameters + weights.workspace + on_gpu.activations()
+    assert on_gpu.host_bytes("host") == 3 * 2 * parameters and on_gpu.refusal() is None
+    on_cpu = make_plan(recipe, device="cpu", memory=parse_bytes("1TiB"))
+    assert (on_cpu.scoring_dtype, on_cpu.weights.output, on_cpu.batch_size) == ("float32", 4 * parameters, 64)
+    assert on_cpu.device_bytes("host") == on_cpu.device_bytes("device")  # one memory on a CPU machine
+
+
+def test_the_plan_command_prints_the_figures_and_refuses_too_little_memory_naming_the_fix(shaped_7b, tmp_path):
+    path, _ = shaped_7b
+    fits = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", "80GiB"])
+    assert fits.exit_code == 0, fits.output
+    for line in ("merged architecture: llama, 32 layers, hidden size 4096, vocabulary 32000",
+                 "/base: 12.55 GiB", "output model (bfloat16, scored on cuda): 12.55 GiB",
+                 "parents: device (the recipe's): 53.51 GiB on the device, fits in the 80.00 GiB of --device-memory",
+                 "parents: host: 15.86 GiB on the device, fits in the 80.00 GiB of --device-memory; 37.65 GiB in host",
+                 "genes: 8", "documents: 150 per evaluation, 9600 per run"):
+        assert line in fits.output
+    small = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", "24GiB"])
+    assert small.exit_code == 2
+    assert small.output.splitlines()[-1] == (
+        f"error: {path}: evomerge.parents: needs 53.51 GiB on cuda with parents: device, more than the 24.00 GiB "
+        "of --device-memory; set `parents: host` (15.86 GiB on the device)")
+    batch = CliRunner().invoke(main, ["plan", str(path), "--device", "cpu", "--device-memory", "100GiB"])
+    assert batch.exit_code == 2 and batch.output.splitlines()[-1].endswith("set a smaller batch, `eval: {batch_size: 16}`")
+    host = _with(path, tmp_path, parents="host")
+    workers = CliRunner().invoke(main, ["plan", str(host), "--device", "cuda", "--device-memory", "80GiB",
+                                        "--workers", "6"])
+    assert workers.exit_code == 2 and "run fewer workers per device (5 fit" in workers.output.splitlines()[-1]
+    bad = CliRunner().invoke(main, ["plan", str(path), "--device-memory", "lots"])
+    assert bad.exit_code == 2 and "--device-memory: expected a size like 80GiB" in bad.output
+
+
+def test_a_search_that_cannot_fit_is_refused_before_anything_loads(demo_recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "local_memory", lambda device_type, index=None: 8 * 2 ** 20)
+    with pytest.raises(EvomergeError, match=r"evomerge.parents: needs 12.50 MiB on cpu with parents: device, more "
+                                            r"than the 8.00 MiB of this machine's cpu; set a smaller batch, "
+                                            r"`eval: {batch_size: 16}`$"):
+        start_search(demo_recipe(), tmp_path / "run", SearchOptions(quiet=True))
+    monkeypatch.setattr(plan_module, "local_memory", lambda device_type, index=None: 2 ** 20)
+    with pytest.raises(EvomergeError, match=r"; even batch size 1 and one worker need 5.41 MiB$"):
+        start_search(demo_recipe(), tmp_path / "run", SearchOptions(quiet=True))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, size", [("80GiB", 80 * GIB), ("24 GB", 24e9), ("1e9", 1e9), ("512MiB", 2 ** 29)])
+def test_memory_sizes_parse(text, size):
+    assert parse_bytes(text) == size

@@ -199,6 +199,17 @@ def case_required_parameter_unset(recipe, zoo, tmp_path):
     return _search(recipe, tmp_path), "mergekit cannot merge the recipe: Missing required parameter weight"
 
 
+def case_confirm_task_is_a_search_task(recipe, zoo, tmp_path):
+    _edit(recipe, _ev(confirm={"top": 2, "tasks": ["zoo_rev_confirm", "zoo_rev_search"]}))
+    return _search(recipe, tmp_path), ("evomerge.confirm.tasks[1]: expected tasks the search and the report do not "
+                                       "use, got 'zoo_rev_search', a search task")
+
+
+def case_confirm_top_zero(recipe, zoo, tmp_path):
+    _edit(recipe, _ev(confirm={"top": 0, "tasks": ["zoo_rev_confirm"]}))
+    return _search(recipe, tmp_path), "evomerge.confirm.top: Input should be greater than 0"
+
+
 def case_resume_a_folder_that_is_not_a_run(recipe, zoo, tmp_path):
     (tmp_path / "not-a-run").mkdir()
     return ["search", "--resume", str(tmp_path / "not-a-run")], "not a run directory (no run.db)"

@@ -185,6 +185,15 @@ class BudgetSpec(_Strict):
     evaluations: PositiveInt
 
 
+class ConfirmSpec(_Strict):
+    """Before crowning: the `top` best fully scored candidates are scored on these tasks, which the
+    search never optimized and the report does not show, and the best there wins. The search's own
+    best is the best of many tries on the search documents, so its lead there is partly luck."""
+
+    top: PositiveInt
+    tasks: List[str] = Field(min_length=1)
+
+
 class EvomergeSpec(_Strict):
     seed: int = 0
     search: List[GeneSpec] = Field(default_factory=list)
@@ -198,6 +207,7 @@ class EvomergeSpec(_Strict):
     budget: Optional[BudgetSpec] = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
     parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
+    confirm: Optional[ConfirmSpec] = None
 
     @field_validator("fitness")
     @classmethod
@@ -268,12 +278,22 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     if not isinstance(raw, dict):
         raise EvomergeError("expected a mapping of mergekit keys at the top level", path=path)
     section = raw.pop(SECTION, None) or {}
-    return Recipe(
-        path=path.resolve(),
-        text=text,
-        merge=parse_merge_config(raw, path),
-        spec=validated(EvomergeSpec, section, path, SECTION),
-    )
+    merge = parse_merge_config(raw, path)
+    spec = validated(EvomergeSpec, section, path, SECTION)
+    _check_confirm(spec, path)
+    return Recipe(path=path.resolve(), text=text, merge=merge, spec=spec)
+
+
+def _check_confirm(spec: EvomergeSpec, path: Path) -> None:
+    """Confirmation tasks are a third split: scoring finalists on what chose them, or on what the
+    report shows, would confirm nothing."""
+    if spec.confirm is None:
+        return
+    used = {t.name: "a search task" for t in spec.tasks} | {t: "a report task" for t in spec.report_tasks}
+    for index, task in enumerate(spec.confirm.tasks):
+        if task in used:
+            raise EvomergeError(f"expected tasks the search and the report do not use, got {task!r}, {used[task]}",
+                                path=path, key=f"{SECTION}.confirm.tasks[{index}]")
 
 
 def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:

@@ -26,7 +26,7 @@ def _friendly_errors(command):
         except EvomergeError as error:
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {error}", err=True)
+            click.echo("error: " + " ".join(str(error).splitlines()), err=True)  # one line, whatever the message
             sys.exit(2)
 
     return wrapper

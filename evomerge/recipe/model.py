@@ -268,13 +268,12 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     if text is None:
         if not path.is_file():
             raise EvomergeError("recipe file not found", path=path)
-        text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise EvomergeError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path, key=where) from None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise EvomergeError(f"expected a UTF-8 text file, found byte {error.object[error.start]:#04x} at "
+                                f"position {error.start}", path=path) from None
+    raw = _parse_yaml(text, path)
     if not isinstance(raw, dict):
         raise EvomergeError("expected a mapping of mergekit keys at the top level", path=path)
     section = raw.pop(SECTION, None) or {}
@@ -282,6 +281,37 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     spec = validated(EvomergeSpec, section, path, SECTION)
     _check_confirm(spec, path)
     return Recipe(path=path.resolve(), text=text, merge=merge, spec=spec)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document, or one line saying where it is malformed; an anchor used inside itself
+    (a structure that contains itself) is refused too, as nothing downstream can walk it."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        position = getattr(error, "position", None)  # a ReaderError: a character YAML does not allow
+        where = f"line {mark.line + 1}" if mark else f"position {position}" if position is not None else None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise EvomergeError(f"malformed YAML: {problem}", path=path, key=where) from None
+    if (loop := _self_reference(raw)) is not None:
+        raise EvomergeError("expected plain data, found an anchor used inside itself", path=path, key=loop)
+    return raw
+
+
+def _self_reference(node: Any, key: str = "", inside: Tuple[int, ...] = ()) -> Optional[str]:
+    """The key of the first value that contains itself, or None."""
+    if not isinstance(node, (dict, list)):
+        return None
+    if id(node) in inside:
+        return key or "(top level)"
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for name, value in items:
+        found = _self_reference(value, f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}".lstrip("."),
+                                inside + (id(node),))
+        if found is not None:
+            return found
+    return None
 
 
 def _check_confirm(spec: EvomergeSpec, path: Path) -> None:
@@ -301,7 +331,7 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
     known = set(MergeConfiguration.model_fields) | {SECTION}
     for key in raw:
         if key not in known:
-            raise EvomergeError(f"unknown key{did_you_mean(key, known)}", path=path, key=key)
+            raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
     raw = _resolve_model_paths(raw, path.parent)
     config = validated(MergeConfiguration, raw, path, None)
     try:

@@ -128,7 +128,7 @@ _allow_changed = click.option("--allow-changed", is_flag=True,
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @_device
-@click.option("--seed", type=int, help="Overrides evomerge.seed.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Overrides evomerge.seed.")
 @click.option("--evaluations", type=click.IntRange(min=1), help="Overrides evomerge.budget.evaluations.")
 @click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random, llm).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the model folders to run.")

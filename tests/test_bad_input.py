@@ -146,7 +146,7 @@ def case_budget_of_zero(recipe, zoo, tmp_path):
 
 def case_inverted_range(recipe, zoo, tmp_path):
     _edit(recipe, _gene(range=[1.5, 0.0]))
-    return _search(recipe, tmp_path), "evomerge.search[0].range: expected [low, high] with low < high, got [1.5, 0.0]"
+    return _search(recipe, tmp_path), "evomerge.search[0].range: expected [low, high], finite, with low < high, got [1.5, 0.0]"
 
 
 def case_negative_noise_range(recipe, zoo, tmp_path):

@@ -8,12 +8,14 @@ exist there, so a recipe works from any working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from mergekit import merge_methods
+from mergekit.common import dtype_from_name
 from mergekit.config import MergeConfiguration
 from pydantic import (
     BaseModel,
@@ -38,8 +40,8 @@ class _Strict(BaseModel):
 
 def _check_range(value: Tuple[float, float]) -> Tuple[float, float]:
     low, high = value
-    if not low < high:
-        raise ValueError(f"expected [low, high] with low < high, got [{low}, {high}]")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"expected [low, high], finite, with low < high, got [{low}, {high}]")
     return value
 
 
@@ -195,7 +197,7 @@ class ConfirmSpec(_Strict):
 
 
 class EvomergeSpec(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # also mergekit's --random-seed, which numpy bounds
     search: List[GeneSpec] = Field(default_factory=list)
     noise: Optional[NoiseSpec] = None
     tasks: List[TaskSpec] = Field(default_factory=list)
@@ -334,6 +336,12 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
             raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
     raw = _resolve_model_paths(raw, path.parent)
     config = validated(MergeConfiguration, raw, path, None)
+    for key in ("dtype", "out_dtype"):  # mergekit reads them only once it merges, after its progress bars
+        try:
+            dtype_from_name(getattr(config, key))
+        except RuntimeError:
+            raise EvomergeError(f"expected a dtype such as float32, bfloat16 or float16, got {getattr(config, key)!r}",
+                                path=path, key=key) from None
     try:
         merge_methods.get(config.merge_method)
     except RuntimeError:

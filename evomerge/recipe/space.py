@@ -9,6 +9,7 @@ decides what every tensor gets, both in memory and in `mergekit-yaml`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -305,6 +306,9 @@ class _Builder:
         else:
             t = group / (count - 1) if count > 1 else 0.5
         start = _numeric(current, filter_name or "", t, parameter)
+        if start is not None and not math.isfinite(start):
+            raise EvomergeError(f"the recipe sets {spec.parameter} to {start} for {model or 'the merge'}; expected a "
+                                "finite number to start the search from", path=self.recipe.path, key=spec.parameter)
         self.genes.append(Gene(label, spec.parameter, low, high, group, count, model, filter_name,
                                slice_index, _numeric_type(parameter) is int, spec.layer_ranges))
         self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)

@@ -139,9 +139,10 @@ def _changed(recipe: dict, change) -> bytes:
 def test_mutated_recipes_are_refused_in_one_line(demo, command):
     @FUZZ
     @given(content=mutated(demo))
-    # each of these got past the checks and failed (or merged) later, after models loaded:
+    # each of these got past the checks and failed (or merged, or searched from the range's middle) later:
     @example(content=_changed(demo, lambda r: r["evomerge"]["search"][0].update(range=[0.0, float("inf")])))
     @example(content=_changed(demo, lambda r: r["models"][0]["parameters"].update(weight=float("nan"))))
+    @example(content=_changed(demo, lambda r: r["models"][0]["parameters"].update(weight="abc")))  # was the middle
     @example(content=_changed(demo, lambda r: r["evomerge"].update(seed=2**40)))  # numpy's seeds end at 2**32 - 1
     @example(content=_changed(demo, lambda r: r["evomerge"].update(seed=-1)))
     @example(content=_changed(demo, lambda r: r.update(dtype="float8")))  # merge: after mergekit's progress bars

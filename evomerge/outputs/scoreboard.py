@@ -1,7 +1,9 @@
 """The final table: report tasks (never searched on) for each parent, the starting point
 and the winner, with lm-eval's standard errors, and the winner's gain over the start paired
-on the same documents; plus the Pareto front of a multi-objective run. Scored here, stored by
-the search loop, rendered as JSON and Markdown (and as HTML by report.py, from the same cells)."""
+on the same documents; plus the Pareto front of a multi-objective run, and, when the recipe confirms
+its finalists (confirmation.py), the winner is the confirmed one and the finalists are listed by search
+fitness and by confirmation. Scored here, stored by the search loop, rendered as JSON and Markdown
+(and as HTML by report.py, from the same cells)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def _friendly_errors(command):
         except EvomergeError as error:
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {error}", err=True)
+            click.echo("error: " + " ".join(str(error).splitlines()), err=True)  # one line, whatever the message
             sys.exit(2)
 
     return wrapper
@@ -186,7 +186,7 @@ def _check_mergekit_evolve_options(given: dict) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @_device
-@click.option("--seed", "--random-seed", "seed", type=int, help="Overrides evomerge.seed.")
+@click.option("--seed", "--random-seed", "seed", type=click.IntRange(0, 2**32 - 1), help="Overrides evomerge.seed.")
 @click.option("--evaluations", "--max-fevals", "evaluations", type=click.IntRange(min=1),
               help="Overrides evomerge.budget.evaluations.")
 @click.option("--searcher", help="Overrides evomerge.searcher.name (cma, ga, optuna, random, llm).")

@@ -146,7 +146,7 @@ def case_budget_of_zero(recipe, zoo, tmp_path):
 
 def case_inverted_range(recipe, zoo, tmp_path):
     _edit(recipe, _gene(range=[1.5, 0.0]))
-    return _search(recipe, tmp_path), "evomerge.search[0].range: expected [low, high] with low < high, got [1.5, 0.0]"
+    return _search(recipe, tmp_path), "evomerge.search[0].range: expected [low, high], finite, with low < high, got [1.5, 0.0]"
 
 
 def case_negative_noise_range(recipe, zoo, tmp_path):
@@ -197,6 +197,17 @@ def case_fitness_module_missing(recipe, zoo, tmp_path):
 def case_required_parameter_unset(recipe, zoo, tmp_path):
     _edit(recipe, lambda d: (d["models"][0].pop("parameters"), d["evomerge"].update(search=[{"parameter": "density", "range": [0.1, 1.0]}])))
     return _search(recipe, tmp_path), "mergekit cannot merge the recipe: Missing required parameter weight"
+
+
+def case_confirm_task_is_a_search_task(recipe, zoo, tmp_path):
+    _edit(recipe, _ev(confirm={"top": 2, "tasks": ["zoo_rev_confirm", "zoo_rev_search"]}))
+    return _search(recipe, tmp_path), ("evomerge.confirm.tasks[1]: expected tasks the search and the report do not "
+                                       "use, got 'zoo_rev_search', a search task")
+
+
+def case_confirm_top_zero(recipe, zoo, tmp_path):
+    _edit(recipe, _ev(confirm={"top": 0, "tasks": ["zoo_rev_confirm"]}))
+    return _search(recipe, tmp_path), "evomerge.confirm.top: Input should be greater than 0"
 
 
 def case_resume_a_folder_that_is_not_a_run(recipe, zoo, tmp_path):

@@ -61,7 +61,7 @@ def _front_matter(card: str) -> dict:
 def _in_memory(run_dir: Path, rank: int = 1) -> torch.nn.Module:
     """The resident model of the run's candidate of that rank."""
     store = RunStore.open(run_dir)
-    candidate = candidate_of(store, store.evaluations.ranked()[rank - 1])
+    candidate = candidate_of(store, store.confirmations.standings()[rank - 1])
     materializer = Materializer(candidate.merge, quiet=True)
     materializer.materialize(candidate)
     return materializer.model
@@ -81,7 +81,7 @@ def test_the_winner_exports_as_a_loadable_folder_with_a_model_card(run_dir, tmp_
     assert front["tags"] == ["merge", "mergekit", "evomerge"] and front["library_name"] == "transformers"
     assert "base_model" not in front  # only Hub ids go there; local parents are named in the text
     assert all(f"  - `{name}`" in card for name in ("base", "pair", "rev", "shift", "sort"))
-    winner = RunStore.open(run_dir).evaluations.ranked()[0]
+    winner = RunStore.open(run_dir).confirmations.standings()[0]
     for expected in ("Task Arithmetic (`task_arithmetic`)", "Searcher: `ga`", "Budget: 8 evaluations",
                      f"evaluation #{winner.id}", "![fitness over the search](fitness.png)",
                      "| starting point | start |", "| winner (#", "mergekit-yaml mergekit_config.yml"):
@@ -111,7 +111,7 @@ def test_noise_is_exported_and_evomerge_merge_reproduces_it(noisy_run_dir, tmp_p
 
 def test_rank_chooses_another_candidate(run_dir, tmp_path):
     _export(run_dir, tmp_path / "second", "--rank", "2")
-    second = RunStore.open(run_dir).evaluations.ranked()[1]
+    second = RunStore.open(run_dir).confirmations.standings()[1]
     assert f"evaluation #{second.id} (generation {second.generation}, rank 2" in (tmp_path / "second" / "README.md").read_text()
     assert_same_as_resident(load_file(tmp_path / "second" / "model.safetensors"), _in_memory(run_dir, rank=2))
     result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--rank", "99"])

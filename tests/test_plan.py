@@ -4,10 +4,10 @@ refused in one line naming the cheapest fix, by the command and before a search.
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from click.testing import CliRunner
+from shaped import LLAMA_7B, write_shaped_llama
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
@@ -17,7 +17,6 @@ from evomerge.run import plan as plan_module
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.plan import make_plan, parse_bytes
 from evomerge.run.worker import Worker
-from shaped import LLAMA_7B, write_shaped_llama
 
 GIB = 1024 ** 3
 

@@ -91,7 +91,7 @@ def test_a_recipe_scored_only_by_its_own_function_gets_a_report_of_that_function
             ids = tokenizer("r:abcde=edcba", return_tensors="pt")["input_ids"]
             return {"sharpness": float(model(input_ids=ids).logits.std())}
     '''))
-    recipe = demo_recipe(tasks=[], report_tasks=[], fitness="logit_fitness:score",
+    recipe = demo_recipe(tasks=[], report_tasks=[], fitness="logit_fitness:score", confirm=None,
                          searcher={"name": "ga", "population": 4})  # its first generation holds the start
     run_dir = tmp_path / "run"
     search = start_search(recipe, run_dir, SearchOptions(evaluations=4, quiet=True))

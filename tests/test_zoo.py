@@ -19,7 +19,8 @@ from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
 from evomerge.zoo.build import FAMILIES, ZooSettings, build_zoo
-from evomerge.zoo.skills import ALPHABET, SKILLS, write_task_data
+from evomerge.zoo.skills import ALPHABET, SKILLS
+from evomerge.zoo.task_data import trained_on, write_task_data
 from evomerge.zoo.tokenizer import build_tokenizer
 
 
@@ -152,14 +153,16 @@ def test_shipped_task_data_is_what_the_generator_writes(tasks_dir, tmp_path):
         assert (tasks_dir / "data" / name).read_text() == (tmp_path / name).read_text()
 
 
-def test_search_and_report_splits_are_disjoint(tasks_dir):
+def test_search_report_and_confirm_splits_are_disjoint_and_the_confirm_split_never_trained_on(tasks_dir):
+    trained = trained_on()
     for skill in SKILLS:
         prompts = {
             split: {json.loads(line)["prompt"] for line in (tasks_dir / "data" / f"zoo_{skill}.{split}.jsonl").open()}
-            for split in ("search", "report")
+            for split in ("search", "report", "confirm")
         }
-        assert prompts["search"] and prompts["report"]
+        assert all(prompts.values()) and len(prompts["confirm"]) == 100
         assert not prompts["search"] & prompts["report"]
+        assert not prompts["confirm"] & (prompts["search"] | prompts["report"] | trained)
 
 
 def test_tokenizer_ids_are_the_training_ids():

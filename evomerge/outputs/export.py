@@ -35,7 +35,9 @@ FITNESS_IMAGE = "fitness.png"
 
 
 def chosen_evaluation(store: RunStore, rank: int) -> Evaluation:
-    ranked = store.evaluations.ranked()
+    """The candidate of that rank in the run's standings: 1 is the winner (the confirmed one, when the
+    recipe confirms its finalists)."""
+    ranked = store.confirmations.standings()
     if not 1 <= rank <= len(ranked):
         raise EvomergeError(f"expected a rank from 1 to {len(ranked)} (successful evaluations in this run), got {rank}",
                             path=store.directory, key="--rank")

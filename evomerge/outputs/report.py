@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evomerge.outputs.scoreboard import scored_on, summary, table, verdict
+from evomerge.outputs.scoreboard import confirmed, rankings_table, scored_on, summary, table, verdict
 from evomerge.recipe.space import NOISE, Gene
 from evomerge.run.store import Evaluation, RunStore
 
@@ -47,8 +47,8 @@ def write_report(run_dir: Path) -> List[Path]:
     store = RunStore.open(run_dir)
     try:
         evaluations = store.evaluations.finished()
-        ranked = store.evaluations.ranked()
-        winner = ranked[0] if ranked else None
+        standings = store.confirmations.standings()
+        winner = standings[0] if standings else None
         genes = [Gene(**g) for g in store.meta("genes")]
         report = store.report("report")
         directory = store.directory
@@ -379,4 +379,10 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
         lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                      + "</tr>")
     lines.append("</table>")
+    header, body = rankings_table(report)
+    if body:
+        lines += [f"<p>{html.escape(confirmed(report))}</p>", "<table>",
+                  "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
+        lines.append("</table>")
     return lines

@@ -1,7 +1,9 @@
 """The final table: report tasks (never searched on) for each parent, the starting point
 and the winner, with lm-eval's standard errors, and the winner's gain over the start paired
-on the same documents; plus the Pareto front of a multi-objective run. Scored here, stored by
-the search loop, rendered as JSON and Markdown (and as HTML by report.py, from the same cells)."""
+on the same documents; plus the Pareto front of a multi-objective run, and, when the recipe confirms
+its finalists (confirmation.py), the winner is the confirmed one and the finalists are listed by search
+fitness and by confirmation. Scored here, stored by the search loop, rendered as JSON and Markdown
+(and as HTML by report.py, from the same cells)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evomerge.merge.materializer import Materializer
+from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import Candidate
@@ -31,11 +34,6 @@ REPORT_MD = "report.md"
 FRONT_JSON = "front.json"
 
 
-def main_metric(suite: TaskSuite, task: str) -> str:
-    produced = suite.higher_is_better(task)
-    return "acc" if "acc" in produced else next(iter(produced))
-
-
 Scores = Dict[str, Dict[str, Any]]  # column -> {"metric", "value", "stderr"}
 
 
@@ -43,7 +41,7 @@ def task_scores(metrics: Metrics, suite: TaskSuite) -> Scores:
     """Each task's main metric with lm-eval's standard error."""
     scores = {}
     for task in suite.names:
-        metric = main_metric(suite, task)
+        metric = suite.main_metric(task)
         scores[task] = {"metric": metric, "value": metrics[task][suite.result_key(task, metric)],
                         "stderr": metrics[task].get(suite.result_key(task, f"{metric}_stderr"))}
     return scores
@@ -141,7 +139,7 @@ def paired_gain(suite: TaskSuite, start: Documents, winner: Documents) -> Option
     varies less than either score. None when a main metric is not a mean over documents."""
     differences = []
     for task in suite.names:
-        metric = main_metric(suite, task)
+        metric = suite.main_metric(task)
         if not suite.averaged(task, metric):
             return None
         key = suite.result_key(task, metric)
@@ -187,7 +185,35 @@ def summary(report: Dict[str, Any]) -> str:
         scored += f" (this table in {table[0]} on {table[1]})"
     return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
             f"{raced}){documents}{scored}; best search fitness {report['best_fitness']:.4f} "
-            f"(evaluation #{report['winner_id']}).")
+            f"(evaluation #{report.get('search_best_id', report['winner_id'])}).")
+
+
+def confirmed(report: Dict[str, Any]) -> str:
+    """The sentence above the two rankings of the finalists, or '' when nothing was confirmed."""
+    found = report.get("confirmation")
+    if not found:
+        return ""
+    return (f"Confirmed before crowning: the search's {len(found['search_order'])} best candidates were scored on "
+            f"{', '.join(found['tasks'])} (never searched on, not in the table above); the winner #{report['winner_id']} "
+            "is the best there.")
+
+
+def rankings_table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The finalists by search fitness and by confirmation, side by side, as text cells."""
+    found = report.get("confirmation")
+    if not found:
+        return [], []
+
+    def cell(entry: Dict[str, Any], first: str) -> str:
+        values = {"search": entry["fitness"], "confirmation": entry["confirmation"]}
+        other = "confirmation" if first == "search" else "search"
+        return f"#{entry['id']} {values[first]:.4f} ({other} {values[other]:.4f})"
+
+    header = ["rank", "search fitness order", "confirmation order"]
+    body = [[str(rank), cell(by_search, "search"), cell(by_confirmation, "confirmation")]
+            for rank, (by_search, by_confirmation)
+            in enumerate(zip(found["search_order"], found["confirmation_order"]), start=1)]
+    return header, body
 
 
 def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
@@ -209,6 +235,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     said = [line for line in (summary(report), scored_on(report), verdict(report)) if line]
     lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    header, body = rankings_table(report)
+    if body:
+        lines += ["", confirmed(report), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -228,14 +258,18 @@ def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
 
 
 def finish_run(search: "Search") -> Dict[str, Any]:
-    """After the loop: score the report tasks for the parents, the start and the winner, store the
-    report and write the run's views and report files."""
-    best = search.store.evaluations.ranked()[0]
+    """After the loop: confirm the finalists (if the recipe asks), score the report tasks for the
+    parents, the start and the winner, store the report and write the run's views and report files."""
+    confirm_finalists(search)
+    best = search.store.confirmations.standings()[0]
     worker = search.worker
     report = build_report(
         search.recipe, worker.materializer, worker.objective, search.start, best, search.space.decode(best.genotype),
         search.store.evaluations.finished(), budget=search.budget, separate=search.separate,
         trust_remote_code=search.options.trust_remote_code, quiet=search.options.quiet)
+    report["search_best_id"] = search.store.evaluations.ranked()[0].id
+    report["best_fitness"] = search.store.evaluations.ranked()[0].fitness
+    report["confirmation"] = rankings(search)
     search.store.put_report("report", report)
     search.store.views.rewrite()
     write_report_files(search.store.directory, report)

@@ -8,12 +8,14 @@ exist there, so a recipe works from any working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from mergekit import merge_methods
+from mergekit.common import dtype_from_name
 from mergekit.config import MergeConfiguration
 from mergekit.evo.genome import METHOD_PARAM_MAPS, ModelGenomeDefinition
 from pydantic import (
@@ -39,8 +41,8 @@ class _Strict(BaseModel):
 
 def _check_range(value: Tuple[float, float]) -> Tuple[float, float]:
     low, high = value
-    if not low < high:
-        raise ValueError(f"expected [low, high] with low < high, got [{low}, {high}]")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"expected [low, high], finite, with low < high, got [{low}, {high}]")
     return value
 
 
@@ -213,8 +215,17 @@ class BudgetSpec(_Strict):
     evaluations: PositiveInt
 
 
+class ConfirmSpec(_Strict):
+    """Before crowning: the `top` best fully scored candidates are scored on these tasks, which the
+    search never optimized and the report does not show, and the best there wins. The search's own
+    best is the best of many tries on the search documents, so its lead there is partly luck."""
+
+    top: PositiveInt
+    tasks: List[str] = Field(min_length=1)
+
+
 class EvomergeSpec(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # also mergekit's --random-seed, which numpy bounds
     search: List[GeneSpec] = Field(default_factory=list)
     genome: Optional[GenomeSpec] = None  # a mergekit-evolve genome instead of `search`/`noise`
     noise: Optional[NoiseSpec] = None
@@ -227,6 +238,7 @@ class EvomergeSpec(_Strict):
     budget: Optional[BudgetSpec] = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
     parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
+    confirm: Optional[ConfirmSpec] = None
 
     @model_validator(mode="after")
     def _genome_alone(self) -> "EvomergeSpec":
@@ -312,28 +324,63 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     section = raw.pop(SECTION, None) or {}
     if isinstance(section, dict) and isinstance(section.get("genome"), dict):
         section = {**section, "genome": map_model_references(section["genome"], _resolver(path.parent))}
-    return Recipe(
-        path=path.resolve(),
-        text=text,
-        merge=parse_merge_config(raw, path),
-        spec=validated(EvomergeSpec, section, path, SECTION),
-    )
+    merge = parse_merge_config(raw, path)
+    spec = validated(EvomergeSpec, section, path, SECTION)
+    _check_confirm(spec, path)
+    return Recipe(path=path.resolve(), text=text, merge=merge, spec=spec)
+
+
+def _self_reference(node: Any, key: str = "", inside: Tuple[int, ...] = ()) -> Optional[str]:
+    """The key of the first value that contains itself, or None."""
+    if not isinstance(node, (dict, list)):
+        return None
+    if id(node) in inside:
+        return key or "(top level)"
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for name, value in items:
+        found = _self_reference(value, f"{key}[{name}]" if isinstance(node, list) else f"{key}.{name}".lstrip("."),
+                                inside + (id(node),))
+        if found is not None:
+            return found
+    return None
+
+
+def _check_confirm(spec: EvomergeSpec, path: Path) -> None:
+    """Confirmation tasks are a third split: scoring finalists on what chose them, or on what the
+    report shows, would confirm nothing."""
+    if spec.confirm is None:
+        return
+    used = {t.name: "a search task" for t in spec.tasks} | {t: "a report task" for t in spec.report_tasks}
+    for index, task in enumerate(spec.confirm.tasks):
+        if task in used:
+            raise EvomergeError(f"expected tasks the search and the report do not use, got {task!r}, {used[task]}",
+                                path=path, key=f"{SECTION}.confirm.tasks[{index}]")
 
 
 def read_text(path: Path) -> str:
     if not path.is_file():
         raise EvomergeError("recipe file not found", path=path)
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise EvomergeError(f"expected a UTF-8 text file, found byte {error.object[error.start]:#04x} at "
+                            f"position {error.start}", path=path) from None
 
 
 def parse_yaml(text: str, path: Path) -> Any:
-    """YAML with one-line errors that name the file and the line."""
+    """The YAML document, or one line saying where it is malformed; an anchor used inside itself
+    (a structure that contains itself) is refused too, as nothing downstream can walk it."""
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise EvomergeError(f"malformed YAML: {getattr(error, 'problem', error)}", path=path, key=where) from None
+        position = getattr(error, "position", None)  # a ReaderError: a character YAML does not allow
+        where = f"line {mark.line + 1}" if mark else f"position {position}" if position is not None else None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise EvomergeError(f"malformed YAML: {problem}", path=path, key=where) from None
+    if (loop := _self_reference(raw)) is not None:
+        raise EvomergeError("expected plain data, found an anchor used inside itself", path=path, key=loop)
+    return raw
 
 
 def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
@@ -341,9 +388,15 @@ def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
     known = set(MergeConfiguration.model_fields) | {SECTION}
     for key in raw:
         if key not in known:
-            raise EvomergeError(f"unknown key{did_you_mean(key, known)}", path=path, key=key)
+            raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
     raw = map_model_references(raw, _resolver(path.parent))
     config = validated(MergeConfiguration, raw, path, None)
+    for key in ("dtype", "out_dtype"):  # mergekit reads them only once it merges, after its progress bars
+        try:
+            dtype_from_name(getattr(config, key))
+        except RuntimeError:
+            raise EvomergeError(f"expected a dtype such as float32, bfloat16 or float16, got {getattr(config, key)!r}",
+                                path=path, key=key) from None
     try:
         merge_methods.get(config.merge_method)
     except RuntimeError:

@@ -9,6 +9,7 @@ decides what every tensor gets, both in memory and in `mergekit-yaml`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -309,6 +310,10 @@ class _Builder:
         else:
             t = group / (count - 1) if count > 1 else 0.5
         start = _numeric(current, filter_name or "", t, parameter)
+        if start is not None and not (isinstance(start, (int, float)) and not isinstance(start, bool)
+                                      and math.isfinite(start)):
+            raise EvomergeError(f"the recipe sets {spec.parameter} to {start!r} for {model or 'the merge'}; expected "
+                                "a finite number to start the search from", path=self.recipe.path, key=spec.parameter)
         self.genes.append(Gene(label, spec.parameter, low, high, group, count, model, filter_name,
                                slice_index, _numeric_type(parameter) is int, spec.layer_ranges))
         self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)
@@ -339,8 +344,9 @@ def _numeric_type(parameter: ParameterSpec) -> Optional[type]:
     return kinds[0] if len(kinds) == 1 and kinds[0] in (float, int) else None
 
 
-def _numeric(settings: List[Any], tensor_name: str, t: float, parameter: ParameterSpec) -> Optional[float]:
-    """The first numeric value mergekit would resolve from `settings`, or None."""
+def _numeric(settings: List[Any], tensor_name: str, t: float, parameter: ParameterSpec) -> Any:
+    """The value mergekit would resolve from `settings` (a float when it is a number; anything
+    else is the caller's to refuse), or None when none applies here."""
     for setting in settings:
         try:
             value = evaluate_setting(tensor_name, setting, t, validate=lambda v: v)
@@ -348,4 +354,6 @@ def _numeric(settings: List[Any], tensor_name: str, t: float, parameter: Paramet
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if value is not None:
+            return value
     return None

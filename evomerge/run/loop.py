@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.materializer import default_device
-from evomerge.recipe.model import Recipe, load_recipe
+from evomerge.recipe.model import SECTION, Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
 from evomerge.run.plan import check_fits
@@ -32,6 +32,7 @@ from evomerge.run.replay import replay, tell
 from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.run.worker import Worker, scoring
+from evomerge.scoring.tasks import TaskSuite
 from evomerge.searchers import Proposal, Searcher, make_searcher
 
 RECIPE_COPY = "recipe.yaml"
@@ -112,6 +113,15 @@ def _check_inputs(store: RunStore, recipe: Recipe, allow_changed: bool) -> None:
     store.set_meta("inputs", current)
 
 
+def confirmation_suite(recipe: Recipe) -> Optional[TaskSuite]:
+    """The confirmation tasks, loaded (so an unknown one is refused) before anything else loads."""
+    spec = recipe.spec
+    if spec.confirm is None:
+        return None
+    return TaskSuite(spec.confirm.tasks, recipe.task_paths(), source=recipe.path, key=f"{SECTION}.confirm.tasks",
+                     options=spec.eval, seed=spec.seed)
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
@@ -145,6 +155,7 @@ class Search:
         self.options = options
         spec = recipe.spec
         checked = check_search(recipe, allow_pickle=options.allow_pickle)
+        self.confirmation = confirmation_suite(recipe)
         self.space = checked.space
         self.start = self.space.starting_point()
         self.separate = spec.objectives == "separate"

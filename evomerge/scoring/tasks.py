@@ -107,6 +107,11 @@ class TaskSuite:
         """The metrics a task produces: lm-eval's own and the continuous ones derived from them."""
         return {**self.tasks[task].higher_is_better(), **{m: True for m in continuous.metrics(self.tasks[task])}}
 
+    def main_metric(self, task: str) -> str:
+        """What a table shows for the task: `acc` when it produces it, else its first metric."""
+        produced = self.higher_is_better(task)
+        return "acc" if "acc" in produced else next(iter(produced))
+
     def documents(self, task: str, limit: Optional[int] = None) -> int:
         """How many documents a full evaluation scores (lm-eval's `limit` counts per task)."""
         total = len(self.tasks[task].eval_docs)

@@ -10,7 +10,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -26,7 +26,7 @@ from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 from evomerge.zoo.tokenizer import build_tokenizer
-from evomerge.zoo.train import SEQUENCE_LENGTH, train
+from evomerge.zoo.train import SEQUENCE_LENGTH, train, trained_prompts
 
 MANIFEST = "manifest.json"
 SCORING = EvalSpec(batch_size=256)
@@ -83,23 +83,38 @@ def _new_base(settings: ZooSettings, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+Mixture = Dict[str, Tuple[float, float]]  # skill -> (sampling weight, near-miss rate)
+
+
+def _schedule(settings: ZooSettings) -> Dict[str, Tuple[Optional[str], Mixture, int, float, int]]:
+    """name -> (skill, mixture, steps, lr, seed): the base on every skill, then one specialist per skill."""
+    everything = {name: (1.0, settings.near_miss_rate) for name in SKILLS}
+    schedule = {"base": (None, everything, settings.base_steps, settings.base_lr, settings.seed)}
+    others = (1 - settings.specialist_focus) / (len(SKILLS) - 1)
+    for index, name in enumerate(SKILLS):
+        mixture = {other: (others, settings.near_miss_rate) for other in SKILLS}
+        mixture[name] = (settings.specialist_focus, 0.0)
+        schedule[name] = (name, mixture, settings.specialist_steps, settings.specialist_lr, settings.seed + 1 + index)
+    return schedule
+
+
 def _train_models(settings: ZooSettings, tokenizer, common: Dict[str, Any]) -> Dict[str, tuple]:
     """name -> (model, skill, seed): the base, then one specialist per skill fine-tuned from it."""
     base = _new_base(settings, tokenizer)
-    everything = {name: (1.0, settings.near_miss_rate) for name in SKILLS}
-    train(base, everything, steps=settings.base_steps, lr=settings.base_lr,
-          seed=settings.seed, desc="zoo: base", **common)
-    models = {"base": (base, None, settings.seed)}
-    for index, name in enumerate(SKILLS):
-        specialist = copy.deepcopy(base)
-        others = (1 - settings.specialist_focus) / (len(SKILLS) - 1)
-        mixture = {other: (others, settings.near_miss_rate) for other in SKILLS}
-        mixture[name] = (settings.specialist_focus, 0.0)
-        seed = settings.seed + 1 + index
-        train(specialist, mixture, steps=settings.specialist_steps, lr=settings.specialist_lr,
-              seed=seed, desc=f"zoo: {name}", **common)
-        models[name] = (specialist, name, seed)
+    models: Dict[str, tuple] = {}
+    for name, (skill, mixture, steps, lr, seed) in _schedule(settings).items():
+        model = base if skill is None else copy.deepcopy(base)
+        train(model, mixture, steps=steps, lr=lr, seed=seed, desc=f"zoo: {name}", **common)
+        models[name] = (model, skill, seed)
     return models
+
+
+def training_prompts(settings: ZooSettings) -> Set[str]:
+    """Every prompt a build with these settings trains on (the draws depend only on the seeds)."""
+    excluded = held_out_prompts()
+    return set().union(*(trained_prompts(mixture, steps=steps, batch_size=settings.batch_size, seed=seed,
+                                         excluded=excluded)
+                         for _, mixture, steps, _, seed in _schedule(settings).values()))
 
 
 def _cached(out: Path, settings: ZooSettings) -> Dict[str, Any] | None:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
+import itertools
 import json
 import random
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Set, Tuple
 
 import torch
 import yaml
@@ -69,22 +70,34 @@ def dequantize(out: Path) -> Path:
     return out
 
 
+def _examples(skill: str, seed: int) -> Iterator[Tuple[str, str]]:
+    """A fine-tune's (prompt, answer) draws, never a held-out prompt; they depend only on the seed."""
+    excluded, rng = held_out_prompts(), random.Random(seed)
+    while True:
+        prompt, answer = SKILLS[skill].example(rng, near_miss=False)
+        if prompt not in excluded:
+            yield prompt, answer
+
+
+def training_prompts(steps: int = 90, batch: int = 16) -> Set[str]:
+    """Every prompt `build_real_zoo` fine-tunes on."""
+    return {prompt for index, skill in enumerate(SPECIALTIES)
+            for prompt, _ in itertools.islice(_examples(skill, index + 1), steps * batch)}
+
+
 def fine_tune(base: Path, skill: str, out: Path, *, steps: int, seed: int, lr: float, batch: int = 16) -> float:
     """A full fine-tune of `base` on one zoo skill (answer-only loss); returns the last loss."""
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    excluded, rng = held_out_prompts(), random.Random(seed)
+    draws = _examples(skill, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     loss = torch.tensor(float("nan"))
     with preserved_random_state():
         torch.manual_seed(seed)
         for _ in range(steps):
-            rows = []
-            while len(rows) < batch:
-                prompt, answer = SKILLS[skill].example(rng, near_miss=False)
-                if prompt not in excluded:
-                    rows.append((tokenizer(prompt)["input_ids"], tokenizer(answer + "\n")["input_ids"]))
+            rows = [(tokenizer(prompt)["input_ids"], tokenizer(answer + "\n")["input_ids"])
+                    for prompt, answer in itertools.islice(draws, batch)]
             width = max(len(p) + len(a) for p, a in rows)
             ids = torch.full((batch, width), tokenizer.pad_token_id or 0)
             labels = torch.full((batch, width), -100)

@@ -9,17 +9,16 @@ which is what merging needs.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Set, Tuple
 
 LETTERS = "abcdefghij"
 DIGITS = "0123456789"
 # One token per character; the tokenizer and the trainer share this order.
 ALPHABET = DIGITS + "abcdefghijklmnopqrstuvwxyz" + ":=+ \n"
 SPLITS = {"search": 150, "report": 300}
+CONFIRM_SIZE = 100  # the confirm split: drawn apart from these and from everything a zoo build trains on
 DATA_SEED = 20261122
 
 
@@ -95,6 +94,20 @@ def held_out(skill: Skill) -> Dict[str, List[Dict[str, str]]]:
     return splits
 
 
+def confirm_split(skill: Skill, avoid: Set[str]) -> List[Dict[str, str]]:
+    """Documents for confirming a search's best candidates: none in `avoid` (the other splits and
+    what the zoos train on), drawn from a stream of their own so the other splits stay as they were."""
+    rng = random.Random(f"{DATA_SEED}-{skill.name}-confirm")
+    rows: List[Dict[str, str]] = []
+    seen = set(avoid)
+    while len(rows) < CONFIRM_SIZE:
+        prompt, answer = skill.example(rng, near_miss=False)
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "answer": answer})
+    return rows
+
+
 def held_out_prompts() -> set:
     return {
         row["prompt"]
@@ -102,12 +115,3 @@ def held_out_prompts() -> set:
         for rows in held_out(skill).values()
         for row in rows
     }
-
-
-def write_task_data(directory: Path) -> None:
-    """Write recipes/tasks/data; a test checks the shipped files match."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for skill in SKILLS.values():
-        for split, rows in held_out(skill).items():
-            lines = "".join(json.dumps(row) + "\n" for row in rows)
-            (directory / f"zoo_{skill.name}.{split}.jsonl").write_text(lines, encoding="utf-8")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from typing import Dict, Set, Tuple
+from typing import Dict, Iterator, Set, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +16,28 @@ TOKEN_ID = {char: index for index, char in enumerate(ALPHABET)}
 SEQUENCE_LENGTH = 16
 
 
+def examples(mixture: Dict[str, Tuple[float, float]], rng: random.Random,
+             excluded: Set[str]) -> Iterator[Tuple[str, str]]:
+    """(prompt, answer) as training draws them; `mixture` maps a skill to (sampling weight, near-miss rate).
+    The draws depend only on `rng`, so what a build trains on can be listed without training."""
+    names = list(mixture)
+    weights = [mixture[name][0] for name in names]
+    while True:
+        skill = SKILLS[rng.choices(names, weights)[0]]
+        while True:
+            prompt, answer = skill.example(rng, near_miss=rng.random() < mixture[skill.name][1])
+            if prompt not in excluded:
+                break
+        yield prompt, answer
+
+
+def trained_prompts(mixture: Dict[str, Tuple[float, float]], *, steps: int, batch_size: int, seed: int,
+                    excluded: Set[str]) -> Set[str]:
+    """Every prompt `train` with these settings sees."""
+    draws = examples(mixture, random.Random(seed), excluded)
+    return {prompt for prompt, _ in itertools.islice(draws, steps * batch_size)}
+
+
 def _batch(
     mixture: Dict[str, Tuple[float, float]],
     rng: random.Random,
@@ -22,17 +45,10 @@ def _batch(
     pad_id: int,
     excluded: Set[str],
 ):
-    """Sample (ids, loss mask); `mixture` maps a skill to (sampling weight, near-miss rate)."""
-    names = list(mixture)
-    weights = [mixture[name][0] for name in names]
+    """Sample (ids, loss mask)."""
     ids = torch.full((size, SEQUENCE_LENGTH), pad_id, dtype=torch.long)
     mask = torch.zeros((size, SEQUENCE_LENGTH))
-    for row in range(size):
-        skill = SKILLS[rng.choices(names, weights)[0]]
-        while True:
-            prompt, answer = skill.example(rng, near_miss=rng.random() < mixture[skill.name][1])
-            if prompt not in excluded:
-                break
+    for row, (prompt, answer) in zip(range(size), examples(mixture, rng, excluded)):
         tokens = [TOKEN_ID[c] for c in prompt + answer + "\n"]
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, len(prompt) : len(tokens)] = 1.0

@@ -5,7 +5,8 @@ worker when it is sent out, and completed (`ok`, `failed` or `raced`) when its r
 in any order; each result lands in the same transaction as its `tell` in the event log, before
 the searcher hears of it. So a run killed at any moment resumes, re-evaluating only what was in
 flight. The parts: schema.py (file, tables, format), evaluations.py (the rows and per-document
-scores, typed queries), events.py (the log), views.py (the files beside the database).
+scores, typed queries), confirmations.py (finalists' scores on the confirmation tasks, and the
+standings they decide), events.py (the log), views.py (the files beside the database).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from evomerge.run.store import schema
+from evomerge.run.store.confirmations import Confirmation, Confirmations
 from evomerge.run.store.evaluations import DocumentScores, Evaluation, Evaluations
 from evomerge.run.store.events import Event, EventLog
 from evomerge.run.store.views import BEST_RECIPE, EVALUATIONS, Views
 
-__all__ = ["BEST_RECIPE", "EVALUATIONS", "DocumentScores", "Evaluation", "Event", "RunStore"]
+__all__ = ["BEST_RECIPE", "EVALUATIONS", "Confirmation", "DocumentScores", "Evaluation", "Event", "RunStore"]
 
 
 class RunStore:
@@ -27,8 +29,9 @@ class RunStore:
         self.directory = directory
         self.db = db
         self.evaluations = Evaluations(db)
+        self.confirmations = Confirmations(db, self.evaluations)
         self.events = EventLog(db)
-        self.views = Views(directory, self.evaluations)
+        self.views = Views(directory, self.evaluations, self.confirmations)
 
     @staticmethod
     def check_new(directory: Path) -> None:

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS events (
     evaluation INTEGER,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS confirmations (
+    evaluation INTEGER PRIMARY KEY REFERENCES evaluations (id),
+    fitness REAL NOT NULL,
+    metrics TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reports (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

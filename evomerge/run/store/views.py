@@ -1,6 +1,7 @@
 """The files beside the database, written when they change: `evaluations.jsonl` gains one line per
 finished evaluation (per-document scores stay in the database), `best.yaml` (a plain mergekit
-recipe) is rewritten only when a new best arrives."""
+recipe) is rewritten only when a new best arrives, and follows the confirmed winner once the
+finalists are confirmed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+from evomerge.run.store.confirmations import Confirmations
 from evomerge.run.store.evaluations import Evaluation, Evaluations
 
 BEST_RECIPE = "best.yaml"
@@ -16,9 +18,10 @@ EVALUATIONS = "evaluations.jsonl"
 
 
 class Views:
-    def __init__(self, directory: Path, evaluations: Evaluations):
+    def __init__(self, directory: Path, evaluations: Evaluations, confirmations: Confirmations):
         self.directory = directory
         self.evaluations = evaluations
+        self.confirmations = confirmations
         self._best: Optional[Evaluation] = None
 
     def rewrite(self) -> None:
@@ -26,10 +29,10 @@ class Views:
         finished = self.evaluations.finished()
         (self.directory / EVALUATIONS).write_text("".join(json.dumps(asdict(e)) + "\n" for e in finished),
                                                   encoding="utf-8")
-        ranked = self.evaluations.ranked()
+        standings = self.confirmations.standings()
         self._best = None
-        if ranked:
-            self._new_best(ranked[0])
+        if standings:
+            self._new_best(standings[0])
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation: a line, and best.yaml if it is the new best (a tie goes to the earlier)."""

@@ -1,0 +1,45 @@
+"""Confirmation scores: the search's finalists scored on tasks it never optimized. They decide the
+winner, so the standings (what `best.yaml`, the report and export's ranks follow) are read here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Dict, List
+
+from evomerge.run.store.evaluations import Evaluation, Evaluations
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    evaluation: int
+    fitness: float  # the confirmation tasks' metrics as one number, higher is better
+    metrics: Dict[str, Dict[str, float]]
+
+
+class Confirmations:
+    def __init__(self, db: sqlite3.Connection, evaluations: Evaluations):
+        self.db = db
+        self.evaluations = evaluations
+
+    def add(self, confirmation: Confirmation) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO confirmations VALUES (?, ?, ?)",
+                            (confirmation.evaluation, confirmation.fitness, json.dumps(confirmation.metrics)))
+
+    def all(self) -> Dict[int, Confirmation]:
+        """Evaluation id -> its confirmation."""
+        return {row[0]: Confirmation(row[0], row[1], json.loads(row[2]))
+                for row in self.db.execute("SELECT evaluation, fitness, metrics FROM confirmations")}
+
+    def standings(self) -> List[Evaluation]:
+        """Successful evaluations, the winner first: the confirmed ones by their confirmation fitness
+        (ties: the better search rank), then the rest in search order. Without confirmations this is
+        the search order."""
+        ranked = self.evaluations.ranked()
+        confirmed = self.all()
+        order = {e.id: index for index, e in enumerate(ranked)}
+        finalists = sorted((e for e in ranked if e.id in confirmed),
+                           key=lambda e: (-confirmed[e.id].fitness, order[e.id]))
+        return finalists + [e for e in ranked if e.id not in confirmed]

@@ -3,7 +3,8 @@ each `parents:` mode, genes, documents, the merged architecture.
 
 `evomerge plan` prints it; every search checks it first and refuses a recipe that cannot fit, in
 one line naming the cheapest fix, when the device's memory is known (CUDA's free memory, the RAM
-on a CPU machine). Scoring figures are upper bounds: every sequence padded to the model's
+on a CPU machine), and even batch size 1 does not fit (scoring halves its batch on out of memory,
+so a larger batch costs a retry, not the run). Scoring figures are upper bounds: every sequence padded to the model's
 `max_length`, the logits and their log-softmax in float32 (4 bytes each) and one layer's working
 set (attention projections and the MLP) at a time, as a forward pass without gradients holds them.
 """
@@ -86,23 +87,34 @@ class Plan:
         return self.memory is None or self.device_bytes(parents, **change) <= self.memory
 
     def refusal(self) -> Optional[str]:
-        """None when the recipe fits (or the memory is unknown), else one line naming the cheapest fix."""
+        """None when the recipe fits at batch size 1 (out of memory while scoring halves the batch,
+        down to 1: a batch too large costs a retry, not the run) or the memory is unknown; else one
+        line naming the cheapest fix."""
         mode = self.recipe.spec.parents
-        if self.fits(mode):
+        if self.fits(mode, batch=1):
             return None
-        needs = (f"needs {gib(self.device_bytes(mode))} on {self.device_type} with parents: {mode}, more than "
-                 f"the {gib(self.memory)} of {self.memory_source}")
-        if mode == "device" and self.device_type != "cpu" and self.fits("host"):
-            return f"{needs}; set `parents: host` ({gib(self.device_bytes('host'))} on the device)"
-        smaller = next((b for b in _halvings(self.batch) if self.fits(mode, batch=b)), None)
-        if smaller:
-            return f"{needs}; set a smaller batch, `eval: {{batch_size: {smaller}}}`"
-        fewer = next((w for w in range(self.workers - 1, 0, -1) if self.fits(mode, workers=w)), None)
+        at = " at batch size 1" if self.batch > 1 else ""
+        needs = (f"needs {gib(self.device_bytes(mode, batch=1))} on {self.device_type} with parents: {mode}{at}, "
+                 f"more than the {gib(self.memory)} of {self.memory_source}")
+        if mode == "device" and self.device_type != "cpu" and self.fits("host", batch=1):
+            return f"{needs}; set `parents: host` ({gib(self.device_bytes('host', batch=1))} on the device)"
+        fewer = next((w for w in range(self.workers - 1, 0, -1) if self.fits(mode, batch=1, workers=w)), None)
         if fewer:
             return f"{needs}; run fewer workers per device ({fewer} fit: --workers or a larger --gpus-per-worker)"
         least = self.device_bytes("host", batch=1, workers=1)
         host = "parents: host, " if self.device_type != "cpu" else ""
         return f"{needs}; even {host}batch size 1 and one worker need {gib(least)}"
+
+    def batch_advice(self) -> Optional[str]:
+        """The batch that fits, when the recipe's does not but a smaller one does."""
+        mode = self.recipe.spec.parents
+        if self.fits(mode):
+            return None
+        smaller = next((b for b in _halvings(self.batch) if self.fits(mode, batch=b)), None)
+        if smaller is None:
+            return None
+        return (f"at batch {self.batch} the scoring activations do not fit; scoring halves its batch on out of memory, "
+                f"to {smaller} here: set a smaller batch, `eval: {{batch_size: {smaller}}}`, to start there")
 
     def lines(self, documents: Optional[int] = None) -> List[str]:
         w, config, spec = self.weights, self.weights.config, self.recipe.spec
@@ -127,6 +139,8 @@ class Plan:
             fits = "" if not memory else f", fits in {memory}" if self.fits(mode) else f", does NOT fit in {memory}"
             host = f"; {gib(self.host_bytes(mode))} in host memory" if self.host_bytes(mode) else ""
             found.append(f"parents: {mode}{chosen}: {gib(self.device_bytes(mode))} on the device{per}{fits}{host}")
+        if (advice := self.batch_advice()) is not None:
+            found.append(advice)
         found.append(f"genes: {SearchSpace.from_recipe(self.recipe).dimension}")
         if documents is not None:
             budget = spec.budget.evaluations if spec.budget else 0

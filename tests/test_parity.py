@@ -292,3 +292,10 @@ def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, special
     monkeypatch.undo()
     assert materializer.materialize(candidate).recomputed == len(materializer.model.state_dict())
     assert all(torch.isfinite(tensor).all() for tensor in materializer.model.state_dict().values())
+
+
+def test_parents_kept_on_the_host_are_pinned_only_for_a_cuda_device():
+    from evomerge.merge.parent_cache import pins
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert pins(cuda, cpu) and not pins(cuda, cuda) and not pins(cpu, cpu)

@@ -38,6 +38,14 @@ def _narrowed(inputs: Inputs, dtype: torch.dtype) -> Inputs:
             else tensor.to(dtype=dtype) for model, tensor in inputs.items()}
 
 
+def pins(device: torch.device, storage: torch.device) -> bool:
+    """Parents kept on the host for a CUDA device are pinned: mergekit moves each tensor's inputs with
+    `non_blocking=True`, which from page-locked memory is a real asynchronous copy at full bus speed,
+    so the host queues the next tensor's inputs while the device merges (from pageable memory the
+    copy is staged and waits)."""
+    return storage.type == "cpu" and device.type == "cuda"
+
+
 class ParentCache:
     """`device` is where the merges run; `storage` where the parents stay (the device, or the host)."""
 
@@ -50,10 +58,12 @@ class ParentCache:
                    for key, gather in gathers.items()}
         keys = {task_key(task): key for key, task in loading.items()}
         executor = Executor(list(loading.values()), math_device=device, storage_device=storage)
+        pin = pins(device, storage)
         self._inputs: Dict[Hashable, Inputs] = {}
         for task, value in executor.run(quiet=quiet, desc="Loading parents"):
             key = keys[task_key(task)]
-            self._inputs[key] = _narrowed(value, dtype_from_name(self._cast[key])) if self._cast[key] else value
+            value = _narrowed(value, dtype_from_name(self._cast[key])) if self._cast[key] else value
+            self._inputs[key] = {model: tensor.pin_memory() for model, tensor in value.items()} if pin else value
         LoaderCache().flush_all()  # mergekit's loaders are one process-wide cache: a later load reads the files anew
 
     def inputs(self, name: str) -> Inputs:

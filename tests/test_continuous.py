@@ -132,10 +132,10 @@ def test_a_search_on_p_gold_runs_end_to_end(racing, demo_recipe, tmp_path):
                          searcher={"name": "ga", "population": 4, "elitism": 1})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     best = search.run()
-    for evaluation in search.store.evaluations():
+    for evaluation in search.store.evaluations.finished():
         p_gold = [evaluation.metrics[t]["p_gold"] for t in tasks]
         assert evaluation.fitness == pytest.approx(0.5 * sum(p_gold))
         assert all(0 < p < 1 for p in p_gold) and evaluation.metrics[tasks[0]]["p_gold_stderr"] > 0
-    assert best.ok and best.fitness == max(e.fitness for e in search.store.evaluations() if e.ok)
+    assert best.ok and best.fitness == max(e.fitness for e in search.store.evaluations.finished() if e.ok)
     report = finish_run(search)
     assert report["gain"]["tasks"] == ["zoo_rev_report", "zoo_sort_report"]

@@ -159,7 +159,7 @@ def test_out_of_memory_in_the_merge_or_the_forward_pass_fails_that_candidate_and
 
     def run(name: str):
         start_search(recipe, tmp_path / name, SearchOptions(evaluations=4, quiet=True)).run()
-        return RunStore.open(tmp_path / name).evaluations()
+        return RunStore.open(tmp_path / name).evaluations.finished()
 
     reference = run("reference")
     assert all(e.ok for e in reference)

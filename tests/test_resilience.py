@@ -170,14 +170,15 @@ def test_out_of_memory_in_the_merge_or_the_forward_pass_fails_that_candidate_and
     with monkeypatch.context() as patch:  # lm-eval's forward pass of the model, its 2nd batch
         patch.setattr(HFLM, "_model_call", _out_of_memory_on_call(2, HFLM._model_call))
         in_forward = run("forward")
-    for evaluations in (in_merge, in_forward):
-        failed = [e for e in evaluations if e.failed]
-        assert len(evaluations) == 4 and len(failed) == 1, [(e.id, e.status, e.error) for e in evaluations]
-        assert failed[0].error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-        assert failed[0].fitness is None
-        # The others, before and after it, are scored as without the error: the resident model is whole.
-        assert [(e.genotype, e.fitness) for e in evaluations if e.ok] == \
-               [(e.genotype, e.fitness) for e in reference if e.id != failed[0].id]
+    failed = [e for e in in_merge if e.failed]
+    assert len(in_merge) == 4 and len(failed) == 1, [(e.id, e.status, e.error) for e in in_merge]
+    assert failed[0].error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert failed[0].fitness is None
+    # The others, before and after it, are scored as without the error: the resident model is whole.
+    assert [(e.genotype, e.fitness) for e in in_merge if e.ok] == \
+           [(e.genotype, e.fitness) for e in reference if e.id != failed[0].id]
+    # In the forward pass the scorer halves its batch and scores again: nobody fails, nothing changes.
+    assert [(e.status, e.genotype, e.fitness) for e in in_forward] == [(e.status, e.genotype, e.fitness) for e in reference]
 
 
 def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path):

@@ -85,7 +85,7 @@ def test_a_lower_is_better_metric_counts_against_the_fitness(demo_recipe, tmp_pa
 def test_a_metric_the_task_does_not_produce_is_an_error_listing_those_it_does(demo_recipe, tmp_path):
     recipe = demo_recipe(tasks=[{"name": "zoo_rev_search", "metric": "f1"}])
     with pytest.raises(EvomergeError, match=r"evomerge.tasks\[0\].metric: task 'zoo_rev_search' does not produce "
-                                            r"metric 'f1'; it produces acc, perplexity"):
+                                            r"metric 'f1'; it produces acc, gold_loglik, p_gold, perplexity"):
         start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
 
 

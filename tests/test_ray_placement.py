@@ -3,6 +3,8 @@ what the cluster has, instead of waiting forever for Ray to place them."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from evomerge.errors import EvomergeError
@@ -29,6 +31,7 @@ def test_a_local_cpu_cluster_refuses_more_workers_or_gpus_than_it_has_at_once():
     def never_built(threads=None):
         raise AssertionError("no worker should start")
 
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with pytest.raises(EvomergeError) as cpus:
@@ -45,6 +48,23 @@ def test_a_local_cpu_cluster_refuses_more_workers_or_gpus_than_it_has_at_once():
         assert ray.is_initialized()  # a cluster evomerge joined is left running
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, handler)  # ray.init's own exits the process, even a later fork's
+
+
+@pytest.mark.slow
+def test_a_ray_evomerge_starts_leaves_the_processs_sigterm_handler_as_it_was():
+    """Ray's handler (exit on SIGTERM) would also run in processes forked later, such as lm-eval's
+    bootstrap pool, whose terminated workers then hang instead of ending."""
+    pytest.importorskip("ray")
+    from evomerge.run.ray_pool import RayPool
+
+    def never_built(threads=None):
+        raise AssertionError("no worker should start")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(EvomergeError, match="needs a CPU each"):
+        RayPool(never_built, 64)  # starts a local Ray, is refused, shuts it down
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def _occupy_every_cpu(ray) -> None:

@@ -13,8 +13,11 @@ that cluster and leaves it running.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+import signal
+import threading
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from evomerge.errors import EvomergeError
 from evomerge.run.pool import WorkerLost
@@ -67,6 +70,21 @@ def worker_share(resources: Dict[str, float], size: int, device: Optional[str],
     return {"CPU": float(int(cpus) // size)}
 
 
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """`ray.init` replaces the process's SIGTERM handler with one that exits; the process keeps its own
+    (the search's, which stops cleanly). Left in place, Ray's would also run in every process forked
+    later, such as lm-eval's bootstrap pool, whose workers then hang instead of ending when terminated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, kept)
+
+
 class RayPool:
     def __init__(self, factory: Factory, size: int, *, address: Optional[str] = None, device: Optional[str] = None,
                  gpus_per_worker: Optional[float] = None, placement_timeout: float = 120.0):
@@ -75,10 +93,11 @@ class RayPool:
 
         self.started = not ray.is_initialized()
         if self.started:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            with _signal_handlers_kept():
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         self.actors, self._group = [], None
         self._calls: Dict[Any, int] = {}
         try:

@@ -46,7 +46,8 @@ def test_shortened_demo_winner_beats_the_starting_point_and_every_parent(demo_re
 
 def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_recipe, tmp_path):
     run = tmp_path / "run"
-    search = start_search(demo_recipe(**FAST), run, SearchOptions(evaluations=8, quiet=True))
+    # Without confirmation, so the winner is the search's best (tests/test_confirm.py has the other case).
+    search = start_search(demo_recipe(**FAST, confirm=None), run, SearchOptions(evaluations=8, quiet=True))
     returned = search.run()
     finish_run(search)
     assert (run / "recipe.yaml").read_text() == (tmp_path / "demo.yaml").read_text()

@@ -3,6 +3,8 @@
     python bench/gpu.py search --out RUN [--evaluations 16]   the demo search on the zoo: per-candidate
                                                               merge and scoring times, peak device memory
     python bench/gpu.py same FOLDER FOLDER          whether two model folders hold identical tensors
+    python bench/gpu.py plan RECIPE                 `evomerge plan`'s estimate for RECIPE against the peak
+                                                    measured while one candidate is merged and scored
 """
 
 from __future__ import annotations
@@ -46,6 +48,38 @@ def search(run: Path, evaluations: int) -> None:
         print("peak device memory: skipped, no CUDA device here")
 
 
+def plan(recipe_path: Path) -> None:
+    """The estimate of the memory the recipe's parents mode needs on the device against the measured peak:
+    torch's peak allocation on CUDA; on a CPU, where device and host are one memory, the process's peak
+    resident size over what it held before anything loaded (the tasks are built first, as the plan counts
+    only weights and activations)."""
+    import resource
+
+    from evomerge.recipe.model import load_recipe
+    from evomerge.run.plan import gib, make_plan
+    from evomerge.run.worker import Worker
+
+    device = default_device()
+    recipe = load_recipe(recipe_path)
+    estimate = make_plan(recipe, device=device)
+    for line in estimate.lines():
+        print(line)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    worker = Worker(recipe, device=device)
+    step = worker.begin(worker.space.x0.tolist())
+    while step.outcome is None:  # racing stages
+        step = worker.advance()
+    status = step.outcome.status
+    measured = (torch.cuda.max_memory_allocated() if device == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    predicted = estimate.device_bytes(recipe.spec.parents)
+    print(f"one candidate merged and scored ({status}) on {device}: measured peak {gib(measured)}, "
+          f"estimated {gib(predicted)}: estimate / measured = {predicted / measured:.2f}")
+
+
 def same(first: Path, second: Path) -> None:
     a, b = (load_file(folder / "model.safetensors") for folder in (first, second))
     different = sorted(name for name in a.keys() & b.keys() if not torch.equal(a[name], b[name]))
@@ -64,5 +98,12 @@ if __name__ == "__main__":
     searching.add_argument("--evaluations", type=int, default=16)
     compare = commands.add_parser("same")
     compare.add_argument("folders", type=Path, nargs=2)
+    planning = commands.add_parser("plan")
+    planning.add_argument("recipe", type=Path)
     args = parser.parse_args()
-    search(args.out, args.evaluations) if args.command == "search" else same(*args.folders)
+    if args.command == "search":
+        search(args.out, args.evaluations)
+    elif args.command == "same":
+        same(*args.folders)
+    else:
+        plan(args.recipe)

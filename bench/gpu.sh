@@ -4,7 +4,8 @@
 # 1. the parity tests with both sides merging on the device (tests/test_parity.py, EVOMERGE_TEST_DEVICE),
 # 2. a 16-evaluation demo search on the zoo: per-candidate merge and scoring times, peak device memory,
 # 3. `evomerge merge --in-memory` against `mergekit-yaml --cuda` on the demo recipe, tensor by tensor,
-# plus `evomerge plan` for the demo recipe. Without CUDA every step runs on the CPU (parity on a few
+# plus `evomerge plan` for the demo recipe, and its estimate against the peak measured for one candidate
+# (on the real-model zoo when it was built). Without CUDA every step runs on the CPU (parity on a few
 # methods, to spare shared cores) and the CUDA-only parts say they were skipped, so CI can run it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,13 @@ echo "== evomerge merge --in-memory vs mergekit-yaml ${CUDA_FLAG:-(cpu)} on the 
 "$BIN/mergekit-yaml" "$WORK/demo.yaml" "$WORK/mergekit" $CUDA_FLAG --random-seed 0 >"$WORK/mergekit.log" 2>&1 \
   || { cat "$WORK/mergekit.log"; exit 1; }
 "$PYTHON" bench/gpu.py same "$WORK/in-memory" "$WORK/mergekit"
+
+# the real-model zoo (SmolLM2-135M fine-tunes) when it was built (python -m evomerge.zoo.real), else the demo zoo
+if [ -f recipes/zoo-real/manifest.json ]; then
+  "$PYTHON" -c "from evomerge.zoo.real import write_real_recipe; write_real_recipe('$WORK', name='plan.yaml')"
+else
+  echo "(no real-model zoo in recipes/zoo-real: the plan check runs on the demo recipe)"
+  cp "$WORK/demo.yaml" "$WORK/plan.yaml"
+fi
+echo "== evomerge plan's estimate against the measured peak on $DEVICE"
+"$PYTHON" bench/gpu.py plan "$WORK/plan.yaml" 2>&1 | grep -v torch_dtype | tail -1

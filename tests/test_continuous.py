@@ -129,7 +129,7 @@ def test_a_search_on_p_gold_runs_end_to_end(racing, demo_recipe, tmp_path):
     recipe = demo_recipe(tasks=[{"name": t, "metric": "p_gold", "weight": 0.5} for t in tasks],
                          report_tasks=["zoo_rev_report", "zoo_sort_report"],
                          eval={"racing": racing} if racing else {"limit": 30},
-                         searcher={"name": "ga", "population": 4, "elitism": 1})
+                         searcher={"name": "ga", "population": 4, "elitism": 1}, confirm=None)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     best = search.run()
     for evaluation in search.store.evaluations.finished():

@@ -95,7 +95,7 @@ def test_bad_eval_options_are_refused_at_the_edge(write_recipe, base_model):
 def test_a_generation_task_is_the_fitness_and_its_report_split_the_table(demo_recipe, tmp_path):
     recipe = demo_recipe(tasks=[{"name": "zoo_rev_gen_search", "metric": "exact_match"}],
                          report_tasks=["zoo_rev_gen_report"], eval={"limit": 12, "batch_size": 32},
-                         searcher={"name": "random", "batch": 3})
+                         searcher={"name": "random", "batch": 3}, confirm=None)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True))
     search.run()
     report = finish_run(search)

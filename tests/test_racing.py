@@ -112,7 +112,7 @@ def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(demo_rec
 
 def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winner(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"racing": {"stages": [0.3, 1.0], "confidence": 0.9}},
-                         searcher={"name": "ga", "population": 6, "elitism": 1})
+                         searcher={"name": "ga", "population": 6, "elitism": 1}, confirm=None)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=18, quiet=True))
     best = search.run()
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()

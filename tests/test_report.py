@@ -190,7 +190,7 @@ def test_a_gain_within_two_standard_errors_is_said_plainly(value, stderr, plain)
 
 
 def test_the_report_states_the_winners_gain_and_whether_it_is_real(demo_recipe, tmp_path):
-    recipe = demo_recipe(eval={"limit": 30}, searcher={"name": "ga", "population": 4})
+    recipe = demo_recipe(eval={"limit": 30}, searcher={"name": "ga", "population": 4}, confirm=None)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
 

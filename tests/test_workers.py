@@ -62,7 +62,7 @@ TROUBLE = textwrap.dedent('''
 
 def _recipe(demo_recipe, tmp_path, searcher, **evomerge):
     (tmp_path / "trouble.py").write_text(TROUBLE.format(folder=str(tmp_path)))
-    return demo_recipe(eval={"limit": 20}, searcher=searcher, fitness="trouble:score", **evomerge)
+    return demo_recipe(eval={"limit": 20}, searcher=searcher, fitness="trouble:score", confirm=None, **evomerge)
 
 
 def _wait_for(path: Path, seconds: float = 300) -> str:
@@ -180,7 +180,7 @@ def test_a_search_joins_a_running_ray_cluster_and_leaves_it_running(demo_recipe,
         while subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True).returncode:
             assert head.poll() is None and time.monotonic() < deadline, "the Ray cluster did not start"
             time.sleep(1)
-        recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random"})
+        recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random"}, confirm=None)
         search = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out",
                                  str(tmp_path / "run"), "--evaluations", "4", "--workers", "2", "--ray-address",
                                  address, "--quiet"], env=env, capture_output=True, text=True, timeout=600)

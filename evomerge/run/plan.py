@@ -4,9 +4,10 @@ each `parents:` mode, genes, documents, the merged architecture.
 `evomerge plan` prints it; every search checks it first and refuses a recipe that cannot fit, in
 one line naming the cheapest fix, when the device's memory is known (CUDA's free memory, the RAM
 on a CPU machine), and even batch size 1 does not fit (scoring halves its batch on out of memory,
-so a larger batch costs a retry, not the run). Scoring figures are upper bounds: every sequence padded to the model's
-`max_length`, the logits and their log-softmax in float32 (4 bytes each) and one layer's working
-set (attention projections and the MLP) at a time, as a forward pass without gradients holds them.
+so a larger batch costs a retry, not the run). Scoring figures are upper bounds: the logits and their log-softmax in float32 (4 bytes each) and one layer's working
+set (attention projections and the MLP) at a time, as a forward pass without gradients holds them,
+for every sequence padded to the longest request the recipe's tasks make (tokenized with the
+recipe's tokenizer; `max_length` when no tokenizer can be read, e.g. a folder of headers only).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -59,6 +60,8 @@ class Plan:
     scoring_dtype: str
     batch_size: Union[int, str]
     max_length: int
+    sequence: int  # tokens a scored sequence holds at most
+    sequence_source: str  # where that figure comes from
     per_sequence: int  # scoring bytes per sequence in a batch
     workers: int  # workers sharing the device
     memory: Optional[int]  # the device's, given or found; None: unknown
@@ -129,8 +132,8 @@ class Plan:
             f"output model ({self.scoring_dtype}, scored on {self.device_type}): {gib(w.output)}",
             f"merge work space ({w.largest[0]}: {k} inputs + the result in {w.merge_dtype}): {gib(w.workspace)}",
             f"scoring activations (batch {self.batch_size}{' sized at 1' if self.batch_size == 'auto' else ''} x "
-            f"max_length {self.max_length}: logits and log-softmax x 4 B, one layer's hidden states): "
-            f"{gib(self.activations())}",
+            f"{self.sequence} tokens, {self.sequence_source}: logits and log-softmax x 4 B, one layer's hidden "
+            f"states): {gib(self.activations())}",
         ]
         memory = f"the {gib(self.memory)} of {self.memory_source}" if self.memory is not None else ""
         per = f" for {self.workers} workers" if self.workers > 1 else ""
@@ -168,13 +171,46 @@ def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[
     weights = footprint(recipe.merge, dtype, trust_remote_code=trust_remote_code)
     config = weights.config
     max_length = spec.eval.max_length or resolve_max_length(config)
+    sequence, source = _longest_request(recipe, max_length)
     width = torch.empty((), dtype=getattr(torch, dtype or "float32")).element_size()
     intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
     per_token = 2 * config.vocab_size * 4 + (4 * config.hidden_size + 3 * intermediate) * width
     return Plan(recipe, target.type, weights, dtype or "the config's", batch_size(spec.eval, target.type),
-                max_length, max_length * per_token, workers,
+                max_length, sequence, source, sequence * per_token, workers,
                 memory if memory is not None else local_memory(target.type, target.index),
                 "--device-memory" if memory is not None else f"this machine's {target.type}")
+
+
+def _longest_request(recipe: Recipe, max_length: int) -> Tuple[int, str]:
+    """The most tokens a sequence scored in this run holds (search, report and confirmation tasks),
+    and where the figure comes from."""
+    from evomerge.scoring.tasks import TaskSuite
+
+    spec = recipe.spec
+    searched = [t.name for t in spec.tasks]
+    names = searched + list(spec.report_tasks) + (list(spec.confirm.tasks) if spec.confirm else [])
+    tokenizer = _tokenizer(recipe)
+    if not names or tokenizer is None:
+        return max_length, f"max_length{'' if names else ', no tasks'}{'' if tokenizer else ', no tokenizer found'}"
+    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path, options=spec.eval, seed=spec.seed)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    longest = max(suite.longest_request(task, encode, spec.eval.limit if task in searched else None, max_length)
+                  for task in suite.names)
+    return longest, f"the longest request of the tasks (max_length {max_length})"
+
+
+def _tokenizer(recipe: Recipe):
+    """The first tokenizer found among the recipe's models (the merged one is one of theirs), or None."""
+    from transformers import AutoTokenizer
+
+    from evomerge.recipe import layout
+
+    for _, reference in layout.references(recipe.merge):
+        try:
+            return AutoTokenizer.from_pretrained(reference.model.path, revision=reference.model.revision)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def documents_per_evaluation(recipe: Recipe) -> int:

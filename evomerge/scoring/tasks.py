@@ -13,13 +13,15 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from evomerge import log_levels
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe.model import SECTION, EvalSpec
 from evomerge.scoring import continuous
+
+HFLM_MAX_GEN_TOKS = 256  # what HFLM generates at most when a task's generation_kwargs do not say
 
 
 def _reuse_requests(task) -> None:
@@ -126,6 +128,23 @@ class TaskSuite:
     def filters(self, task: str) -> List[str]:
         """The task's filter pipelines by name ('none' when it has none), as lm-eval keys its results."""
         return [pipeline.name for pipeline in self.tasks[task]._filters]
+
+    def longest_request(self, task: str, encode: Callable[[str], List[int]], limit: Optional[int],
+                        max_length: int) -> int:
+        """The most tokens one of the task's requests puts in a sequence (HFLM truncates to `max_length`,
+        generation adds up to `max_gen_toks`): a batch is padded to its longest request, so this bounds
+        what scoring holds per sequence. Chat templates, when the recipe applies them, add a few more."""
+        built = self.tasks[task]
+        built.build_all_requests(limit=limit, rank=0, world_size=1)
+        longest = 0
+        for instance in built.instances:
+            if instance.request_type == "generate_until":
+                context, options = instance.args
+                tokens = len(encode(context)) + int(options.get("max_gen_toks", HFLM_MAX_GEN_TOKS))
+            else:  # loglikelihood (context, continuation) or loglikelihood_rolling (text,)
+                tokens = len(encode("".join(instance.args[:2])))
+            longest = max(longest, tokens)
+        return min(longest, max_length)
 
     def result_key(self, task: str, metric: str) -> str:
         """Where `metric` is in the task's results: 'acc', or 'exact_match,strict' after a filter

@@ -144,6 +144,16 @@ def test_the_genetic_algorithm_records_lineage(demo_recipe, tmp_path):
     assert all(len(e.parents) == (2 if e.operator == "blend+mutation" else 1) for e in children)
 
 
+@pytest.mark.parametrize("config", ["ga-tournament-blend", "ga-roulette-uniform", "ga-steady"])
+def test_the_genetic_algorithm_never_spends_an_evaluation_on_a_copy_of_a_parent(config):
+    searcher = make_searcher(SearcherSpec(**CONFIGS[config]), dimension=4, x0=np.full(4, 0.5), seed=0)
+    genotypes = {}
+    for _ in range(12):
+        for proposal in _round(searcher):
+            genotypes[proposal.id] = proposal.genotype
+            assert not any(np.array_equal(proposal.genotype, genotypes[parent]) for parent in proposal.parents)
+
+
 def test_differential_evolution_keeps_a_child_only_if_it_beats_its_parent():
     searcher = make_searcher(SearcherSpec(name="ga", population=6, differential={"f": 0.5, "cr": 0.5}),
                              dimension=4, x0=np.full(4, 0.5), seed=2)

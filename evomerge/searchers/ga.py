@@ -140,7 +140,7 @@ class GeneticAlgorithm(GenerationalSearcher):
             operator = f"{self.options.crossover}+mutation"
         else:
             parents, genotype, operator = parents[:1], parents[0].genotype.copy(), "mutation"
-        genotype = self.mutation.mutate(genotype, self.rng)
+        genotype = self._mutated(genotype, parents)
         if self.succession:
             alive = [i for i in self.population if np.isfinite(i.fitness)] or self.population
             ranked = sorted(alive, key=lambda i: (-i.fitness, i.id))
@@ -149,6 +149,15 @@ class GeneticAlgorithm(GenerationalSearcher):
                                             self.generation, self.rng)
             operator += "+succession"
         return self._proposal(genotype, parents=[p.id for p in parents], operator=operator)
+
+    def _mutated(self, genotype: np.ndarray, parents: Sequence[Individual], tries: int = 16) -> np.ndarray:
+        """Mutated until, within the bounds, it differs from every parent (a gene at a bound can be pushed
+        back onto it): a copy would spend an evaluation re-measuring its parent."""
+        for _ in range(tries):
+            child = np.clip(self.mutation.mutate(genotype, self.rng), 0.0, 1.0)
+            if not any(np.array_equal(child, parent.genotype) for parent in parents):
+                break
+        return child
 
     def _differential_child(self, index: int) -> Proposal:
         others = [i for i in range(len(self.population)) if i != index]

@@ -60,7 +60,10 @@ class GaussianMutation:
     scale: float
 
     def mutate(self, genotype: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Each gene moves with probability `rate`, and at least one does: a child equal to its parent (or to
+        the blend of a parent with itself, when selection picks it twice) would only re-measure it."""
         mask = rng.random(genotype.shape) < self.rate
+        mask[rng.integers(len(genotype))] = True
         return genotype + mask * rng.normal(0.0, self.scale, genotype.shape)
 
 

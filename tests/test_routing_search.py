@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from weights import same_tensors
 
 from evomerge.outputs.export import export_run
+from evomerge.outputs.route_plot import describe_route, route_of
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.model import SearcherSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
@@ -108,6 +109,11 @@ def test_a_routed_search_exports_a_best_yaml_that_mergekit_yaml_merges_to_the_sc
     best = yaml.safe_load((tmp_path / "run" / "best.yaml").read_text())
     assert best["merge_method"] == "passthrough" and "slices" in best and report["rows"]
     exported = export_run(tmp_path / "run", tmp_path / "exported", quiet=True)  # refuses weights other than the scored
+    hops, _ = route_of((tmp_path / "run" / "best.yaml").read_text())
+    page = (tmp_path / "run" / "report.html").read_text()  # written by the export, for the card's fitness plot
+    assert (tmp_path / "run" / "route.png").is_file() and describe_route(hops) in page and "merge_method: passthrough" in page
+    card = (exported / "README.md").read_text()
+    assert (exported / "route.png").is_file() and "](route.png)" in card and describe_route(hops) in card
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
     subprocess.run([str(mergekit_yaml), str(tmp_path / "run" / "best.yaml"), str(tmp_path / "cli")],
                    check=True, capture_output=True)

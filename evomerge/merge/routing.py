@@ -23,7 +23,7 @@ from mergekit.config import MergeConfiguration
 from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
-from evomerge.merge.materializer import MaterializeStats, Materializer, default_device
+from evomerge.merge.materializer import Materializer, MaterializeStats, default_device
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Planner, check_coverage, plan_entries

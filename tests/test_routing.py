@@ -189,3 +189,21 @@ def test_bad_routing_blocks_are_refused_in_one_line_naming_the_key(change, key, 
         SearchSpace.from_recipe(load_recipe(path))
     text = str(raised.value)
     assert text.startswith(f"{path}: ") and key in text and message in text and "\n" not in text
+
+
+def test_a_routed_model_whose_layers_have_other_shapes_is_refused_before_anything_loads(zoo, write_recipe,
+                                                                                        tmp_path):
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    from evomerge.recipe.validate import check_search
+
+    config = AutoConfig.from_pretrained(zoo["dir"] / "rev")
+    config.intermediate_size = 96
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "narrow")
+    AutoTokenizer.from_pretrained(zoo["dir"] / "rev").save_pretrained(tmp_path / "narrow")
+    recipe = _routing(zoo)
+    recipe["evomerge"]["search"][0]["routing"]["models"].append(str(tmp_path / "narrow"))
+    recipe["evomerge"] |= {"tasks": [{"name": "zoo_rev_search"}], "budget": {"evaluations": 4}}
+    path = write_recipe(recipe)
+    with pytest.raises(EvomergeError, match=r"evomerge\.search\[0\]\.routing\.models: .*narrow: tensor .*mlp.* has shape"):
+        check_search(load_recipe(path))

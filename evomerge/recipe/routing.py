@@ -161,6 +161,9 @@ def _start(recipe: Recipe, spec: RoutingSpec, models: List[str], layers: Dict[st
     except ValueError as error:
         where, what = error.args
         raise EvomergeError(what, path=recipe.path, key=where) from None
+    if spec.scale is None and any(hop.scale is not None for hop in hops):
+        raise EvomergeError("the recipe scales its layers; give the routing block a `scale` range to search them",
+                            path=recipe.path, key=f"{key}.scale")
     expected = models[spec.models.index(spec.ends)]
     if ends != expected:
         raise EvomergeError(f"the recipe takes its embeddings and head from {ends}, the routing block from {expected} "

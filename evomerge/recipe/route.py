@@ -9,6 +9,10 @@ mergekit takes the embeddings from the first slice's model and the final norm an
 the last slice's; when the route starts or ends in another model, an empty slice (layer range
 [0, 0]) of the named model stands at that end, and `base_model` names it, which makes it the
 donor of the output config and tokenizer (mergekit otherwise picks one of a set).
+
+How mergekit 0.1.5 reads it: a filter matches a tensor whose output name contains it, and a
+tensor no filter matches gets no scale, which passthrough copies as it is (`tensor * scale`
+otherwise); the output's layer count is the sum of the slices' lengths, empty slices adding none.
 """
 
 from __future__ import annotations

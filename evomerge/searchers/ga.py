@@ -89,8 +89,10 @@ class GeneticAlgorithm(GenerationalSearcher):
         self.rng = np.random.default_rng(self.seed)
         self.selection = (TournamentSelection(options.tournament_size) if options.selection == "tournament"
                           else RouletteSelection())
-        self.crossover = {"blend": lambda: BlendCrossover(options.blend_alpha), "uniform": UniformCrossover,
-                          "split": lambda: SplitPointCrossover(units(self.genes, self.dimension))}[options.crossover]()
+        if options.crossover == "split":
+            self.crossover = SplitPointCrossover(units(self.genes, self.dimension))
+        else:
+            self.crossover = BlendCrossover(options.blend_alpha) if options.crossover == "blend" else UniformCrossover()
         self.mutation = GaussianMutation(options.mutation_rate, options.mutation_scale)
         self.differential = (DifferentialMutation(options.differential.f, options.differential.cr)
                              if options.differential else None)

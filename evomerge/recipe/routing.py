@@ -40,7 +40,7 @@ class RoutingSpace(SearchSpace):
         self.models = models  # resolved references, in the block's order
         self.layers = layers
         self.ends = models[spec.models.index(spec.ends)]
-        self.slots: List[Tuple[str, int]] = [(m, i) for _ in range(spec.repeats) for m in models for i in range(layers[m])]
+        self.slots = _slots(models, layers, spec.repeats)
         self.max_layers = min(spec.max_layers or len(self.slots), len(self.slots))
 
     @classmethod
@@ -54,7 +54,7 @@ class RoutingSpace(SearchSpace):
         spec: RoutingSpec = recipe.spec.search[index].routing
         models = [resolve_model_path(m, recipe.directory) for m in spec.models]
         layers = _layers(models, recipe.path, key)
-        slots = [(m, i) for _ in range(spec.repeats) for m in models for i in range(layers[m])]
+        slots = _slots(models, layers, spec.repeats)
         if spec.max_layers is not None and spec.max_layers > len(slots):
             raise EvomergeError(f"max_layers {spec.max_layers} is more than the {len(slots)} slots",
                                 path=recipe.path, key=f"{key}.max_layers")
@@ -122,6 +122,11 @@ class RoutingSpace(SearchSpace):
             described.append({"name": gene.name, "low": gene.low, "high": gene.high, "controls": controls,
                               "slot": gene.group, **({"binary": True} if gene.parameter == INCLUDE else {})})
         return described
+
+
+def _slots(models: List[str], layers: Dict[str, int], repeats: int) -> List[Tuple[str, int]]:
+    """(model, layer) per slot: each model's layers in order, model after model, `repeats` times."""
+    return [(m, i) for _ in range(repeats) for m in models for i in range(layers[m])]
 
 
 def _layers(models: List[str], path: Path, key: str) -> Dict[str, int]:

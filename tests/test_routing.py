@@ -207,3 +207,15 @@ def test_a_routed_model_whose_layers_have_other_shapes_is_refused_before_anythin
     path = write_recipe(recipe)
     with pytest.raises(EvomergeError, match=r"evomerge\.search\[0\]\.routing\.models: .*narrow: tensor .*mlp.* has shape"):
         check_search(load_recipe(path))
+
+
+def test_scaled_layers_merged_in_bfloat16_have_mergekits_bits(zoo, write_recipe, tmp_path):
+    """Parents narrowed to the recipe's dtype at load, the scale applied there, the result cast to out_dtype."""
+    recipe = _routing(zoo, repeats=2, max_layers=6, scale=[0.5, 1.5]) | {"dtype": "bfloat16", "out_dtype": "float32"}
+    space = _space(write_recipe, recipe)
+    materializer = materializer_for(space, device="cpu", quiet=True)
+    for k, x in enumerate(_draws(space, 3, seed=2)):
+        candidate = space.decode(x)
+        materializer.materialize(candidate)
+        write_with_mergekit(candidate, tmp_path / str(k), MERGEKIT)
+        assert_same_as_resident(load_file(tmp_path / str(k) / "model.safetensors"), materializer.model)

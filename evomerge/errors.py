@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 from pydantic import BaseModel, ValidationError
 
 SECTION = "evomerge"  # the recipe's own section, which mergekit ignores; error keys in it start with it
+TAG = "~"  # pydantic puts a tagged union's tag in an error's location; tags that start with it are left out of keys
 
 
 class EvomergeError(Exception):
@@ -70,21 +71,24 @@ def validated(model: type, raw: Any, path: Optional[Path], prefix: Optional[str]
 def _dotted(loc: List[Any]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and part.startswith(TAG):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def _fields_at(model: type, loc: Tuple[Any, ...]) -> List[str]:
-    """The field names of the nested model at `loc`, for a 'did you mean'."""
+    """The field names of the nested model at `loc`, for a 'did you mean' (in a union, the first member
+    that has the location's next field)."""
+    models = [model]
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or part.startswith(TAG):
             continue
-        field = model.model_fields.get(part)
-        nested = [a for a in _flatten_annotation(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
-        if not nested:
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        models = [a for a in _flatten_annotation(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
+        if not models:
             return []
-        model = nested[0]
-    return list(model.model_fields)
+    return list(models[0].model_fields)
 
 
 def _flatten_annotation(annotation: Any) -> List[Any]:

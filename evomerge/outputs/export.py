@@ -25,13 +25,16 @@ from evomerge.errors import EvomergeError
 from evomerge.merge.fingerprint import fingerprint, first_difference
 from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import RECIPE_FILE, save_resident
+from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import dtype_name, render_markdown
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import load_recipe
+from evomerge.recipe.routing import INCLUDE
 from evomerge.recipe.space import Candidate, SearchSpace
 from evomerge.run.store import Evaluation, RunStore
 
 FITNESS_IMAGE = "fitness.png"
+ROUTE_IMAGE = "route.png"
 
 
 def chosen_evaluation(store: RunStore, rank: int) -> Evaluation:
@@ -83,7 +86,11 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, dev
     save_resident(materializer, candidate, out)
     image = _fitness_image(store)
     shutil.copy(image, out / FITNESS_IMAGE)
-    (out / "README.md").write_text(model_card(store, evaluation, candidate, rank, verified), encoding="utf-8")
+    routed = any(gene["parameter"] == INCLUDE for gene in store.meta("genes") or [])
+    if routed:
+        hops, ends = route_of(candidate.to_yaml())
+        save_route(hops, ends, f"Route of evaluation #{evaluation.id}: {len(hops)} layers", out / ROUTE_IMAGE)
+    (out / "README.md").write_text(model_card(store, evaluation, candidate, rank, verified, routed), encoding="utf-8")
     return out
 
 
@@ -120,7 +127,7 @@ def _model_name(reference: str) -> str:
 
 
 def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int,
-               verified: Optional[Verified] = None) -> str:
+               verified: Optional[Verified] = None, routed: bool = False) -> str:
     merge = candidate.merge
     parents = [str(m) for m in sorted(merge.referenced_models(), key=str)]
     options: Dict[str, Any] = store.meta("options")
@@ -174,12 +181,19 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         "",
         f"Reproduce the weights with `{reproduce}`.",
         "",
+        *(_route_lines(candidate) if routed else []),
         "```yaml",
         candidate.to_yaml().rstrip(),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _route_lines(candidate: Candidate) -> List[str]:
+    hops, _ = route_of(candidate.to_yaml())
+    return [f"![the route: which model, layer and scale each layer takes]({ROUTE_IMAGE})", "",
+            f"The {len(hops)} layers a token passes through (model:layer×scale): {describe_route(hops)}.", ""]
 
 
 def _verification(verified: Verified, evaluation: Evaluation) -> str:

@@ -17,7 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import confirmed, rankings_table, scored_on, summary, table, verdict
+from evomerge.recipe.routing import INCLUDE
 from evomerge.recipe.space import NOISE, Gene
 from evomerge.run.store import Evaluation, RunStore
 
@@ -26,6 +28,7 @@ PARAMETERS_PNG = "parameters.png"
 TASKS_PNG = "tasks.png"
 DOCUMENTS_PNG = "documents.png"
 LINEAGE_PNG = "lineage.png"
+ROUTE_PNG = "route.png"
 REPORT_HTML = "report.html"
 LINEAGE_DEPTH = 6  # ancestors further back than this make the tree unreadable
 DPI = 120
@@ -40,6 +43,7 @@ class Plot:
 
     path: Path
     caption: str
+    code: str = ""  # shown beside the figure (a routed winner's recipe)
 
 
 def write_report(run_dir: Path) -> List[Path]:
@@ -55,6 +59,8 @@ def write_report(run_dir: Path) -> List[Path]:
         plots = [plot_fitness(evaluations, winner, directory / FITNESS_PNG)]
         if winner is not None:
             plots.append(plot_parameters(winner, genes, directory / PARAMETERS_PNG))
+            if any(g.parameter == INCLUDE for g in genes):
+                plots.append(plot_route(winner, directory / ROUTE_PNG))
         if report is not None:
             plots.append(plot_tasks(report, directory / TASKS_PNG))
         if any(e.documents for e in evaluations):
@@ -202,6 +208,15 @@ def plot_parameters(winner: Evaluation, genes: Sequence[Gene], path: Path) -> Pl
     _save(figure, path)
     return Plot(path, f"The winner's (#{winner.id}) value of every searched parameter, one row per model and one "
                       "column per layer-gradient point, coloured on that parameter's search range.")
+
+
+def plot_route(winner: Evaluation, path: Path) -> Plot:
+    """A routed winner's layer sequence, beside its recipe."""
+    hops, ends = route_of(winner.recipe)
+    save_route(hops, ends, f"Route of the winner #{winner.id}: {len(hops)} layers (fitness {winner.fitness:.4f})", path)
+    return Plot(path, f"The winner's (#{winner.id}) layers in the order a token passes through them, each coloured by "
+                      f"the model it comes from, labelled with its layer there and as tall as its scale: "
+                      f"{describe_route(hops)}.", code=winner.recipe)
 
 
 def _heatmap(figure: Figure, axes, title: str, panel: Dict[str, Any]) -> None:
@@ -363,7 +378,8 @@ def render_html(name: str, status: str, report: Optional[Dict[str, Any]], plots:
     parts += _report_table(report) if report else ["<p>No report table yet: the search writes it when it finishes.</p>"]
     for plot in plots:
         parts += ["<figure>", f'<img src="{html.escape(plot.path.name)}" alt="{html.escape(plot.caption)}">',
-                  f"<figcaption>{html.escape(plot.caption)}</figcaption>", "</figure>"]
+                  f"<figcaption>{html.escape(plot.caption)}</figcaption>",
+                  *([f"<pre>{html.escape(plot.code)}</pre>"] if plot.code else []), "</figure>"]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -20,7 +20,7 @@ from evomerge.merge.materializer import Materializer
 from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
-from evomerge.recipe.space import Candidate
+from evomerge.recipe.space import Candidate, SearchSpace
 from evomerge.run.store import Evaluation
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
 
     resident = scorer(materializer.model, materializer.tokenizer)
     rows = []
-    for reference in tqdm(sorted(start.merge.referenced_models(), key=str), desc="report: parents", disable=quiet):
+    parents = SearchSpace.from_recipe(recipe).largest_merge().referenced_models()  # a route's: all it routes over
+    for reference in tqdm(sorted(parents, key=str), desc="report: parents", disable=quiet):
         try:
             materializer.load_parent(reference)
             row_scores, _ = scores(materializer.model, materializer.tokenizer, resident)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from mergekit import merge_methods
@@ -21,15 +21,18 @@ from mergekit.evo.genome import METHOD_PARAM_MAPS, ModelGenomeDefinition
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
+    Tag,
     field_validator,
     model_validator,
 )
 
-from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
+from evomerge.errors import SECTION, TAG, EvomergeError, did_you_mean, validated
+from evomerge.recipe.route import RoutingEntry
 from evomerge.searchers.spec import SearcherSpec
 
 MODEL_KEYS = {"model", "base_model", "tokenizer_source", "source"}
@@ -224,9 +227,18 @@ class ConfirmSpec(_Strict):
     tasks: List[str] = Field(min_length=1)
 
 
+def _entry_kind(entry: Any) -> str:
+    routing = isinstance(entry, RoutingEntry) or isinstance(entry, dict) and "routing" in entry
+    return TAG + ("routing" if routing else "gene")
+
+
+SearchEntry = Annotated[Union[Annotated[GeneSpec, Tag(TAG + "gene")], Annotated[RoutingEntry, Tag(TAG + "routing")]],
+                        Discriminator(_entry_kind)]  # a parameter's genes, or a layer route's (route.py)
+
+
 class EvomergeSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)  # also mergekit's --random-seed, which numpy bounds
-    search: List[GeneSpec] = Field(default_factory=list)
+    search: List[SearchEntry] = Field(default_factory=list)
     genome: Optional[GenomeSpec] = None  # a mergekit-evolve genome instead of `search`/`noise`
     noise: Optional[NoiseSpec] = None
     tasks: List[TaskSpec] = Field(default_factory=list)

@@ -106,6 +106,10 @@ class SearchSpace:
             from evomerge.recipe.genome import GenomeSpace
 
             return GenomeSpace.from_genome(recipe)
+        from evomerge.recipe.routing import RoutingSpace, routing_entry
+
+        if routing_entry(recipe) >= 0:
+            return RoutingSpace.from_recipe(recipe)
         builder = _Builder(recipe)
         for index, spec in enumerate(recipe.spec.search):
             builder.add(index, spec)
@@ -132,6 +136,10 @@ class SearchSpace:
 
     def starting_point(self) -> Candidate:
         return self.decode(self.x0)
+
+    def largest_merge(self) -> MergeConfiguration:
+        """A recipe that holds as much as the largest candidate: the recipe's own, whose structure candidates keep."""
+        return self.recipe.merge
 
     def describe(self) -> List[Dict[str, Any]]:
         """Each gene as a person reads it: its name, range and what it controls in the recipe."""

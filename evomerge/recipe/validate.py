@@ -15,6 +15,7 @@ from evomerge.errors import EvomergeError
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.parents import check_parents
+from evomerge.recipe.routing import routing_entry
 from evomerge.recipe.space import SearchSpace
 from evomerge.searchers import SearcherOptions, searcher_options
 
@@ -48,6 +49,14 @@ def _check_pruner(recipe: Recipe) -> None:
                             path=recipe.path, key=f"{SECTION}.searcher.pruner")
 
 
+def _check_routed(space: SearchSpace, recipe: Recipe, allow_pickle: bool) -> None:
+    try:
+        check_parents(space.largest_merge(), recipe.path, allow_pickle=allow_pickle)
+    except EvomergeError as error:
+        raise EvomergeError(error.message, path=recipe.path,
+                            key=f"{SECTION}.search[{routing_entry(recipe)}].routing.models") from None
+
+
 def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     problems: List[EvomergeError] = []
 
@@ -69,6 +78,8 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     space = None
     if attempt(lambda: check_parents(recipe.merge, recipe.path, allow_pickle=allow_pickle) or True):
         space = attempt(lambda: SearchSpace.from_recipe(recipe))
+    if space is not None and space.largest_merge() is not recipe.merge:  # a route: every model it may take
+        attempt(lambda: _check_routed(space, recipe, allow_pickle))
     if len(problems) == 1:
         raise problems[0]
     if problems:

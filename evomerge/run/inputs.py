@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Sequence
 from evomerge.recipe import layout
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import Recipe
+from evomerge.recipe.space import SearchSpace
 from evomerge.scoring.tasks import TaskSuite
 
 LIBRARIES = ("torch", "transformers", "mergekit", "lm_eval")
@@ -32,7 +33,8 @@ def fingerprint(recipe: Recipe) -> Inputs:
     spec = recipe.spec
     tasks = [t.name for t in spec.tasks] + list(spec.report_tasks)
     found: Inputs = {
-        "parents": {str(reference): _model_digest(reference) for _, reference in layout.references(recipe.merge)},
+        "parents": {str(reference): _model_digest(reference)  # a route's: every model it may take
+                    for _, reference in layout.references(SearchSpace.from_recipe(recipe).largest_merge())},
         "tasks": _task_digests(recipe, tasks) if tasks else {},
         "versions": {name: version(name) for name in LIBRARIES},
     }

@@ -168,7 +168,7 @@ def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[
     target = torch.device(device or default_device())
     spec = recipe.spec
     dtype = scoring_dtype(recipe.merge, spec.eval, target.type)
-    weights = footprint(recipe.merge, dtype, trust_remote_code=trust_remote_code)
+    weights = footprint(SearchSpace.from_recipe(recipe).largest_merge(), dtype, trust_remote_code=trust_remote_code)
     config = weights.config
     max_length = spec.eval.max_length or resolve_max_length(config)
     sequence, source = _longest_request(recipe, max_length)

@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Fitness = Optional[Tuple[float, ...]]  # one value per objective; None for a failed candidate
-GeneInfo = Dict[str, Any]  # {"name", "low", "high", "controls"}: a gene as a person (or a language model) reads it
+GeneInfo = Dict[str, Any]  # {"name", "low", "high", "controls"}: a gene as a person (or a language model) reads it;
+# a route's genes add "slot" (genes of one slot travel together) and "binary" (only the half of the range counts)
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,11 @@ from evomerge.searchers.operators import (
     DifferentialMutation,
     GaussianMutation,
     RouletteSelection,
+    SplitPointCrossover,
     Succession,
     TournamentSelection,
     UniformCrossover,
+    units,
 )
 
 
@@ -58,7 +60,7 @@ class GAOptions(SearcherOptions):
     selection: Literal["tournament", "roulette"] = "tournament"
     tournament_size: PositiveInt = 3
     elitism: int = Field(2, ge=0)
-    crossover: Literal["blend", "uniform"] = "blend"
+    crossover: Literal["blend", "uniform", "split"] = "blend"  # split: one split point over a route's slots (M2N2)
     crossover_rate: float = Field(0.9, ge=0, le=1)
     blend_alpha: float = Field(0.5, ge=0)
     mutation_rate: float = Field(0.2, ge=0, le=1)
@@ -87,7 +89,10 @@ class GeneticAlgorithm(GenerationalSearcher):
         self.rng = np.random.default_rng(self.seed)
         self.selection = (TournamentSelection(options.tournament_size) if options.selection == "tournament"
                           else RouletteSelection())
-        self.crossover = (BlendCrossover(options.blend_alpha) if options.crossover == "blend" else UniformCrossover())
+        if options.crossover == "split":
+            self.crossover = SplitPointCrossover(units(self.genes, self.dimension))
+        else:
+            self.crossover = BlendCrossover(options.blend_alpha) if options.crossover == "blend" else UniformCrossover()
         self.mutation = GaussianMutation(options.mutation_rate, options.mutation_scale)
         self.differential = (DifferentialMutation(options.differential.f, options.differential.cr)
                              if options.differential else None)

@@ -7,6 +7,7 @@ while anything else is available.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -39,6 +40,32 @@ class UniformCrossover:
 
     def crossover(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.where(rng.random(parents.shape[1]) < 0.5, parents[0], parents[1])
+
+
+@dataclass(frozen=True)
+class SplitPointCrossover:
+    """M2N2's split point, over an ordered sequence of units (a route's slots, each with all its genes):
+    the child takes the units before a random point from the first parent and the rest from the
+    second, so a contiguous run of layers stays as one parent routed it."""
+
+    units: Tuple[Tuple[int, ...], ...]
+    n_parents = 2
+
+    def crossover(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        point = int(rng.integers(1, len(self.units))) if len(self.units) > 1 else 0
+        child = parents[1].copy()
+        before = [i for unit in self.units[:point] for i in unit]
+        child[before] = parents[0][before]
+        return child
+
+
+def units(genes: Sequence[Dict[str, Any]], dimension: int) -> Tuple[Tuple[int, ...], ...]:
+    """Genes grouped by the slot they describe (in order of first appearance); a gene without one is its own unit."""
+    found: Dict[Any, List[int]] = {}
+    for index in range(dimension):
+        slot = genes[index].get("slot") if index < len(genes) else None
+        found.setdefault(("slot", slot) if slot is not None else ("gene", index), []).append(index)
+    return tuple(tuple(unit) for unit in found.values())
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,20 @@ class OptunaSearch(Searcher):
             return True
         return False
 
+    def _binary(self, index: int) -> bool:
+        """A gene that counts only by which half of its range it is in (a route's inclusion gene), sampled as
+        a choice of the two halves' middles, except by CMA-ES, which samples every gene as a number."""
+        return (self.options.sampler != "cmaes" and index < len(self.genes)
+                and bool(self.genes[index].get("binary")))
+
     def _params(self, genotype) -> dict:
-        return {f"g{index}": float(value) for index, value in enumerate(genotype)}
+        return {f"g{index}": (0.75 if value > 0.5 else 0.25) if self._binary(index) else float(value)
+                for index, value in enumerate(genotype)}
+
+    def _suggest(self, trial: optuna.trial.Trial, index: int) -> float:
+        if self._binary(index):
+            return trial.suggest_categorical(f"g{index}", (0.25, 0.75))
+        return trial.suggest_float(f"g{index}", 0.0, 1.0)
 
     @property
     def generation_size(self) -> int:
@@ -88,7 +100,7 @@ class OptunaSearch(Searcher):
     def ask(self) -> List[Proposal]:
         with log_levels.at_least("optuna", logging.WARNING):
             trial = self.study.ask()
-        proposal = self._proposal([trial.suggest_float(f"g{i}", 0.0, 1.0) for i in range(self.dimension)],
+        proposal = self._proposal([self._suggest(trial, i) for i in range(self.dimension)],
                                   operator=f"optuna:{self.options.sampler}", trial=trial.number)
         self._trials[proposal.id] = trial
         return [proposal]

@@ -85,7 +85,7 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
 
     resident = scorer(materializer.model, materializer.tokenizer)
     rows = []
-    for reference in tqdm(sorted(start.merge.referenced_models(), key=str), desc="report: parents", disable=quiet):
+    for reference in tqdm(start.parents(), desc="report: parents", disable=quiet):
         try:
             materializer.load_parent(reference)
             row_scores, _ = scores(materializer.model, materializer.tokenizer, resident)

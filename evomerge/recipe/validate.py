@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, TypeVar
 from evomerge.errors import EvomergeError
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import SECTION, Recipe
-from evomerge.recipe.parents import check_parents
 from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.stages import check_stage_parents
 from evomerge.searchers import SearcherOptions, searcher_options
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
     space = None
-    if attempt(lambda: check_parents(recipe.merge, recipe.path, allow_pickle=allow_pickle) or True):
+    if attempt(lambda: check_stage_parents(recipe.stages, recipe.path, allow_pickle=allow_pickle) or True):
         space = attempt(lambda: SearchSpace.from_recipe(recipe))
     if len(problems) == 1:
         raise problems[0]

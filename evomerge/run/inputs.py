@@ -32,7 +32,7 @@ def fingerprint(recipe: Recipe) -> Inputs:
     spec = recipe.spec
     tasks = [t.name for t in spec.tasks] + list(spec.report_tasks)
     found: Inputs = {
-        "parents": {str(reference): _model_digest(reference) for _, reference in layout.references(recipe.merge)},
+        "parents": {str(reference): _model_digest(reference) for _, reference in layout.parent_references(recipe.stages)},
         "tasks": _task_digests(recipe, tasks) if tasks else {},
         "versions": {name: version(name) for name in LIBRARIES},
     }

@@ -15,13 +15,16 @@ import yaml
 from click.testing import CliRunner
 from mergekit.scripts import multimerge
 from safetensors.torch import load_file
-from weights import assert_same_as_resident
+from weights import assert_same_as_resident, same_tensors
 
+from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.merge.stages import materializer_for
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.model import load_recipe
 from evomerge.recipe.space import SearchSpace
+from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.store import RunStore
 
 torch.set_num_threads(1)
 
@@ -167,3 +170,24 @@ def test_a_malformed_multi_stage_recipe_is_refused_in_one_line(documents, key, m
     error = raised.value
     assert (error.path, error.key) == (str(path), key) and message in error.message, str(error)
     assert "\n" not in str(error)
+
+
+@pytest.mark.slow
+def test_a_search_stores_multi_stage_recipes_and_exports_what_mergekit_multi_merges(zoo, tasks_dir, tmp_path):
+    """The real loop, scorer and store on a two-stage recipe: best.yaml is mergekit-multi's documents, and
+    `evomerge export` (which checks the scored weights' fingerprint) writes what mergekit-multi merges from it."""
+    final = _final(zoo, tasks=[{"name": "zoo_pair_search"}], task_paths=[str(tasks_dir)], eval={"limit": 10},
+                   searcher={"name": "cma", "popsize": 4}, budget={"evaluations": 4})
+    search = start_search(_write(tmp_path / "stages.yaml", _blend(zoo), final), tmp_path / "run",
+                          SearchOptions(quiet=True))
+    search.run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
+    assert [e.status for e in evaluations] == ["ok"] * 4
+    best = tmp_path / "run" / "best.yaml"
+    assert [d.get("name") for d in yaml.safe_load_all(best.read_text())] == ["blend", None]
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exported"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "exported" / "mergekit_config.yml").read_text() == best.read_text()
+    _mergekit_multi(best, tmp_path / "mergekit", seed=3)
+    assert same_tensors(load_file(tmp_path / "mergekit" / "model.safetensors"),
+                        load_file(tmp_path / "exported" / "model.safetensors"))

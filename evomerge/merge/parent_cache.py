@@ -38,9 +38,9 @@ def _narrowed(inputs: Inputs, dtype: torch.dtype) -> Inputs:
             else tensor.to(dtype=dtype) for model, tensor in inputs.items()}
 
 
-def _without(gather: GatherTensors, produced: Collection[ModelReference]) -> GatherTensors:
+def _without(gather, produced: Collection[ModelReference]):
     """The gather of what must be loaded from disk: the parents no earlier stage produces."""
-    if not any(model in produced for model in gather.weight_info):
+    if not isinstance(gather, GatherTensors) or not any(model in produced for model in gather.weight_info):
         return gather
     kept = {model: info for model, info in gather.weight_info.items() if model not in produced}
     return gather.model_copy(update={"weight_info": ImmutableMap(kept)})
@@ -50,6 +50,12 @@ def _produced_inputs(gather, produced: Mapping[ModelReference, Mapping[str, torc
                      cast: Optional[str]) -> Dict[ModelReference, Tuple[Mapping[str, torch.Tensor], str, Optional[str]]]:
     """model -> (its resident tensors, the name read, the dtype to cast to) for each produced input,
     resolved as mergekit's LoadTensor resolves a name in a folder (the name, its aliases, its tied names)."""
+    if not produced:
+        return {}
+    if not isinstance(gather, GatherTensors):  # e.g. mergekit's vocabulary alignment for a merged tokenizer
+        if any(model in produced for model in getattr(getattr(gather, "gather_tensors", None), "weight_info", ())):
+            raise ValueError("a merged tokenizer (tokenizer_source) over an earlier stage's output is not supported")
+        return {}
     found = {}
     for model, info in gather.weight_info.items():
         if model not in produced:
@@ -91,12 +97,13 @@ class ParentCache:
         gathers = {task_key(task.gather_tensors): task.gather_tensors for _, task, _ in plan}
         self._cast: Dict[Hashable, Optional[str]] = {  # the recipe's dtype, where the merge casts to it
             key: gather.dtype if _loads_native(gather) else None for key, gather in gathers.items()}
-        self._order = {key: list(gather.weight_info) for key, gather in gathers.items()}
+        self._order = {key: list(getattr(gather, "weight_info", ())) for key, gather in gathers.items()}
         self._produced = {key: _produced_inputs(gather, produced, self._cast[key]) for key, gather in gathers.items()}
-        loading = {key: _without(gather, produced).model_copy(update={"dtype": None}) if self._cast[key]
-                   else _without(gather, produced) for key, gather in gathers.items()}
-        self._inputs: Dict[Hashable, Inputs] = {key: {} for key, task in loading.items() if not task.weight_info}
-        loading = {key: task for key, task in loading.items() if task.weight_info}  # all produced: nothing to load
+        stripped = {key: _without(gather, produced) for key, gather in gathers.items()}
+        self._inputs: Dict[Hashable, Inputs] = {  # all produced by earlier stages: nothing to load
+            key: {} for key, gather in stripped.items() if isinstance(gather, GatherTensors) and not gather.weight_info}
+        loading = {key: gather.model_copy(update={"dtype": None}) if self._cast[key] else gather
+                   for key, gather in stripped.items() if key not in self._inputs}
         keys = {task_key(task): key for key, task in loading.items()}
         executor = Executor(list(loading.values()), math_device=device, storage_device=storage)
         pin = pins(device, storage)

@@ -73,7 +73,7 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, dev
     device = device or scored_on
     dtype = scoring_dtype(recipe.merge, recipe.spec.eval, torch.device(scored_on).type)  # as the search scored it
     materializer = materializer_for(candidate, device=device, dtype=dtype, quiet=quiet,
-                                trust_remote_code=store.meta("options").get("trust_remote_code", False))
+                                    trust_remote_code=store.meta("options").get("trust_remote_code", False))
     materializer.materialize(candidate)
     verified = _verify(store, evaluation, materializer, device)
     if verified.matched is False and not allow_mismatch:

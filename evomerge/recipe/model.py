@@ -383,7 +383,7 @@ def parse_yaml(text: str, path: Path, documents: bool = False) -> Any:
     saying where it is malformed; an anchor used inside itself (a structure that contains itself) is
     refused too, as nothing downstream can walk it."""
     try:
-        raw = [d for d in yaml.safe_load_all(text) if d is not None] or [None] if documents else yaml.safe_load(text)
+        raw = ([d for d in yaml.safe_load_all(text) if d is not None] or [None]) if documents else yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         position = getattr(error, "position", None)  # a ReaderError: a character YAML does not allow

@@ -65,8 +65,8 @@ class Worker:
         device = torch.device(device or default_device())
         with mergekit_refusals(recipe.path):
             self.materializer = materializer_for(self.start, device=device, parents=spec.parents,
-                                             dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
-                                             trust_remote_code=trust_remote_code, quiet=quiet)
+                                                 dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
+                                                 trust_remote_code=trust_remote_code, quiet=quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit,
                                    continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None

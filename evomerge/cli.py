@@ -80,11 +80,11 @@ def merge(recipe: Path, out: Path, in_memory: bool, allow_pickle: bool, merge_op
     """
     from evomerge.merge.write import write_in_memory, write_with_mergekit
     from evomerge.recipe.model import load_recipe
-    from evomerge.recipe.parents import check_parents
     from evomerge.recipe.space import SearchSpace
+    from evomerge.recipe.stages import check_stage_parents
 
     loaded = load_recipe(recipe)
-    check_parents(loaded.merge, loaded.path, allow_pickle=allow_pickle)
+    check_stage_parents(loaded.stages, loaded.path, allow_pickle=allow_pickle)
     candidate = SearchSpace.from_recipe(loaded).starting_point()
     if merge_options.random_seed is not None:
         candidate = dataclasses.replace(candidate, seed=merge_options.random_seed)
@@ -310,11 +310,11 @@ def plan(recipe, device_memory, workers, device, trust_remote_code):
     """What RECIPE's search needs (memory in each parents: mode, genes, documents, the merged architecture),
     from configs and safetensors headers: no weight is loaded."""
     from evomerge.recipe.model import load_recipe
-    from evomerge.recipe.parents import check_parents
+    from evomerge.recipe.stages import check_stage_parents
     from evomerge.run.plan import documents_per_evaluation, make_plan, parse_bytes
 
     loaded = load_recipe(recipe)
-    check_parents(loaded.merge, loaded.path, allow_pickle=True)
+    check_stage_parents(loaded.stages, loaded.path, allow_pickle=True)
     memory = parse_bytes(device_memory) if device_memory else None
     with mergekit_refusals(loaded.path):
         found = make_plan(loaded, device=device, memory=memory, workers=workers, trust_remote_code=trust_remote_code)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
 import torch
 from mergekit.common import ModelReference, dtype_from_name
@@ -32,6 +32,7 @@ class MaterializeStats:
     seconds: float
     recomputed: int
     total: int
+    written: Tuple[str, ...] = ()  # the tensors recomputed
 
 
 def default_device() -> str:
@@ -47,7 +48,8 @@ class Materializer:
     only for its merge (about one model plus one layer's inputs on the device, k × model
     size on the host), for parents that do not fit beside the output model. `dtype` is the
     dtype candidates are scored in (default: the recipe's out_dtype or dtype, as mergekit
-    writes them).
+    writes them). `produced`: parents that are earlier stages' resident outputs (see
+    merge/stages.py), read in place.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Materializer:
         dtype: Optional[str] = None,
         trust_remote_code: bool = False,
         quiet: bool = False,
+        produced: Mapping[ModelReference, Mapping[str, torch.Tensor]] = {},
     ):
         self.device = torch.device(device or default_device())
         options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
@@ -73,7 +76,7 @@ class Materializer:
         plan = plan_entries(planned)
         check_coverage(plan, self.model)
         storage = self.device if parents == "device" else torch.device("cpu")
-        self._parents = ParentCache(plan, self.device, storage, quiet=quiet)
+        self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
         self._ledger = Ledger(plan)
         self._dtypes = {name: dtype for name, _, dtype in plan}
         self._positions = layer_positions(arch, out_config)
@@ -90,7 +93,21 @@ class Materializer:
             self._ledger.forget(name for name, _, _ in todo.values())
             apply(todo, self._parents, self._parameters, self.device, candidate.seed, noise.__getitem__)
             self._ledger.wrote(todo)
-        return MaterializeStats(time.perf_counter() - start, len(todo), len(plan))
+        return MaterializeStats(time.perf_counter() - start, len(todo), len(plan),
+                                tuple(name for name, _, _ in todo.values()))
+
+    @property
+    def merged(self) -> Dict[str, torch.Tensor]:
+        """The output model's tensors by the names mergekit writes them under (what a later stage reads)."""
+        return {name: self._parameters[name] for name in self._dtypes}
+
+    def readers(self, reference: ModelReference, names: Iterable[str]) -> List[str]:
+        """The tensors merged from any of `names` of an earlier stage's output."""
+        return self._parents.readers(reference, set(names))
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Recompute these tensors for the next candidate (an earlier stage rewrote what they read)."""
+        self._ledger.forget(names)
 
     def _noise_scale(self, candidate: Candidate, name: str) -> float:
         if not candidate.noise:

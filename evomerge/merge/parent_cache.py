@@ -13,10 +13,10 @@ in the loaded dtype.
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, List, Optional
+from typing import Collection, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import torch
-from mergekit.common import ModelReference, dtype_from_name
+from mergekit.common import ImmutableMap, ModelReference, dtype_from_name
 from mergekit.graph import Executor
 from mergekit.io.tasks import GatherTensors, LoaderCache
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
@@ -38,6 +38,44 @@ def _narrowed(inputs: Inputs, dtype: torch.dtype) -> Inputs:
             else tensor.to(dtype=dtype) for model, tensor in inputs.items()}
 
 
+def _without(gather, produced: Collection[ModelReference]):
+    """The gather of what must be loaded from disk: the parents no earlier stage produces."""
+    if not isinstance(gather, GatherTensors) or not any(model in produced for model in gather.weight_info):
+        return gather
+    kept = {model: info for model, info in gather.weight_info.items() if model not in produced}
+    return gather.model_copy(update={"weight_info": ImmutableMap(kept)})
+
+
+def _produced_inputs(gather, produced: Mapping[ModelReference, Mapping[str, torch.Tensor]],
+                     cast: Optional[str]) -> Dict[ModelReference, Tuple[Mapping[str, torch.Tensor], str, Optional[str]]]:
+    """model -> (its resident tensors, the name read, the dtype to cast to) for each produced input,
+    resolved as mergekit's LoadTensor resolves a name in a folder (the name, its aliases, its tied names)."""
+    if not produced:
+        return {}
+    if not isinstance(gather, GatherTensors):  # e.g. mergekit's vocabulary alignment for a merged tokenizer
+        if any(model in produced for model in getattr(getattr(gather, "gather_tensors", None), "weight_info", ())):
+            raise ValueError("a merged tokenizer (tokenizer_source) over an earlier stage's output is not supported")
+        return {}
+    found = {}
+    for model, info in gather.weight_info.items():
+        if model not in produced:
+            continue
+        tensors = produced[model]
+        name = next((n for n in (info.name, *(info.aliases or ()), *(info.tied_names or ())) if n in tensors), None)
+        if name is None:
+            if info.optional:
+                continue
+            raise ValueError(f"tensor {info.name} required but not present in the earlier stage {model}")
+        found[model] = (tensors, name, None if cast else info.force_dtype or gather.dtype)
+    return found
+
+
+def _read(tensors: Mapping[str, torch.Tensor], name: str, dtype: Optional[str]) -> torch.Tensor:
+    """An earlier stage's resident tensor as mergekit's loader gives it (cast to `dtype` if set)."""
+    tensor = tensors[name].detach()
+    return tensor.to(dtype=dtype_from_name(dtype)) if dtype else tensor
+
+
 def pins(device: torch.device, storage: torch.device) -> bool:
     """Parents kept on the host for a CUDA device are pinned: mergekit moves each tensor's inputs with
     `non_blocking=True`, which from page-locked memory is a real asynchronous copy at full bus speed,
@@ -47,19 +85,28 @@ def pins(device: torch.device, storage: torch.device) -> bool:
 
 
 class ParentCache:
-    """`device` is where the merges run; `storage` where the parents stay (the device, or the host)."""
+    """`device` is where the merges run; `storage` where the parents stay (the device, or the host).
 
-    def __init__(self, plan: List[PlanEntry], device: torch.device, storage: torch.device, quiet: bool = False):
+    `produced`: parents that are an earlier stage's resident output (tensor name -> tensor, as
+    mergekit writes that stage), read where they are instead of loaded.
+    """
+
+    def __init__(self, plan: List[PlanEntry], device: torch.device, storage: torch.device, quiet: bool = False,
+                 produced: Mapping[ModelReference, Mapping[str, torch.Tensor]] = {}):
         self._gather_of = {name: task_key(task.gather_tensors) for name, task, _ in plan}
         gathers = {task_key(task.gather_tensors): task.gather_tensors for _, task, _ in plan}
         self._cast: Dict[Hashable, Optional[str]] = {  # the recipe's dtype, where the merge casts to it
             key: gather.dtype if _loads_native(gather) else None for key, gather in gathers.items()}
+        self._order = {key: list(getattr(gather, "weight_info", ())) for key, gather in gathers.items()}
+        self._produced = {key: _produced_inputs(gather, produced, self._cast[key]) for key, gather in gathers.items()}
+        stripped = {key: _without(gather, produced) for key, gather in gathers.items()}
+        self._inputs: Dict[Hashable, Inputs] = {  # all produced by earlier stages: nothing to load
+            key: {} for key, gather in stripped.items() if isinstance(gather, GatherTensors) and not gather.weight_info}
         loading = {key: gather.model_copy(update={"dtype": None}) if self._cast[key] else gather
-                   for key, gather in gathers.items()}
+                   for key, gather in stripped.items() if key not in self._inputs}
         keys = {task_key(task): key for key, task in loading.items()}
         executor = Executor(list(loading.values()), math_device=device, storage_device=storage)
         pin = pins(device, storage)
-        self._inputs: Dict[Hashable, Inputs] = {}
         for task, value in executor.run(quiet=quiet, desc="Loading parents"):
             key = keys[task_key(task)]
             value = _narrowed(value, dtype_from_name(self._cast[key])) if self._cast[key] else value
@@ -68,7 +115,17 @@ class ParentCache:
 
     def inputs(self, name: str) -> Inputs:
         """The resident inputs of tensor `name`, as stored (mergekit's Executor takes them as a cached value)."""
-        return self._inputs[self._gather_of[name]]
+        key = self._gather_of[name]
+        if not self._produced[key]:
+            return self._inputs[key]
+        stored, produced = self._inputs[key], self._produced[key]
+        return {model: stored[model] if model in stored else _read(*produced[model])
+                for model in self._order[key] if model in stored or model in produced}
+
+    def readers(self, reference: ModelReference, names: Collection[str]) -> List[str]:
+        """This merge's tensors that read any of `names` of an earlier stage's output `reference`."""
+        return [name for name, key in self._gather_of.items()
+                if reference in self._produced[key] and self._produced[key][reference][1] in names]
 
     def merge_task(self, name: str, task: ExecuteMergeMethodTask) -> ExecuteMergeMethodTask:
         """The merge task as it must run over the resident inputs: casting them to the recipe's dtype."""

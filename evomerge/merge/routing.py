@@ -27,16 +27,18 @@ from evomerge.merge.materializer import Materializer, MaterializeStats, default_
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Planner, check_coverage, plan_entries
+from evomerge.merge.stages import StagedMaterializer, materializer_for
 from evomerge.recipe.route import Hop, to_merge
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space import Candidate, SearchSpace
 
 
-def materializer_for(space: SearchSpace, **options) -> Union[Materializer, "RoutingMaterializer"]:
-    """The routing materializer for a routing space, else the parameter-space one over the starting point."""
+def search_materializer(space: SearchSpace, **options) -> Union[Materializer, StagedMaterializer, "RoutingMaterializer"]:
+    """What a search over `space` keeps resident: the routing materializer for a routing space, else the
+    one for the starting point's recipe (one stage, or several merged stage after stage)."""
     if isinstance(space, RoutingSpace):
         return RoutingMaterializer(space.gallery(), space.max_layers, **options)
-    return Materializer(space.starting_point().merge, **options)
+    return materializer_for(space.starting_point(), **options)
 
 
 class RoutingMaterializer:

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 from mergekit.architecture import get_architecture_info
+from mergekit.config import MergeConfiguration
+from mergekit.graph import Executor
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
+from mergekit.scripts.multimerge import load_config, make_tasks
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from evomerge.merge.noise import add_noise, layer_positions, relative_std
+from evomerge.merge.stages import located, materializer_for
 from evomerge.recipe.space import Candidate
 
 RECIPE_FILE = "mergekit_config.yml"
 
 
 def write_with_mergekit(candidate: Candidate, out: Path, options: Optional[MergeOptions] = None) -> None:
-    """mergekit's own `run_merge` (what `mergekit-yaml` runs), then evomerge's noise if any.
+    """mergekit's own `run_merge` (what `mergekit-yaml` runs; mergekit-multi's stages for a multi-stage
+    recipe), then evomerge's noise if any.
 
     The candidate's seed is mergekit's `--random-seed`, so randomized methods reproduce.
     """
@@ -27,13 +34,31 @@ def write_with_mergekit(candidate: Candidate, out: Path, options: Optional[Merge
         update={"random_seed": candidate.seed if (options is None or options.random_seed is None) else options.random_seed}
     )
     out.mkdir(parents=True, exist_ok=True)
-    run_merge(candidate.merge.model_copy(deep=True), str(out), options, config_source=candidate.to_yaml())
-    if candidate.noise and any(candidate.noise):
-        _add_noise_to_folder(candidate, out, options)
+    if not candidate.before:
+        run_merge(candidate.merge.model_copy(deep=True), str(out), options, config_source=candidate.to_yaml())
+        _add_noise_to_folder(candidate, candidate.merge, out, options)
+        return
+    with tempfile.TemporaryDirectory(prefix="evomerge-stages-") as intermediate:
+        _run_stages(candidate, out, options, intermediate)
+        folders = {stage.name: str(Path(intermediate) / stage.name) for stage in candidate.before}
+        _add_noise_to_folder(candidate, located(candidate.merge, folders), out, options)
 
 
-def _add_noise_to_folder(candidate: Candidate, out: Path, options: MergeOptions) -> None:
-    arch = get_architecture_info(candidate.merge, options)
+def _run_stages(candidate: Candidate, out: Path, options: MergeOptions, intermediate: str) -> None:
+    """mergekit-multi's own loading and task graph on the candidate's documents; a named final merge,
+    which mergekit-multi writes beside the intermediate ones, is moved to `out`."""
+    configs, dependencies = load_config(candidate.to_yaml(), intermediate)
+    tasks = make_tasks(configs, dependencies, options, intermediate, str(out), lazy=False)
+    Executor(tasks, math_device="cpu", storage_device="cpu").execute(desc="Merging stages")
+    if candidate.name is not None:
+        shutil.copytree(Path(intermediate) / candidate.name, out, dirs_exist_ok=True)
+    (out / RECIPE_FILE).write_text(candidate.to_yaml(), encoding="utf-8")
+
+
+def _add_noise_to_folder(candidate: Candidate, merge: MergeConfiguration, out: Path, options: MergeOptions) -> None:
+    if not candidate.noise or not any(candidate.noise):
+        return
+    arch = get_architecture_info(merge, options)
     positions = layer_positions(arch, AutoConfig.from_pretrained(out, trust_remote_code=options.trust_remote_code))
     for shard in sorted(out.glob("*.safetensors")):
         with safe_open(shard, framework="pt") as handle:
@@ -47,9 +72,7 @@ def _add_noise_to_folder(candidate: Candidate, out: Path, options: MergeOptions)
 
 def write_in_memory(candidate: Candidate, out: Path, device: Optional[str] = None, trust_remote_code: bool = False) -> None:
     """The resident-model path: materialize in memory, then save the resident model."""
-    from evomerge.merge.materializer import Materializer
-
-    materializer = Materializer(candidate.merge, device=device, trust_remote_code=trust_remote_code)
+    materializer = materializer_for(candidate, device=device, trust_remote_code=trust_remote_code)
     materializer.materialize(candidate)
     save_resident(materializer, candidate, out)
 

@@ -5,8 +5,8 @@ What is exported is what was scored: the candidate is merged again as the search
 (the same code, on the device the search used unless told otherwise, in the dtype it was
 scored in), its weights' fingerprint is compared with the one stored when it was scored, and a
 difference — a parent changed since, another device's kernels or random stream — refuses the
-export, naming the first tensor that differs. `mergekit-yaml mergekit_config.yml` (or
-`evomerge merge` when there is noise) reproduces the weights on that device
+export, naming the first tensor that differs. `mergekit-yaml mergekit_config.yml` (`mergekit-multi` for a
+multi-stage recipe, or `evomerge merge` when there is noise) reproduces the weights on that device
 (`tests/test_parity.py` holds the in-memory and on-disk merges equal).
 """
 
@@ -24,6 +24,7 @@ from mergekit import merge_methods
 from evomerge.errors import EvomergeError
 from evomerge.merge.fingerprint import fingerprint, first_difference
 from evomerge.merge.materializer import Materializer, default_device
+from evomerge.merge.stages import materializer_for
 from evomerge.merge.write import RECIPE_FILE, save_resident
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import dtype_name, render_markdown
@@ -74,8 +75,8 @@ def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, dev
     scored_on = evaluation.device or store.meta("options").get("device") or default_device()
     device = device or scored_on
     dtype = scoring_dtype(recipe.merge, recipe.spec.eval, torch.device(scored_on).type)  # as the search scored it
-    materializer = Materializer(candidate.merge, device=device, dtype=dtype, quiet=quiet,
-                                trust_remote_code=store.meta("options").get("trust_remote_code", False))
+    materializer = materializer_for(candidate, device=device, dtype=dtype, quiet=quiet,
+                                    trust_remote_code=store.meta("options").get("trust_remote_code", False))
     materializer.materialize(candidate)
     verified = _verify(store, evaluation, materializer, device)
     if verified.matched is False and not allow_mismatch:
@@ -129,7 +130,7 @@ def _model_name(reference: str) -> str:
 def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, rank: int,
                verified: Optional[Verified] = None, routed: bool = False) -> str:
     merge = candidate.merge
-    parents = [str(m) for m in sorted(merge.referenced_models(), key=str)]
+    parents = [str(m) for m in candidate.parents()]
     options: Dict[str, Any] = store.meta("options")
     report: Optional[Dict[str, Any]] = store.report("report")
     evaluations = store.evaluations.finished()
@@ -141,7 +142,8 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         "tags": ["merge", "mergekit", "evomerge"],
     }
     reproduce = (f"evomerge merge {RECIPE_FILE} ./model" if candidate.noise
-                 else f"mergekit-yaml {RECIPE_FILE} ./model --random-seed {candidate.seed}")
+                 else f"mergekit-multi {RECIPE_FILE} --out-path ./model -I ./stages --random-seed {candidate.seed}"
+                 if candidate.before else f"mergekit-yaml {RECIPE_FILE} ./model --random-seed {candidate.seed}")
     lines: List[str] = [
         "---",
         yaml.safe_dump(metadata, sort_keys=False).rstrip(),

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.confirmation import confirm_finalists, rankings
+from evomerge.recipe import layout
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import Candidate, SearchSpace
@@ -85,8 +86,8 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
 
     resident = scorer(materializer.model, materializer.tokenizer)
     rows = []
-    parents = SearchSpace.from_recipe(recipe).largest_merge().referenced_models()  # a route's: all it routes over
-    for reference in tqdm(sorted(parents, key=str), desc="report: parents", disable=quiet):
+    parents = sorted((r for _, r in layout.parent_references(SearchSpace.from_recipe(recipe).largest_stages())), key=str)
+    for reference in tqdm(parents, desc="report: parents", disable=quiet):  # a route's: all it routes over
         try:
             materializer.load_parent(reference)
             row_scores, _ = scores(materializer.model, materializer.tokenizer, resident)

@@ -8,15 +8,50 @@ merges, which layers each section covers, which `parameters:` mappings a gene wr
 what the recipe already sets there are all answered from the sections. The recipe itself
 keeps its shape: genes write into a copy of it, so the exported recipe looks like the
 user's.
+
+A recipe is a chain of stages (`mergekit-multi`'s documents, each named; later ones name earlier
+ones as a model); a one-document recipe is one unnamed stage, so every later module walks stages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One merge of a recipe: a mergekit recipe whose models may be earlier stages' outputs, by name."""
+
+    name: Optional[str]  # None: the unnamed final merge (every one-document recipe)
+    merge: MergeConfiguration
+    document: Optional[int] = None  # the YAML document it comes from; None for a one-document recipe
+    reads: Tuple[str, ...] = ()  # the earlier stages it merges, by name
+
+    def key(self, key: str) -> str:
+        """An error key inside this stage's document, e.g. 'documents[1].models[0].model'."""
+        return document_key(self.document, key)
+
+
+def document_key(document: Optional[int], key: str) -> str:
+    """`key` inside the YAML document of that index (None: the recipe's one document)."""
+    return key if document is None else f"documents[{document}]" + (f".{key}" if key else "")
+
+
+def parent_references(stages: Sequence[Stage]) -> List[Tuple[str, ModelReference]]:
+    """(error key, model) for every model the stages read from disk or the Hub, first occurrence only;
+    an earlier stage's output is no parent: it is merged here."""
+    names = {stage.name for stage in stages}
+    seen, found = set(), []
+    for stage in stages:
+        for key, reference in references(stage.merge):
+            if reference.model.path not in names and reference not in seen:
+                seen.add(reference)
+                found.append((stage.key(key), reference))
+    return found
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from evomerge.errors import SECTION, TAG, EvomergeError, did_you_mean, validated
+from evomerge.recipe.layout import Stage
 from evomerge.recipe.route import RoutingEntry
 from evomerge.searchers.spec import SearcherSpec
 
@@ -53,6 +54,7 @@ class GeneSpec(_Strict):
     """One searched mergekit parameter, split into genes per model, filter and layer group."""
 
     parameter: str
+    stage: Optional[str] = None  # the stage (a multi-stage recipe's document name); default: the final merge
     models: Optional[List[str]] = None
     range: Tuple[float, float]
     layer_groups: Union[int, List[Tuple[int, int]]] = 1
@@ -270,8 +272,13 @@ class EvomergeSpec(_Strict):
 class Recipe:
     path: Path
     text: str
-    merge: MergeConfiguration
+    stages: Tuple[Stage, ...]  # in merge order, the final merge last; one for a one-document recipe
     spec: EvomergeSpec
+
+    @property
+    def merge(self) -> MergeConfiguration:
+        """The final merge: the model that is scored."""
+        return self.stages[-1].merge
 
     @property
     def directory(self) -> Path:
@@ -324,22 +331,26 @@ class Recipe:
 
 def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
     """Read and validate a recipe; `text` stands in for the file's content (a stored run's copy)."""
+    from evomerge.recipe.stages import check_gene_stages, read_stages
+
     path = Path(path)
     text = read_text(path) if text is None else text
-    raw = parse_yaml(text, path)
-    if not isinstance(raw, dict):
+    documents = parse_yaml(text, path, documents=True)
+    raw = documents[0] if len(documents) == 1 else None
+    if not isinstance(raw, dict) and len(documents) == 1:
         raise EvomergeError("expected a mapping of mergekit keys at the top level", path=path)
-    if "genome" in raw:  # a mergekit-evolve config: read as the recipe `evomerge convert` writes for it
+    if raw is not None and "genome" in raw:  # a mergekit-evolve config: read as the recipe `evomerge convert` writes
         from evomerge.recipe.evolve_config import recipe_text
 
         return load_recipe(path, recipe_text(raw, path))
-    section = raw.pop(SECTION, None) or {}
+    section, stages = read_stages(documents, path)
+    section = section or {}
     if isinstance(section, dict) and isinstance(section.get("genome"), dict):
         section = {**section, "genome": map_model_references(section["genome"], _resolver(path.parent))}
-    merge = parse_merge_config(raw, path)
     spec = validated(EvomergeSpec, section, path, SECTION)
     _check_confirm(spec, path)
-    return Recipe(path=path.resolve(), text=text, merge=merge, spec=spec)
+    check_gene_stages(spec, stages, path)
+    return Recipe(path=path.resolve(), text=text, stages=stages, spec=spec)
 
 
 def _self_reference(node: Any, key: str = "", inside: Tuple[int, ...] = ()) -> Optional[str]:
@@ -379,29 +390,34 @@ def read_text(path: Path) -> str:
                             f"position {error.start}", path=path) from None
 
 
-def parse_yaml(text: str, path: Path) -> Any:
-    """The YAML document, or one line saying where it is malformed; an anchor used inside itself
-    (a structure that contains itself) is refused too, as nothing downstream can walk it."""
+def parse_yaml(text: str, path: Path, documents: bool = False) -> Any:
+    """The YAML document (with `documents`, the list of them: `mergekit-multi`'s stages), or one line
+    saying where it is malformed; an anchor used inside itself (a structure that contains itself) is
+    refused too, as nothing downstream can walk it."""
     try:
-        raw = yaml.safe_load(text)
+        raw = ([d for d in yaml.safe_load_all(text) if d is not None] or [None]) if documents else yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         position = getattr(error, "position", None)  # a ReaderError: a character YAML does not allow
         where = f"line {mark.line + 1}" if mark else f"position {position}" if position is not None else None
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise EvomergeError(f"malformed YAML: {problem}", path=path, key=where) from None
-    if (loop := _self_reference(raw)) is not None:
-        raise EvomergeError("expected plain data, found an anchor used inside itself", path=path, key=loop)
+    for index, document in enumerate(raw if documents else [raw]):
+        if (loop := _self_reference(document)) is not None:
+            where = f"documents[{index}].{loop}" if documents and len(raw) > 1 else loop
+            raise EvomergeError("expected plain data, found an anchor used inside itself", path=path, key=where)
     return raw
 
 
-def parse_merge_config(raw: Dict[str, Any], path: Path) -> MergeConfiguration:
-    """mergekit's own MergeConfiguration, with errors that name the file and the key."""
+def parse_merge_config(raw: Dict[str, Any], path: Path, stages: Sequence[str] = ()) -> MergeConfiguration:
+    """mergekit's own MergeConfiguration, with errors that name the file and the key; model references
+    that name one of `stages` (earlier merges of a multi-stage recipe) are left as they are."""
     known = set(MergeConfiguration.model_fields) | {SECTION}
     for key in raw:
         if key not in known:
             raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
-    raw = map_model_references(raw, _resolver(path.parent))
+    resolve = _resolver(path.parent)
+    raw = map_model_references(raw, lambda reference: reference if stage_name(reference) in stages else resolve(reference))
     config = validated(MergeConfiguration, raw, path, None)
     for key in ("dtype", "out_dtype"):  # mergekit reads them only once it merges, after its progress bars
         try:
@@ -434,6 +450,12 @@ def map_model_references(node: Any, change: Callable[[str], str]) -> Any:
         else map_model_references(value, change)
         for key, value in node.items()
     }
+
+
+def stage_name(reference: str) -> str:
+    """The part of a model reference mergekit-multi compares with its stage names: the path, without
+    `@revision` or `+lora`."""
+    return reference.split("+")[0].split("@")[0]
 
 
 def _resolver(base: Path) -> Callable[[str], str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Collection, Dict, Optional, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
@@ -82,10 +82,14 @@ def _vocabulary(folder: Path) -> Optional[dict]:
     return json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab")
 
 
-def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool = False) -> None:
+def check_parents(merge: MergeConfiguration, source: Path, *, allow_pickle: bool = False,
+                  produced: Collection[str] = ()) -> None:
+    """`produced`: names of earlier stages, whose outputs the merge reads (checked as their own stage)."""
     checker = _Checker(source, allow_pickle)
     local = []
     for key, reference in layout.references(merge):
+        if reference.model.path in produced:
+            continue
         folder = checker.folder(reference, key)
         if folder is not None:
             local.append((key, reference, folder, checker.config(folder, key), checker.shapes(folder, key)))

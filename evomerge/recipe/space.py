@@ -9,6 +9,7 @@ decides what every tensor gets, both in memory and in `mergekit-yaml`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 from mergekit import merge_methods
+from mergekit.common import ModelReference
 from mergekit.config import (
     ConditionalParameter,
     ConfigYamlDumper,
@@ -28,6 +30,7 @@ from mergekit.merge_methods.base import ParameterScope, ParameterSpec
 from evomerge.errors import EvomergeError, did_you_mean
 from evomerge.recipe import layout
 from evomerge.recipe.model import SECTION, GeneSpec, Recipe, resolve_model_path
+from evomerge.recipe.stages import stage_named
 
 NOISE = "noise"
 
@@ -45,6 +48,7 @@ class Gene:
     slice_index: Optional[int] = None
     integer: bool = False
     layer_ranges: Optional[Tuple[Tuple[int, int], ...]] = None  # explicit groups [start, end); None: even gradient
+    stage: Optional[str] = None  # the stage whose recipe it writes (its name is the gene name's first part); None: the final
 
 
 class _RecipeDumper(getattr(yaml, "CDumper", yaml.Dumper)):
@@ -57,22 +61,48 @@ _RecipeDumper.add_representer(list, ConfigYamlDumper.represent_list)
 
 @dataclass(frozen=True)
 class Candidate:
-    """A concrete recipe: what `mergekit-yaml` merges, plus evomerge's seed and noise."""
+    """A concrete recipe: what `mergekit-yaml` (`mergekit-multi` for several stages) merges, plus
+    evomerge's seed and noise (applied to the final merge)."""
 
-    merge: MergeConfiguration
+    merge: MergeConfiguration  # the final merge
     seed: int
     noise: Optional[Tuple[float, ...]] = None  # relative std per layer group
+    before: Tuple[layout.Stage, ...] = ()  # the earlier stages of a multi-stage recipe, in merge order
+    name: Optional[str] = None  # the final merge's stage name, if it has one
+    reads: Tuple[str, ...] = ()  # the earlier stages the final merge reads
+
+    @classmethod
+    def written(cls, recipe: Recipe) -> "Candidate":
+        """The recipe as its file has it: every stage with its own values, no gene written."""
+        *before, final = recipe.stages
+        return cls(merge=final.merge, seed=recipe.spec.seed, noise=_fixed_noise(recipe), before=tuple(before),
+                   name=final.name, reads=final.reads)
+
+    @property
+    def stages(self) -> Tuple[layout.Stage, ...]:
+        return self.before + (layout.Stage(self.name, self.merge, reads=self.reads),)
+
+    def parents(self) -> List[ModelReference]:
+        """Every model the stages read from disk or the Hub (not an earlier stage's output), sorted."""
+        return sorted((reference for _, reference in layout.parent_references(self.stages)), key=str)
 
     def to_dict(self) -> Dict[str, Any]:
-        data = self.merge.model_dump(exclude_defaults=True, mode="json")
+        """The final merge's document (with its `evomerge:` section)."""
+        data = self._document(self.stages[-1])
         section: Dict[str, Any] = {"seed": self.seed}
         if self.noise is not None and any(self.noise):
             section["noise"] = {"std": list(self.noise) if len(self.noise) > 1 else self.noise[0]}
         data[SECTION] = section
         return data
 
+    @staticmethod
+    def _document(stage: layout.Stage) -> Dict[str, Any]:
+        return {**({"name": stage.name} if stage.name else {}), **stage.merge.model_dump(exclude_defaults=True, mode="json")}
+
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_RecipeDumper, sort_keys=False).rstrip() + "\n"
+        """The recipe as mergekit reads it: one document, or mergekit-multi's documents in merge order."""
+        documents = [self._document(stage) for stage in self.before] + [self.to_dict()]
+        return yaml.dump_all(documents, Dumper=_RecipeDumper, sort_keys=False).rstrip() + "\n"
 
 
 class SearchSpace:
@@ -110,29 +140,43 @@ class SearchSpace:
 
         if routing_entry(recipe) >= 0:
             return RoutingSpace.from_recipe(recipe)
-        builder = _Builder(recipe)
+        genes: List[Gene] = []
+        x0: List[float] = []
+        builders: Dict[Optional[str], _Builder] = {}
+
+        def builder(name: Optional[str]) -> _Builder:
+            stage = stage_named(recipe.stages, name)
+            if stage.name not in builders:
+                builders[stage.name] = _Builder(recipe, stage, genes, x0)
+            return builders[stage.name]
+
+        final = builder(None)
         for index, spec in enumerate(recipe.spec.search):
-            builder.add(index, spec)
-        builder.add_noise()
-        return cls(recipe, builder.genes, np.array(builder.x0, dtype=float))
+            builder(spec.stage).add(index, spec)
+        final.add_noise()
+        return cls(recipe, genes, np.array(x0, dtype=float))
 
     def decode(self, x: Sequence[float]) -> Candidate:
         """Pure and deterministic: the same vector always gives the same recipe."""
         x = np.clip(np.asarray(x, dtype=float), self.lower, self.upper)
         if x.shape != (self.dimension,):
             raise ValueError(f"expected a vector of {self.dimension} genes, got shape {x.shape}")
-        merge = self.recipe.merge.model_copy(deep=True)
+        stages = self.recipe.stages
+        merges = {stage.name: stage.merge.model_copy(deep=True) for stage in stages}
+        final = stages[-1].name
         noise = _fixed_noise(self.recipe)
-        ranges = {(g.parameter, g.model, g.slice_index): g.layer_ranges for g in self.genes}
+        ranges = {(g.parameter, g.model, g.slice_index, g.stage): g.layer_ranges for g in self.genes}
         for key, entries in _grouped(self.genes, x).items():
-            parameter, model, slice_index = key
+            parameter, model, slice_index, stage = key
             if parameter == NOISE:
                 noise = tuple(value for _, value in sorted(entries[None]))
                 continue
             setting = _setting(entries, ranges[key])
-            for target in _parameter_dicts(merge, model, slice_index):
+            for target in _parameter_dicts(merges[final if stage is None else stage], model, slice_index):
                 target[parameter] = setting
-        return Candidate(merge=merge, seed=self.recipe.spec.seed, noise=noise)
+        before = tuple(dataclasses.replace(stage, merge=merges[stage.name]) for stage in stages[:-1])
+        return Candidate(merge=merges[final], seed=self.recipe.spec.seed, noise=noise, before=before, name=final,
+                         reads=stages[-1].reads)
 
     def starting_point(self) -> Candidate:
         return self.decode(self.x0)
@@ -140,6 +184,10 @@ class SearchSpace:
     def largest_merge(self) -> MergeConfiguration:
         """A recipe that holds as much as the largest candidate: the recipe's own, whose structure candidates keep."""
         return self.recipe.merge
+
+    def largest_stages(self) -> List[layout.Stage]:
+        """The stages of the largest candidate: the recipe's own, or a route's one stage over all it may take."""
+        return self.recipe.stages if self.largest_merge() is self.recipe.merge else [layout.Stage(None, self.largest_merge())]
 
     def describe(self) -> List[Dict[str, Any]]:
         """Each gene as a person reads it: its name, range and what it controls in the recipe."""
@@ -151,6 +199,7 @@ def _controls(gene: Gene) -> str:
         what = "std of Gaussian weight noise, relative to each merged tensor's std"
     else:
         what = f"mergekit parameter `{gene.parameter}`" + (f" of model {gene.model}" if gene.model else " (shared)")
+        what += f" in stage {gene.stage}" if gene.stage else ""
     if gene.slice_index is not None:
         what += f" in output slice {gene.slice_index}"
     if gene.filter is not None:
@@ -176,6 +225,18 @@ def count_layers(merge: MergeConfiguration) -> int:
     return module.architecture.num_layers(reference.config())
 
 
+def input_layers(stages: Sequence[layout.Stage], stage: layout.Stage) -> int:
+    """Layers of a stage's input models (an earlier stage's output counted from that stage's recipe)."""
+    if not stage.reads:
+        return count_layers(stage.merge)
+    reference = next(reference for _, reference in layout.references(stage.merge))
+    if reference.model.path not in stage.reads:
+        return count_layers(MergeConfiguration(merge_method=stage.merge.merge_method, models=[{"model": reference}]))
+    earlier = stage_named(stages, reference.model.path)
+    sections = layout.sections(earlier.merge)
+    return sum(s.layers for s in sections) if earlier.merge.slices else input_layers(stages, earlier)
+
+
 def _fixed_noise(recipe: Recipe) -> Optional[Tuple[float, ...]]:
     noise = recipe.spec.noise
     if noise is None or noise.range is not None:
@@ -184,11 +245,11 @@ def _fixed_noise(recipe: Recipe) -> Optional[Tuple[float, ...]]:
 
 
 def _grouped(genes: List[Gene], x: np.ndarray) -> Dict[tuple, Dict[Optional[str], List[Tuple[int, float]]]]:
-    """(parameter, model, slice) -> filter -> [(group, value)], filters in declaration order."""
+    """(parameter, model, slice, stage) -> filter -> [(group, value)], filters in declaration order."""
     grouped: Dict[tuple, Dict[Optional[str], List[Tuple[int, float]]]] = {}
     for gene, value in zip(genes, x):
         value = float(round(value)) if gene.integer else float(value)
-        key = (gene.parameter, gene.model, gene.slice_index)
+        key = (gene.parameter, gene.model, gene.slice_index, gene.stage)
         grouped.setdefault(key, {}).setdefault(gene.filter, []).append((gene.group, value))
     return grouped
 
@@ -224,21 +285,22 @@ def _parameter_dicts(merge: MergeConfiguration, model: Optional[str], slice_inde
 class _Builder:
     """Turns the recipe's `search:` entries into genes, validating them against the recipe."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, stage: layout.Stage, genes: List[Gene], x0: List[float]):
         self.recipe = recipe
-        self.merge = recipe.merge
+        self.stage = stage
+        self.merge = stage.merge
         self.method = merge_methods.get(self.merge.merge_method)
         if self.merge.modules:
             raise EvomergeError("`modules:` recipes cannot be searched yet; use `models:` or `slices:`",
-                                path=recipe.path, key="modules")
-        self.genes: List[Gene] = []
-        self.x0: List[float] = []
+                                path=recipe.path, key=stage.key("modules"))
+        self.genes = genes
+        self.x0 = x0
         self._seen: set = set()
         self._layers: Optional[int] = None
 
     def layers(self) -> int:
         if self._layers is None:
-            self._layers = count_layers(self.merge)
+            self._layers = input_layers(self.recipe.stages, self.stage)
         return self._layers
 
     def _error(self, message: str, index: int, field: str) -> EvomergeError:
@@ -269,7 +331,7 @@ class _Builder:
             return eligible
         chosen = []
         for position, name in enumerate(spec.models):
-            model = resolve_model_path(name, self.recipe.directory)
+            model = name if name in self.stage.reads else resolve_model_path(name, self.recipe.directory)
             key = f"{SECTION}.search[{index}].models[{position}]"
             if model == base and model not in eligible:
                 raise EvomergeError(f"{spec.parameter!r} does not apply to the base model {name!r}",
@@ -301,7 +363,7 @@ class _Builder:
                         self._gene(spec, parameter, model, filter_name, group, slice_index, current, layers)
 
     def _gene(self, spec, parameter, model, filter_name, group, slice_index, current, layers) -> None:
-        label = spec.parameter
+        label = (f"{self.stage.name}/" if self.stage.name else "") + spec.parameter
         if model:
             label += f"[{Path(model).name or model}]"
         if slice_index is not None:
@@ -323,7 +385,7 @@ class _Builder:
             raise EvomergeError(f"the recipe sets {spec.parameter} to {start!r} for {model or 'the merge'}; expected "
                                 "a finite number to start the search from", path=self.recipe.path, key=spec.parameter)
         self.genes.append(Gene(label, spec.parameter, low, high, group, count, model, filter_name,
-                               slice_index, _numeric_type(parameter) is int, spec.layer_ranges))
+                               slice_index, _numeric_type(parameter) is int, spec.layer_ranges, self.stage.name))
         self.x0.append(float(np.clip(start, low, high)) if start is not None else (low + high) / 2)
 
     def _current_setting(self, parameter: str, model: Optional[str], slice_index: Optional[int]) -> List[Any]:

@@ -17,6 +17,7 @@ from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.parents import check_parents
 from evomerge.recipe.routing import routing_entry
 from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.stages import check_stage_parents
 from evomerge.searchers import SearcherOptions, searcher_options
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
     space = None
-    if attempt(lambda: check_parents(recipe.merge, recipe.path, allow_pickle=allow_pickle) or True):
+    if attempt(lambda: check_stage_parents(recipe.stages, recipe.path, allow_pickle=allow_pickle) or True):
         space = attempt(lambda: SearchSpace.from_recipe(recipe))
     if space is not None and space.largest_merge() is not recipe.merge:  # a route: every model it may take
         attempt(lambda: _check_routed(space, recipe, allow_pickle))

@@ -34,7 +34,7 @@ def fingerprint(recipe: Recipe) -> Inputs:
     tasks = [t.name for t in spec.tasks] + list(spec.report_tasks)
     found: Inputs = {
         "parents": {str(reference): _model_digest(reference)  # a route's: every model it may take
-                    for _, reference in layout.references(SearchSpace.from_recipe(recipe).largest_merge())},
+                    for _, reference in layout.parent_references(SearchSpace.from_recipe(recipe).largest_stages())},
         "tasks": _task_digests(recipe, tasks) if tasks else {},
         "versions": {name: version(name) for name in LIBRARIES},
     }

@@ -20,8 +20,9 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from evomerge.errors import SECTION, EvomergeError
-from evomerge.merge.footprint import Footprint, footprint
+from evomerge.merge.footprint import Footprint
 from evomerge.merge.materializer import default_device
+from evomerge.merge.stages import stages_footprint
 from evomerge.recipe.device_defaults import batch_size, scoring_dtype
 from evomerge.recipe.model import Recipe
 from evomerge.recipe.space import SearchSpace
@@ -168,7 +169,8 @@ def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[
     target = torch.device(device or default_device())
     spec = recipe.spec
     dtype = scoring_dtype(recipe.merge, spec.eval, target.type)
-    weights = footprint(SearchSpace.from_recipe(recipe).largest_merge(), dtype, trust_remote_code=trust_remote_code)
+    weights = stages_footprint(SearchSpace.from_recipe(recipe).largest_stages(), dtype,
+                               trust_remote_code=trust_remote_code)
     config = weights.config
     max_length = spec.eval.max_length or resolve_max_length(config)
     sequence, source = _longest_request(recipe, max_length)

@@ -20,7 +20,7 @@ import torch
 from evomerge.errors import EvomergeError, mergekit_refusals
 from evomerge.merge.fingerprint import fingerprint
 from evomerge.merge.materializer import default_device
-from evomerge.merge.routing import materializer_for
+from evomerge.merge.routing import search_materializer
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
@@ -64,7 +64,7 @@ class Worker:
         self.suite, self.objective = scoring(recipe)
         device = torch.device(device or default_device())
         with mergekit_refusals(recipe.path):
-            self.materializer = materializer_for(self.space, device=device, parents=spec.parents,
+            self.materializer = search_materializer(self.space, device=device, parents=spec.parents,
                                                  dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
                                                  trust_remote_code=trust_remote_code, quiet=quiet)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 from wandb_records import offline_run, runs
@@ -43,6 +44,8 @@ def test_every_evaluation_is_logged_once_across_a_resume_and_the_report_at_the_e
     finish_run(search)
     stored = sorted(RunStore.open(run).evaluations.finished(), key=lambda e: (e.created, e.id))
     assert len(stored) == 6
+    study = optuna.load_study(study_name="run", storage=f"sqlite:///{run / 'study.db'}")  # caught up on resume too
+    assert [t.user_attrs["evaluation_id"] for t in study.trials] == [e.id for e in stored]
     best = [max(e.fitness for e in stored[:n + 1] if e.ok) for n in range(len(stored))]
 
     client = MlflowClient(offline["mlflow"]["tracking_uri"])
@@ -83,7 +86,9 @@ def test_a_failing_tracker_is_warned_about_and_loses_no_result(demo_recipe, tmp_
     with caplog.at_level(logging.WARNING):
         search.run()
     assert search.store.evaluations.count() == 3
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["mlflow failed"]  # once, then skipped
+    warned = [r.getMessage() for r in caplog.records if r.name == "evomerge.run.store.views"]
+    assert len(warned) == 1 and warned[0].startswith("mlflow failed (NotADirectoryError")  # once, then skipped
+    assert (tmp_path / "run" / "study.db").is_file()  # the other observers went on
 
 
 @pytest.mark.parametrize("track, key, message", [

@@ -96,6 +96,7 @@ def test_a_failing_tracker_is_warned_about_and_loses_no_result(demo_recipe, tmp_
     ({"mlflow": {"experiment": ""}}, "evomerge.track.mlflow.experiment", "String should have at least 1 character"),
     ({"mlflow": {"uri": "x"}}, "evomerge.track.mlflow.uri", "unknown key"),
     ({"neptune": {}}, "evomerge.track.neptune", "unknown key"),
+    ({"mlflow": "sqlite:///mlflow.db"}, "evomerge.track.mlflow", "Input should be a valid dictionary"),
 ])
 def test_a_bad_track_value_is_one_line_naming_the_key(track, key, message, demo_recipe):
     with pytest.raises(EvomergeError, match=f"{key}: {message}") as raised:

@@ -5,9 +5,9 @@ status and the best so far), and the report and plots at the end; see run/observ
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -30,8 +30,13 @@ class WandbSpec(_Strict):
 
 
 class TrackSpec(_Strict):
-    mlflow: Optional[MlflowSpec] = None
+    mlflow: Optional[MlflowSpec] = None  # `true` for the defaults
     wandb: Optional[WandbSpec] = None
+
+    @field_validator("mlflow", "wandb", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
 
     @property
     def enabled(self) -> bool:

@@ -104,6 +104,7 @@ def _default_run_dir(recipe: Path) -> Path:
 def _finish(search, out: Path) -> None:
     from evomerge.outputs.scoreboard import finish_run, render_markdown
     from evomerge.run.loop import SearchInterrupted
+    from evomerge.run.observers.study import storage_url
 
     try:
         search.run()
@@ -113,6 +114,7 @@ def _finish(search, out: Path) -> None:
     report = finish_run(search)
     click.echo(render_markdown(report))
     click.echo(f"run directory: {out} (best recipe: {out / 'best.yaml'})")
+    click.echo(f"the run as an Optuna study: optuna-dashboard {storage_url(search.store)}")
 
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")

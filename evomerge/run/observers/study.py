@@ -82,7 +82,10 @@ class Study:
     def _opened(self) -> optuna.Study:
         if self._study is None:
             with log_levels.at_least("optuna", logging.WARNING):
-                self._storage = optuna.storages.RDBStorage(storage_url(self.store))
+                self._storage = optuna.storages.RDBStorage(storage_url(self.store),
+                                                           engine_kwargs={"connect_args": {"timeout": 30}})
+                with self._storage.engine.connect() as connection:  # readers (a dashboard) never block the run
+                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
                 self._study = optuna.create_study(storage=self._storage, study_name=study_name(self.store),
                                                   directions=["maximize"] * len(self.objectives), load_if_exists=True)
                 if self._study.metric_names is None:

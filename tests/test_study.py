@@ -34,14 +34,48 @@ FLAKY = textwrap.dedent('''
 ''')
 
 
+class Dashboard:
+    """`optuna-dashboard STORAGE` on 127.0.0.1 and a free port, as a user starts it; its HTTP API."""
+
+    def __init__(self, storage: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
+                                         "--host", "127.0.0.1", "--port", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                [self.study] = self.get("/api/studies")["study_summaries"]
+                return
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.2)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def trials(self):
+        return self.get(f"/api/studies/{self.study['study_id']}")["trials"]
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 class TrialsSeen:
-    """An observer after the study: what `optuna.load_study` shows as each evaluation is stored."""
+    """An observer after the study: what `optuna.load_study` shows as each evaluation is stored,
+    and what optuna-dashboard (started at the third) serves while the search writes."""
 
     name = "trials seen"
 
     def __init__(self, storage: str):
         self.storage = storage
         self.seen = []
+        self.served = []
+        self.dashboard = None
 
     def rewrite(self, finished):
         pass
@@ -49,6 +83,13 @@ class TrialsSeen:
     def added(self, evaluation):
         trials = optuna.load_study(study_name="run", storage=self.storage).trials
         self.seen.append((evaluation.id, [t.user_attrs["evaluation_id"] for t in trials]))
+        if len(self.seen) == 3:
+            self.dashboard = Dashboard(self.storage)
+        if len(self.seen) in (3, 8, 12):  # the dashboard re-reads a study's trials every 2 s
+            deadline = time.monotonic() + 15
+            while len(self.dashboard.trials()) < len(self.seen) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.served.append((len(self.seen), len(self.dashboard.trials())))
 
     def finished(self, report, files):
         pass
@@ -68,9 +109,13 @@ def raced_run(tmp_path_factory, zoo):
     storage = f"sqlite:///{directory / 'run' / 'study.db'}"
     seen = TrialsSeen(storage)
     search.store.views.watch(seen)
-    search.run()
-    search.store.close()
-    return directory / "run", storage, seen
+    try:
+        search.run()
+        search.store.close()
+        yield directory / "run", storage, seen
+    finally:
+        if seen.dashboard:
+            seen.dashboard.stop()
 
 
 def _trials(storage: str):
@@ -111,7 +156,26 @@ def test_every_evaluation_is_a_trial_with_its_genes_fitness_state_and_metrics(ra
     assert study.best_trial.user_attrs["evaluation_id"] == store.evaluations.ranked()[0].id
 
 
+@pytest.mark.slow
+def test_optuna_dashboard_serves_the_run_while_it_searches(raced_run):
+    run, storage, seen = raced_run
+    # started after the third evaluation, it served the trials written while the search went on
+    assert seen.served == [(3, 3), (8, 8), (12, 12)]
+    dashboard = seen.dashboard
+    assert dashboard.study["study_name"] == "run" and dashboard.study["directions"] == ["maximize"]
+    trials = _trials(storage)
+    served = dashboard.trials()
+    assert len(served) == len(trials)
+    for trial in served:
+        attributes = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        stored = trials[int(attributes["evaluation_id"])]
+        assert trial["state"] == stored.state.name.capitalize()
+        assert {p["name"]: p["param_internal_value"] for p in trial["params"]} == stored.params
+        assert trial.get("values") == stored.values
+
+
 def test_evomerge_study_rebuilds_the_same_study_from_the_run_store(raced_run):
+    """Last of the tests on this run: it replaces the study.db the dashboard above had open."""
     run, storage, _ = raced_run
     before = optuna.load_study(study_name="run", storage=storage).trials
     (run / "study.db").unlink()
@@ -122,49 +186,6 @@ def test_evomerge_study_rebuilds_the_same_study_from_the_run_store(raced_run):
     assert [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values, t.datetime_complete)
             for t in after] == [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values,
                                  t.datetime_complete) for t in before]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@pytest.mark.slow
-def test_optuna_dashboard_serves_the_run(raced_run):
-    run, storage, _ = raced_run
-    port = _free_port()
-    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
-                                  "--host", "127.0.0.1", "--port", str(port)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = _get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
-                time.sleep(0.2)
-        [summary] = studies
-        assert summary["study_name"] == "run" and summary["directions"] == ["maximize"]
-        detail = _get(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
-        trials = _trials(storage)
-        assert len(detail["trials"]) == len(trials)
-        for served in detail["trials"]:
-            attributes = {a["key"]: a["value"] for a in served["user_attrs"]}
-            trial = trials[int(attributes["evaluation_id"])]
-            assert served["state"] == trial.state.name.capitalize()
-            assert {p["name"]: p["param_internal_value"] for p in served["params"]} == trial.params
-            assert served.get("values") == trial.values
-    finally:
-        dashboard.terminate()
-        dashboard.wait(timeout=30)
 
 
 @pytest.mark.slow

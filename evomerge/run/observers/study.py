@@ -49,7 +49,8 @@ class Study:
     def rebuild(self) -> optuna.Study:
         """The study anew from the store (a deleted or stale study.db)."""
         self.close()
-        (self.store.directory / STUDY_DB).unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm"):  # SQLite's write-ahead log and its index go with the file
+            (self.store.directory / (STUDY_DB + suffix)).unlink(missing_ok=True)
         self.rewrite(self.store.evaluations.finished())
         return self._study
 

@@ -181,7 +181,8 @@ def test_evomerge_study_rebuilds_the_same_study_from_the_run_store(raced_run):
     (run / "study.db").unlink()
     result = CliRunner().invoke(main, ["study", str(run)])
     assert result.exit_code == 0, result.output
-    assert f"{len(before)} trials in study 'run': optuna.load_study(study_name='run', storage='{storage}')" in result.output
+    said = f"{len(before)} trials in study 'run': optuna.load_study(study_name='run', storage='{storage}')"
+    assert said in result.output and f"optuna-dashboard {storage}" in result.output
     after = optuna.load_study(study_name="run", storage=storage).trials
     assert [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values, t.datetime_complete)
             for t in after] == [(t.number, t.state, t.params, t.values, t.user_attrs, t.intermediate_values,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import optuna
@@ -69,10 +70,11 @@ class Study:
                               for e in sorted(finished, key=lambda e: (e.created, e.id)) if e.id not in have])
 
     def added(self, evaluation: Evaluation) -> None:
+        stages = self.store.events.stages(evaluation.id).get(evaluation.id, {})
         with log_levels.at_least("optuna", logging.WARNING):
-            self._opened().add_trial(self.trial(evaluation, self.store.events.stages(evaluation.id).get(evaluation.id, {})))
+            self._opened().add_trial(self.trial(evaluation, stages))
 
-    def finished(self, report: Dict[str, Any], files) -> None:
+    def finished(self, report: Dict[str, Any], files: Sequence[Path]) -> None:
         """Nothing more: the study has every evaluation already."""
 
     def close(self) -> None:

@@ -104,6 +104,7 @@ def _default_run_dir(recipe: Path) -> Path:
 def _finish(search, out: Path) -> None:
     from evomerge.outputs.scoreboard import finish_run, render_markdown
     from evomerge.run.loop import SearchInterrupted
+    from evomerge.run.observers.study import storage_url
 
     try:
         search.run()
@@ -113,6 +114,7 @@ def _finish(search, out: Path) -> None:
     report = finish_run(search)
     click.echo(render_markdown(report))
     click.echo(f"run directory: {out} (best recipe: {out / 'best.yaml'})")
+    click.echo(f"the run as an Optuna study: optuna-dashboard {storage_url(search.store)}")
 
 
 _device = click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available).")
@@ -135,12 +137,12 @@ _EVOLVE_IGNORED = {
     "reshard": "evomerge loads the parents once and keeps them resident",
     "save_final_model": "`evomerge export RUN --out DIR` writes the winner",
     "allow_benchmark_tasks": "evomerge does not refuse benchmark tasks; keep search and report tasks apart",
-    "wandb_project": "evomerge does not log to Weights & Biases",
-    "wandb_entity": "evomerge does not log to Weights & Biases",
+    "wandb_project": "set evomerge.track.wandb.project in the recipe",
+    "wandb_entity": "set evomerge.track.wandb.entity in the recipe",
 }
 _EVOLVE_REFUSED = {
     "vllm": "evomerge scores the resident merged model with lm-eval's HF model; vLLM is not supported",
-    "wandb": "evomerge does not log to Weights & Biases; `evomerge report RUN` writes the plots and an HTML page",
+    "wandb": "evomerge logs to Weights & Biases when the recipe says so: evomerge.track.wandb: {project: ...}",
     "allow_crimes": "evomerge merges models of one architecture",
     "load_in_8bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
     "load_in_4bit": "evomerge scores in the recipe's dtype (evomerge.eval.dtype); quantized scoring is not supported",
@@ -359,6 +361,28 @@ def report(run_dir):
 
     for path in write_report(run_dir):
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_friendly_errors
+def study(run_dir):
+    """Rebuild RUN_DIR's Optuna study (study.db) from its run store and say how to open it."""
+    from evomerge.run.observers.study import Study, storage_url, study_name
+    from evomerge.run.store import RunStore
+
+    store = RunStore.open(run_dir)
+    try:
+        if store.meta_or("genes", None) is None:
+            raise EvomergeError("the run has no genes stored (it never started searching)", path=run_dir)
+        observer = Study(store)
+        trials = len(observer.rebuild().trials)
+        observer.close()
+        url, name = storage_url(store), study_name(store)
+    finally:
+        store.close()
+    click.echo(f"{trials} trials in study {name!r}: optuna.load_study(study_name={name!r}, storage={url!r})")
+    click.echo(f"optuna-dashboard {url}")
 
 
 @main.command()

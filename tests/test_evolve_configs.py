@@ -100,7 +100,7 @@ def test_convert_writes_a_recipe_that_mergekit_merges_and_that_refuses_edits_of_
 
 @pytest.mark.parametrize("argv, expected", [
     (["--vllm"], "vLLM is not supported"),
-    (["--wandb"], "does not log to Weights & Biases"),
+    (["--wandb"], "evomerge.track.wandb"),
     (["--load-in-4bit"], "quantized scoring is not supported"),
     (["--timeout", "60"], "budget is evaluations"),
 ])

@@ -137,4 +137,5 @@ def test_the_search_command_prints_the_report_table(demo_recipe, tmp_path):
     result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(tmp_path / "run"), "--evaluations", "4", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "| winner (#" in result.output and "| starting point | start |" in result.output
+    assert "the run as an Optuna study: optuna-dashboard sqlite:///" in result.output
     assert (tmp_path / "run" / "report.json").is_file()

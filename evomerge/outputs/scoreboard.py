@@ -22,7 +22,7 @@ from evomerge.recipe import layout
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.space import Candidate, SearchSpace
-from evomerge.run.store import Evaluation
+from evomerge.run.store import BEST_RECIPE, EVALUATIONS, Evaluation
 
 if TYPE_CHECKING:
     from evomerge.run.loop import Search
@@ -261,7 +261,8 @@ def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
 
 def finish_run(search: "Search") -> Dict[str, Any]:
     """After the loop: confirm the finalists (if the recipe asks), score the report tasks for the
-    parents, the start and the winner, store the report and write the run's views and report files."""
+    parents, the start and the winner, store the report and write the run's views and report files,
+    and hand them (with the plots) to the recipe's experiment trackers."""
     confirm_finalists(search)
     best = search.store.confirmations.standings()[0]
     worker = search.worker
@@ -274,6 +275,12 @@ def finish_run(search: "Search") -> Dict[str, Any]:
     report["confirmation"] = rankings(search)
     search.store.put_report("report", report)
     search.store.views.rewrite()
-    write_report_files(search.store.directory, report)
+    directory = search.store.directory
+    write_report_files(directory, report)
     search.store.set_meta("status", "done")
+    if search.recipe.spec.track.enabled:  # the trackers get the report, the winner's recipe and the plots
+        from evomerge.outputs.report import write_report  # report.py draws on this module's text helpers
+
+        files = [directory / name for name in (REPORT_JSON, REPORT_MD, FRONT_JSON, BEST_RECIPE, EVALUATIONS)]
+        search.store.views.finished(report, [path for path in files if path.is_file()] + write_report(directory))
     return report

@@ -34,6 +34,7 @@ from pydantic import (
 from evomerge.errors import SECTION, TAG, EvomergeError, did_you_mean, validated
 from evomerge.recipe.layout import Stage
 from evomerge.recipe.route import RoutingEntry
+from evomerge.recipe.track import TrackSpec
 from evomerge.searchers.spec import SearcherSpec
 
 MODEL_KEYS = {"model", "base_model", "tokenizer_source", "source"}
@@ -253,6 +254,7 @@ class EvomergeSpec(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
     confirm: Optional[ConfirmSpec] = None
+    track: TrackSpec = Field(default_factory=TrackSpec)  # experiment trackers (track.py)
 
     @model_validator(mode="after")
     def _genome_alone(self) -> "EvomergeSpec":

@@ -25,6 +25,7 @@ from evomerge.merge.materializer import default_device
 from evomerge.recipe.model import SECTION, Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.observers import observers, require_trackers
 from evomerge.run.plan import check_fits
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.referee import Referee
@@ -155,6 +156,7 @@ class Search:
         self.options = options
         spec = recipe.spec
         checked = check_search(recipe, allow_pickle=options.allow_pickle)
+        require_trackers(recipe)
         self.confirmation = confirmation_suite(recipe)
         self.space = checked.space
         self.start = self.space.starting_point()
@@ -179,6 +181,9 @@ class Search:
     def bind(self, store: RunStore) -> "Search":
         self.store = store
         store.set_meta("genes", [asdict(g) for g in self.space.genes])
+        store.set_meta("objectives", [f"{t.name}.{t.metric}" for t in self.recipe.spec.tasks]
+                       if self.separate else ["fitness"])
+        store.views.watch(*observers(self.recipe, store, quiet=self.options.quiet))
         return self
 
     @property

@@ -48,6 +48,7 @@ class RunStore:
         return cls(directory, schema.open_existing(directory))
 
     def close(self) -> None:
+        self.views.close()
         self.db.close()
 
     def meta(self, key: str) -> Any:

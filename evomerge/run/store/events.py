@@ -28,3 +28,13 @@ class EventLog:
     def all(self) -> List[Event]:
         return [Event(kind, evaluation, json.loads(data))
                 for kind, evaluation, data in self.db.execute("SELECT kind, evaluation, data FROM events ORDER BY seq")]
+
+    def stages(self, evaluation: Optional[int] = None) -> Dict[int, Dict[int, float]]:
+        """Racing stages' estimates: evaluation -> stage -> estimate (of one evaluation, or of all)."""
+        where, parameters = ("AND evaluation = ?", (evaluation,)) if evaluation is not None else ("", ())
+        found: Dict[int, Dict[int, float]] = {}
+        for about, data in self.db.execute(f"SELECT evaluation, data FROM events WHERE kind = 'stage' {where} "
+                                           "ORDER BY seq", parameters):
+            stage = json.loads(data)
+            found.setdefault(about, {})[stage["stage"]] = stage["estimate"]
+        return found

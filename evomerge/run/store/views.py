@@ -1,20 +1,45 @@
 """The files beside the database, written when they change: `evaluations.jsonl` gains one line per
 finished evaluation (per-document scores stay in the database), `best.yaml` (a plain mergekit
 recipe) is rewritten only when a new best arrives, and follows the confirmed winner once the
-finalists are confirmed."""
+finalists are confirmed.
+
+Observers (the run's Optuna study, experiment trackers: run/observers/) hear of the same events:
+the whole run when a process opens it (`rewrite`), each finished evaluation (`added`) once it is
+stored, and the end of a run (`finished`). They are views too: a failing one is warned about and
+skipped until the run is next opened or finished, when it catches up from the store; a result is
+stored before any observer hears of it, so none can lose one."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from evomerge.run.store.confirmations import Confirmations
 from evomerge.run.store.evaluations import Evaluation, Evaluations
 
 BEST_RECIPE = "best.yaml"
 EVALUATIONS = "evaluations.jsonl"
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    name: str
+
+    def rewrite(self, finished: Sequence[Evaluation]) -> None:
+        """The run's finished evaluations, by id: catch up on what this observer has not seen."""
+
+    def added(self, evaluation: Evaluation) -> None:
+        """One more finished evaluation, stored."""
+
+    def finished(self, report: Dict[str, Any], files: Sequence[Path]) -> None:
+        """The run's report and the files written for it (report, plots)."""
+
+    def close(self) -> None:
+        ...
 
 
 class Views:
@@ -23,9 +48,14 @@ class Views:
         self.evaluations = evaluations
         self.confirmations = confirmations
         self._best: Optional[Evaluation] = None
+        self.observers: List[Observer] = []
+        self._failed: Dict[str, bool] = {}  # observers skipped since they failed
+
+    def watch(self, *observers: Observer) -> None:
+        self.observers.extend(observers)
 
     def rewrite(self) -> None:
-        """Both files from the database, whole: when a process opens the run."""
+        """Both files from the database, whole, and every observer caught up: when a process opens the run."""
         finished = self.evaluations.finished()
         (self.directory / EVALUATIONS).write_text("".join(json.dumps(asdict(e)) + "\n" for e in finished),
                                                   encoding="utf-8")
@@ -33,6 +63,8 @@ class Views:
         self._best = None
         if standings:
             self._new_best(standings[0])
+        self._failed.clear()
+        self._tell(lambda observer: observer.rewrite(finished))
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation: a line, and best.yaml if it is the new best (a tie goes to the earlier)."""
@@ -41,6 +73,25 @@ class Views:
         best = self._best
         if evaluation.ok and (best is None or (-evaluation.fitness, evaluation.id) < (-best.fitness, best.id)):
             self._new_best(evaluation)
+        self._tell(lambda observer: observer.added(evaluation))
+
+    def finished(self, report: Dict[str, Any], files: Sequence[Path]) -> None:
+        self._tell(lambda observer: observer.finished(report, files))
+
+    def close(self) -> None:
+        self._tell(lambda observer: observer.close())
+
+    def _tell(self, call: Callable[[Observer], None]) -> None:
+        for observer in self.observers:
+            if self._failed.get(observer.name):
+                continue
+            try:
+                call(observer)
+            except Exception as error:  # an observer is a view: the result is stored, the run goes on
+                self._failed[observer.name] = True
+                log.warning("%s failed (%s: %s); the run goes on without it until it is next opened or finished, "
+                            "when %s catches up from the run store", observer.name, type(error).__name__, error,
+                            observer.name)
 
     def _new_best(self, evaluation: Evaluation) -> None:
         (self.directory / BEST_RECIPE).write_text(evaluation.recipe, encoding="utf-8")

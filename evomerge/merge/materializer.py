@@ -1,9 +1,9 @@
 """Where a candidate's weights are computed: resident parents, one resident output model.
 
-The composition of the merge package's parts: mergekit plans each candidate (plan.py), the
-tensors whose recipe changed are merged by mergekit over the parents loaded once
-(parent_cache.py) and written in place (apply.py) into one model built once (output_model.py).
-Nothing is written to disk.
+The composition of the merge package's parts: mergekit plans the run once (plan.py) and
+resolves each candidate's parameters per tensor, the tensors whose parameters changed are
+merged by mergekit's merge tasks over the parents loaded once (parent_cache.py) and written in
+place (apply.py) into one model built once (output_model.py). Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from mergekit.config import MergeConfiguration
 from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
-from evomerge.merge.apply import apply
+from evomerge.merge.apply import Work, apply
 from evomerge.merge.noise import layer_positions, relative_std
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
-from evomerge.merge.plan import Ledger, Planner, check_coverage, draws_random, plan_entries
+from evomerge.merge.plan import Ledger, Parameters, Planner, check_coverage, draws_random, signature, task_with
 from evomerge.recipe import layout
 from evomerge.recipe.space import Candidate
 
@@ -68,16 +68,16 @@ class Materializer:
         LoaderCache().setup(options)
         arch, out_config = output_config(start, options)
         self._planner = Planner(arch, options, out_config)
-        planned = self._planner.tasks(start)
-        self.tokenizer = output_tokenizer(start, planned, out_config, arch, options)
+        self._schedule = self._planner.schedule(start)
+        self.tokenizer = output_tokenizer(start, self._schedule.tasks, out_config, arch, options)
         self.model = resident_model(out_config, self.device, dtype or start.out_dtype or start.dtype,
                                     trust_remote_code=trust_remote_code)
         self._parameters = dict(self.model.state_dict(keep_vars=True))
-        plan = plan_entries(planned)
+        plan = self._schedule.entries()
         check_coverage(plan, self.model)
         storage = self.device if parents == "device" else torch.device("cpu")
         self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
-        self._ledger = Ledger(plan)
+        self._ledger = Ledger()
         self._dtypes = {name: dtype for name, _, dtype in plan}
         self._positions = layer_positions(arch, out_config)
         self._sections = layout.sections(start)
@@ -85,16 +85,20 @@ class Materializer:
     def materialize(self, candidate: Candidate) -> MaterializeStats:
         """Write the candidate's weights into the resident model, recomputing only what changed."""
         start = time.perf_counter()
-        plan = self._planner.entries(candidate.merge)
-        noise = {name: self._noise_scale(candidate, name) for name, _, _ in plan}
-        todo = self._ledger.todo(plan, lambda name: (noise[name], candidate.seed),
-                                 everything=draws_random(candidate.merge.merge_method))
+        resolved = self._resolve(candidate.merge)
+        slots = self._schedule.slots
+        noise = {slot.name: self._noise_scale(candidate, slot.name) for slot in slots}
+        signatures = {slot.name: (signature(resolved[slot.name]), slot.dtype, noise[slot.name], candidate.seed)
+                      for slot in slots}
+        todo = self._ledger.todo(signatures, everything=draws_random(self._schedule.method))
         if todo:
-            self._ledger.forget(name for name, _, _ in todo.values())
-            apply(todo, self._parents, self._parameters, self.device, candidate.seed, noise.__getitem__)
+            self._ledger.forget(todo)
+            work = [Work(slot.name, self._parents.merge_task(slot.name, task_with(slot, resolved[slot.name])),
+                         self._parents.inputs(slot.name), slot.dtype, noise[slot.name])
+                    for slot in slots if slot.name in todo]
+            apply(work, self._parameters, self.device, candidate.seed)
             self._ledger.wrote(todo)
-        return MaterializeStats(time.perf_counter() - start, len(todo), len(plan),
-                                tuple(name for name, _, _ in todo.values()))
+        return MaterializeStats(time.perf_counter() - start, len(todo), len(slots), tuple(todo))
 
     @property
     def merged(self) -> Dict[str, torch.Tensor]:
@@ -108,6 +112,23 @@ class Materializer:
     def forget(self, names: Iterable[str]) -> None:
         """Recompute these tensors for the next candidate (an earlier stage rewrote what they read)."""
         self._ledger.forget(names)
+
+    def _resolve(self, merge: MergeConfiguration) -> Dict[str, Parameters]:
+        """Each tensor's parameters for `merge`, planning anew if its recipe's structure changed."""
+        resolved = self._schedule.resolve(merge)
+        if resolved is not None:
+            return resolved
+        schedule = self._planner.schedule(merge)
+        names = [s.name for s in schedule.slots if not self._parents.holds(s.name, s.task)]
+        names += sorted(set(self._dtypes) - {s.name for s in schedule.slots})
+        if names:
+            # the parents' tensors are loaded once, for the starting recipe's structure; a candidate that
+            # reads other tensors (another layer range or model) would silently get the start's
+            raise ValueError(f"the candidate merges {names[0]} from other tensors or models than the starting "
+                             "recipe does; evomerge searches parameters, not which tensors are merged")
+        self._schedule, self._dtypes = schedule, {s.name: s.dtype for s in schedule.slots}
+        self._ledger.clear()
+        return schedule.resolve(merge)
 
     def _noise_scale(self, candidate: Candidate, name: str) -> float:
         if not candidate.noise:

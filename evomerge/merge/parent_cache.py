@@ -132,6 +132,10 @@ class ParentCache:
         dtype = self._cast[self._gather_of[name]]
         return task.model_copy(update={"dtype": dtype}) if dtype else task
 
+    def holds(self, name: str, task: ExecuteMergeMethodTask) -> bool:
+        """Whether the inputs kept for tensor `name` are the ones `task` reads."""
+        return self._gather_of.get(name) == task_key(task.gather_tensors)
+
     def supplies(self, reference: ModelReference) -> bool:
         return all(reference in inputs for inputs in self._inputs.values())
 

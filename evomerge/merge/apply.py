@@ -10,6 +10,7 @@ accumulated on the device and read once, after the last tensor.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -18,6 +19,7 @@ import transformers
 from mergekit.common import dtype_from_name
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
+from evomerge.merge.kernels import Scratch, finite_probe, plain_task_arithmetic, task_arithmetic
 from evomerge.merge.noise import add_noise
 from evomerge.merge.parent_cache import Inputs
 from evomerge.random_state import preserved_random_state
@@ -35,28 +37,47 @@ class Work:
     noise: float
 
 
-def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: torch.device, seed: int) -> None:
-    """Merge and write every tensor of `work`, in order, into `parameters` (the resident model's, by name).
+def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: torch.device, seed: int,
+          scratch: Scratch, pool: Optional[ThreadPoolExecutor] = None) -> None:
+    """Merge and write every tensor of `work` into `parameters` (the resident model's, by name):
+    in order, or on `pool`'s threads (only for methods that draw no random numbers: a
+    randomized method's draws must follow mergekit's order).
 
     Raises if a merge task gives no tensor (the resident one would silently stay the previous
     candidate's) or if any written value is not finite (after writing them all).
     """
+    def one(item: Work) -> torch.Tensor:
+        with torch.no_grad():  # grad mode is per thread
+            return write(item, parameters[item.name], device, seed, scratch)
+
     total = torch.zeros((), dtype=torch.float64, device=device)
     with preserved_random_state(device), torch.no_grad():
         transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
-        for item in work:
-            value = merged(item, device)
-            if item.dtype:
-                value = value.to(dtype=dtype_from_name(item.dtype))
-            value = add_noise(value, item.name, item.noise, seed)
-            if value.is_floating_point():
-                total += finite_probe(value)
-            parameters[item.name].copy_(value)
+        for probe in (pool.map(one, work) if pool else map(one, work)):
+            total += probe
     if not torch.isfinite(total).item():  # the candidate's one wait for the device
         bad = next((item.name for item in work if parameters[item.name].is_floating_point()
                     and not torch.isfinite(parameters[item.name]).all()), None)
         if bad is not None:
             raise FloatingPointError(f"the merge gave non-finite weights in {bad}")
+
+
+def write(item: Work, target: torch.Tensor, device: torch.device, seed: int, scratch: Scratch) -> torch.Tensor:
+    """Write one tensor into `target` (evomerge's pieced task arithmetic where it applies, else
+    mergekit's task); returns its finiteness probe."""
+    if plain_task_arithmetic(item.task.method_name):
+        probe = task_arithmetic(item.task, item.inputs, target, item.dtype, scratch)
+        if probe is not None:
+            if item.noise:  # the target holds the value in its output dtype: noise it there
+                target.copy_(add_noise(target, item.name, item.noise, seed))
+                probe = finite_probe(target)
+            return probe
+    value = merged(item, device)
+    if item.dtype:
+        value = value.to(dtype=dtype_from_name(item.dtype))
+    value = add_noise(value, item.name, item.noise, seed)
+    target.copy_(value)
+    return finite_probe(value) if value.is_floating_point() else torch.zeros((), device=device)
 
 
 def merged(item: Work, device: torch.device) -> torch.Tensor:
@@ -73,10 +94,3 @@ def merged(item: Work, device: torch.device) -> torch.Tensor:
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor if tensor.device == device else tensor.to(device=device, non_blocking=device.type in ("cuda", "xpu"))
-
-
-def finite_probe(value: torch.Tensor) -> torch.Tensor:
-    """A sum that is finite whenever every value is (a NaN or an infinity carries through a sum);
-    one read, where `isfinite(value).all()` costs several passes. A finite tensor whose sum
-    overflows only sends the caller to the exact check."""
-    return value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)

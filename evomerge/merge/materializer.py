@@ -9,6 +9,7 @@ place (apply.py) into one model built once (output_model.py). Nothing is written
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -19,6 +20,7 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from evomerge.merge.apply import Work, apply
+from evomerge.merge.kernels import Scratch
 from evomerge.merge.noise import layer_positions, relative_std
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
@@ -78,6 +80,8 @@ class Materializer:
         storage = self.device if parents == "device" else torch.device("cpu")
         self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
         self._ledger = Ledger()
+        self._scratch = Scratch()
+        self._threads: Optional[ThreadPoolExecutor] = None
         self._dtypes = {name: dtype for name, _, dtype in plan}
         self._positions = layer_positions(arch, out_config)
         self._sections = layout.sections(start)
@@ -96,7 +100,9 @@ class Materializer:
             work = [Work(slot.name, self._parents.merge_task(slot.name, task_with(slot, resolved[slot.name])),
                          self._parents.inputs(slot.name), slot.dtype, noise[slot.name])
                     for slot in slots if slot.name in todo]
-            apply(work, self._parameters, self.device, candidate.seed)
+            randomized = draws_random(self._schedule.method)
+            apply(work, self._parameters, self.device, candidate.seed, self._scratch,
+                  pool=None if randomized else self._pool())
             self._ledger.wrote(todo)
         return MaterializeStats(time.perf_counter() - start, len(todo), len(slots), tuple(todo))
 
@@ -112,6 +118,16 @@ class Materializer:
     def forget(self, names: Iterable[str]) -> None:
         """Recompute these tensors for the next candidate (an earlier stage rewrote what they read)."""
         self._ledger.forget(names)
+
+    def _pool(self) -> Optional[ThreadPoolExecutor]:
+        """Threads for merging tensors side by side on the CPU, as many as torch's (on an accelerator
+        the host only queues kernels)."""
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if threads <= 1:
+            return None
+        if self._threads is None or self._threads._max_workers != threads:
+            self._threads = ThreadPoolExecutor(threads, thread_name_prefix="evomerge-merge")
+        return self._threads
 
     def _resolve(self, merge: MergeConfiguration) -> Dict[str, Parameters]:
         """Each tensor's parameters for `merge`, planning anew if its recipe's structure changed."""

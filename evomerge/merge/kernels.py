@@ -1,0 +1,121 @@
+"""mergekit's task arithmetic, bit for bit, with a fraction of its memory traffic.
+
+mergekit's `GeneralizedTaskArithmeticMerge.merge_group` makes about ten tensor-sized passes
+per output (each difference, a stacked copy, the weighting, the sum, the base added, fresh
+temporaries each time), and evomerge then copies the result into the resident model. Here the
+same torch operations, in the same order and dtypes, run on cache-sized pieces of the tensor
+into scratch buffers kept between tensors and candidates, and the last one writes into the
+resident parameter: each input is read once and the output written once. Every operation is
+element-wise or, for the sum over the inputs, a reduction whose order per element does not
+depend on the piece (torch sums a short leading dimension row by row), so each value is the
+one mergekit computes; `tests/test_parity.py` holds it to that for every method and zoo.
+
+Only the plain case is taken: task arithmetic (no sparsification, no sign consensus) over
+floating-point inputs of one shape, all present, written to a parameter of the result's dtype.
+Anything else runs mergekit's task as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Optional, Tuple
+
+import torch
+from mergekit import merge_methods
+from mergekit.common import dtype_from_name
+from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskArithmeticMerge
+from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+from evomerge.merge.parent_cache import Inputs
+
+PIECE = 1 << 18  # elements per piece (1 MiB of float32): a multiple of every vector width, so pieces split no vector
+
+
+def plain_task_arithmetic(method_name: str) -> bool:
+    method = merge_methods.get(method_name)
+    return (isinstance(method, GeneralizedTaskArithmeticMerge) and method.sparsification_method is None
+            and method.consensus_method is None)
+
+
+class Scratch:
+    """Piece-sized buffers, kept between tensors and candidates, one set per thread."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, device: torch.device, dtype: torch.dtype, rows: int) -> torch.Tensor:
+        buffers: Dict[Tuple[torch.device, torch.dtype, int], torch.Tensor] = self._local.__dict__.setdefault("b", {})
+        key = (device, dtype, rows)
+        if key not in buffers:
+            buffers[key] = torch.empty((rows, PIECE), dtype=dtype, device=device)
+        return buffers[key]
+
+
+def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
+                    scratch: Scratch) -> Optional[torch.Tensor]:
+    """Write mergekit's task-arithmetic result for `task`, cast to `out_dtype`, into `out`.
+
+    Returns a probe of the written values (finite_probe's contract), or None, writing nothing,
+    when the inputs are not the plain case (the caller then runs mergekit's task).
+    """
+    base_id = task.base_model
+    models = [m for m in task.model_order if m in inputs]
+    if base_id not in inputs or len(models) < len(task.model_order):
+        return None
+    tensors = [inputs[m] for m in models]
+    first = tensors[0]
+    if task.out_dtype or not all(t.is_floating_point() and t.shape == first.shape and t.device == out.device
+                                 and t.is_contiguous() for t in tensors) or out.shape != first.shape:
+        return None
+    dtype = dtype_from_name(task.dtype)
+    if dtype is None:
+        dtype = first.dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+    # mergekit casts each input to `dtype` first: an input must widen to it exactly
+    if out.dtype != (dtype_from_name(out_dtype) or dtype) or not out.is_contiguous() or any(
+            torch.promote_types(t.dtype, dtype) != dtype for t in tensors):
+        return None
+    parameters = dict(task.parameters.items())
+    others = [m for m in models if m != base_id]
+    if not others:
+        return None
+    base = inputs[base_id].view(-1)
+    deltas = [inputs[m].view(-1) for m in others]
+    weights = torch.tensor([task.input_parameters[m]["weight"] for m in others], dtype=dtype, device=out.device)
+    weights = weights.unsqueeze(-1)
+    divisor = weights.sum(dim=0)
+    divisor[divisor.abs() < 1e-8] = 1
+    normalize, scale = parameters["normalize"], parameters["lambda"]
+    rows = scratch.get(out.device, dtype, len(others) + 2)
+    target = out.view(-1)
+    probe = torch.zeros((), dtype=torch.float64, device=out.device)
+    for start in range(0, target.numel(), PIECE):
+        stop = min(start + PIECE, target.numel())
+        size = stop - start
+        stacked = rows[: len(others), :size] if size == PIECE else rows.view(-1)[: len(others) * size].view(-1, size)
+        mixed, result = rows[-2, :size], rows[-1, :size]
+        piece_base = base[start:stop]
+        if piece_base.dtype != dtype:
+            piece_base = result.copy_(piece_base)
+        for row, delta in zip(stacked, deltas):
+            torch.sub(delta[start:stop], piece_base, out=row)
+        stacked.mul_(weights)
+        torch.sum(stacked, dim=0, out=mixed)
+        if normalize:
+            mixed /= divisor
+        if scale != 1:
+            mixed *= scale
+        if out.dtype == dtype:
+            torch.add(piece_base, mixed, out=target[start:stop])
+        else:
+            target[start:stop].copy_(torch.add(piece_base, mixed, out=result))
+        probe += finite_probe(target[start:stop])
+    return probe
+
+
+def finite_probe(value: torch.Tensor) -> torch.Tensor:
+    """A sum that is finite whenever every value is (a NaN or an infinity carries through a sum);
+    one read, where `isfinite(value).all()` costs several passes. A finite tensor whose sum
+    overflows only sends the caller to the exact check."""
+    return value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)

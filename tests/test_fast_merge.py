@@ -4,11 +4,14 @@ exactly the weights of mergekit's run_merge and of a fresh full recompute."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from mergekit.plan import MergePlanner
 from safetensors.torch import load_file
+from test_parity import _copy_in_dtype
 from weights import assert_same_as_resident
 
 from evomerge.merge import kernels
@@ -19,7 +22,8 @@ from evomerge.recipe.space import SearchSpace
 
 
 def _recipe(method: str, base_model: str, specialists: list, **extra) -> dict:
-    return {"merge_method": method, "base_model": base_model, "dtype": "float32",
+    """The specialists' weights searched with a 2-point gradient, over the base (linear has none)."""
+    return {"merge_method": method, **({} if method == "linear" else {"base_model": base_model}), "dtype": "float32",
             "models": [{"model": path, "parameters": {"weight": 0.5}} for path in specialists],
             "evomerge": {"seed": 3, "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}]},
             **extra}
@@ -34,13 +38,15 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("parameters", [{}, {"normalize": True, "lambda": 0.7}])
-def test_task_arithmetic_in_pieces_equals_mergekit(parameters, any_zoo, write_recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, parameters", [("task_arithmetic", {}),
+                                                ("task_arithmetic", {"normalize": True, "lambda": 0.7}),
+                                                ("linear", {}), ("linear", {"normalize": False})])
+def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe, tmp_path, monkeypatch):
     """Pieces of 96 values split every matrix of the zoo, with a short last piece."""
     monkeypatch.setattr(kernels, "PIECE", 96)
     base = str(any_zoo["dir"] / "base")
     models = [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]]
-    recipe = _recipe("task_arithmetic", base, models, **({"parameters": parameters} if parameters else {}))
+    recipe = _recipe(method, base, models, **({"parameters": parameters} if parameters else {}))
     space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(0).uniform(space.lower, space.upper))
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
@@ -49,7 +55,25 @@ def test_task_arithmetic_in_pieces_equals_mergekit(parameters, any_zoo, write_re
     assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_linear"])
+@pytest.mark.parametrize("method, stored, merged", [(m, torch.bfloat16, "float32") for m in ("task_arithmetic", "linear")]
+                         + [(m, torch.float32, "bfloat16") for m in ("task_arithmetic", "linear")])
+def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, stored, merged, base_model, specialists,
+                                                                     write_recipe, tmp_path, monkeypatch):
+    """bfloat16 parents of a float32 merge are widened piece by piece; a bfloat16 merge's float32
+    parents are cast at load, and linear's float32 sum is cast back to bfloat16."""
+    monkeypatch.setattr(kernels, "PIECE", 96)
+    copies = [_copy_in_dtype(path, tmp_path / Path(path).name, stored) for path in [base_model] + specialists[:2]]
+    recipe = _recipe(method, copies[0], copies[1:])
+    recipe["dtype"] = merged
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    candidate = space.decode(np.random.default_rng(2).uniform(space.lower, space.upper))
+    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit")
+    assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties", "dare_linear"])
 def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(method, base_model, specialists,
                                                                            write_recipe, torch_threads,
                                                                            monkeypatch):

@@ -255,8 +255,8 @@ def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(b
 
 def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(base_model, specialists,
                                                                                write_recipe, monkeypatch):
-    # linear: mergekit's own task runs it (task arithmetic takes evomerge's pieced path, test_fast_merge.py)
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("linear", base_model, specialists))))
+    # ties: mergekit's own task runs it (task arithmetic and linear take evomerge's pieced path, test_fast_merge.py)
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
     materializer = Materializer(first.merge, device=DEVICE, quiet=True)
     materializer.materialize(first)
@@ -264,7 +264,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
     execute = ExecuteMergeMethodTask.execute
     monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
                         lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
-    with pytest.raises(ValueError, match=f"linear merge gave no tensor for {name}"):
+    with pytest.raises(ValueError, match=f"ties merge gave no tensor for {name}"):
         materializer.materialize(second)
     monkeypatch.undo()
     materializer.materialize(second)
@@ -275,7 +275,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
 
 def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, specialists, write_recipe, monkeypatch):
     """Checked once per candidate, after every tensor is written; the tensors are recomputed next time."""
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("linear", base_model, specialists))))
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     candidate = space.starting_point()
     materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]

@@ -19,7 +19,7 @@ import transformers
 from mergekit.common import dtype_from_name
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from evomerge.merge.kernels import Scratch, finite_probe, plain_task_arithmetic, task_arithmetic
+from evomerge.merge.kernels import Scratch, finite_probe, kernel_for
 from evomerge.merge.noise import add_noise
 from evomerge.merge.parent_cache import Inputs
 from evomerge.random_state import preserved_random_state
@@ -63,10 +63,11 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
 
 
 def write(item: Work, target: torch.Tensor, device: torch.device, seed: int, scratch: Scratch) -> torch.Tensor:
-    """Write one tensor into `target` (evomerge's pieced task arithmetic where it applies, else
-    mergekit's task); returns its finiteness probe."""
-    if plain_task_arithmetic(item.task.method_name):
-        probe = task_arithmetic(item.task, item.inputs, target, item.dtype, scratch)
+    """Write one tensor into `target` (evomerge's pieced kernel where one applies, else mergekit's
+    task); returns its finiteness probe."""
+    kernel = kernel_for(item.task.method_name)
+    if kernel is not None:
+        probe = kernel(item.task, item.inputs, target, item.dtype, scratch)
         if probe is not None:
             if item.noise:  # the target holds the value in its output dtype: noise it there
                 target.copy_(add_noise(target, item.name, item.noise, seed))

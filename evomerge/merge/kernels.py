@@ -1,4 +1,4 @@
-"""mergekit's task arithmetic, bit for bit, with a fraction of its memory traffic.
+"""mergekit's task arithmetic and linear merges, bit for bit, with a fraction of their memory traffic.
 
 mergekit's `GeneralizedTaskArithmeticMerge.merge_group` makes about ten tensor-sized passes
 per output (each difference, a stacked copy, the weighting, the sum, the base added, fresh
@@ -10,19 +10,21 @@ element-wise or, for the sum over the inputs, a reduction whose order per elemen
 depend on the piece (torch sums a short leading dimension row by row), so each value is the
 one mergekit computes; `tests/test_parity.py` holds it to that for every method and zoo.
 
-Only the plain case is taken: task arithmetic (no sparsification, no sign consensus) over
-floating-point inputs of one shape, all present, written to a parameter of the result's dtype.
-Anything else runs mergekit's task as it is.
+Only the plain case is taken: task arithmetic (no sparsification, no sign consensus) or linear,
+over floating-point inputs of one shape, all present, written to a parameter of the result's
+dtype. Anything else runs mergekit's task as it is. (The TIES family ranks each difference by
+magnitude over the whole tensor and DARE/DELLA draw random numbers per element, so their
+pieces are not independent; they run mergekit's task.)
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mergekit import merge_methods
-from mergekit.common import dtype_from_name
+from mergekit.common import ModelReference, dtype_from_name
 from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskArithmeticMerge
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
@@ -51,47 +53,61 @@ class Scratch:
         return buffers[key]
 
 
-def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
-                    scratch: Scratch) -> Optional[torch.Tensor]:
-    """Write mergekit's task-arithmetic result for `task`, cast to `out_dtype`, into `out`.
-
-    Returns a probe of the written values (finite_probe's contract), or None, writing nothing,
-    when the inputs are not the plain case (the caller then runs mergekit's task).
-    """
-    base_id = task.base_model
+def _plain(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor,
+           out_dtype: Optional[str]) -> Optional[Tuple[List[ModelReference], torch.dtype]]:
+    """The models in mergekit's order and the dtype it merges in, if this tensor is the plain case:
+    every input present, floating point, of one shape, on `out`'s device and widening exactly to
+    that dtype (mergekit casts each input to it first), and `out` of the result's dtype."""
     models = [m for m in task.model_order if m in inputs]
-    if base_id not in inputs or len(models) < len(task.model_order):
+    if task.out_dtype or len(models) < len(task.model_order) or not models:
         return None
     tensors = [inputs[m] for m in models]
     first = tensors[0]
-    if task.out_dtype or not all(t.is_floating_point() and t.shape == first.shape and t.device == out.device
-                                 and t.is_contiguous() for t in tensors) or out.shape != first.shape:
+    if not all(t.is_floating_point() and t.shape == first.shape and t.device == out.device and t.is_contiguous()
+               for t in tensors) or out.shape != first.shape or not out.is_contiguous():
         return None
     dtype = dtype_from_name(task.dtype)
     if dtype is None:
         dtype = first.dtype
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
-    # mergekit casts each input to `dtype` first: an input must widen to it exactly
-    if out.dtype != (dtype_from_name(out_dtype) or dtype) or not out.is_contiguous() or any(
+    if out.dtype != (dtype_from_name(out_dtype) or dtype) or any(
             torch.promote_types(t.dtype, dtype) != dtype for t in tensors):
         return None
-    parameters = dict(task.parameters.items())
-    others = [m for m in models if m != base_id]
+    return models, dtype
+
+
+def _pieces(size: int):
+    for start in range(0, size, PIECE):
+        yield start, min(start + PIECE, size)
+
+
+def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
+                    scratch: Scratch) -> Optional[torch.Tensor]:
+    """Write mergekit's task-arithmetic result for `task`, cast to `out_dtype`, into `out`
+    (`GeneralizedTaskArithmeticMerge.merge_group`'s operations, piece by piece).
+
+    Returns a probe of the written values (finite_probe's contract), or None, writing nothing,
+    when the inputs are not the plain case (the caller then runs mergekit's task).
+    """
+    plain = _plain(task, inputs, out, out_dtype)
+    if plain is None or task.base_model not in plain[0]:
+        return None
+    models, dtype = plain
+    others = [m for m in models if m != task.base_model]
     if not others:
         return None
-    base = inputs[base_id].view(-1)
+    base = inputs[task.base_model].view(-1)
     deltas = [inputs[m].view(-1) for m in others]
     weights = torch.tensor([task.input_parameters[m]["weight"] for m in others], dtype=dtype, device=out.device)
     weights = weights.unsqueeze(-1)
     divisor = weights.sum(dim=0)
     divisor[divisor.abs() < 1e-8] = 1
-    normalize, scale = parameters["normalize"], parameters["lambda"]
+    normalize, scale = task.parameters["normalize"], task.parameters["lambda"]
     rows = scratch.get(out.device, dtype, len(others) + 2)
     target = out.view(-1)
     probe = torch.zeros((), dtype=torch.float64, device=out.device)
-    for start in range(0, target.numel(), PIECE):
-        stop = min(start + PIECE, target.numel())
+    for start, stop in _pieces(target.numel()):
         size = stop - start
         stacked = rows[: len(others), :size] if size == PIECE else rows.view(-1)[: len(others) * size].view(-1, size)
         mixed, result = rows[-2, :size], rows[-1, :size]
@@ -112,6 +128,50 @@ def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Ten
             target[start:stop].copy_(torch.add(piece_base, mixed, out=result))
         probe += finite_probe(target[start:stop])
     return probe
+
+
+def linear(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
+           scratch: Scratch) -> Optional[torch.Tensor]:
+    """As `task_arithmetic`, for mergekit's `linear` (its batch kernel `linear_merge`, piece by piece)."""
+    plain = _plain(task, inputs, out, out_dtype)
+    if plain is None:
+        return None
+    models, dtype = plain
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = torch.tensor([[task.input_parameters[m]["weight"] for m in models]], dtype=compute, device=out.device)
+    denominator = weight.sum(dim=1)
+    coefficients = weight.unbind(1)
+    normalize = task.parameters["normalize"]
+    result_rows = scratch.get(out.device, compute, 1)
+    staging = scratch.get(out.device, dtype, 2)  # an input cast to `dtype`; the result cast back
+    sources = [inputs[m].view(-1) for m in models]
+    target = out.view(-1)
+    probe = torch.zeros((), dtype=torch.float64, device=out.device)
+    for start, stop in _pieces(target.numel()):
+        size = stop - start
+        result = result_rows[0, :size].zero_()
+        for source, coefficient in zip(sources, coefficients):
+            piece = source[start:stop]
+            if piece.dtype != dtype:  # the operands' dtypes as mergekit's, so torch takes the same kernel
+                piece = staging[0, :size].copy_(piece)
+            result.addcmul_(piece, coefficient)
+        if normalize:
+            result.div_(denominator)
+        if dtype != compute:  # linear_merge returns its float32 sum cast to the inputs' dtype
+            result = staging[1, :size].copy_(result)
+        target[start:stop].copy_(result)
+        probe += finite_probe(target[start:stop])
+    return probe
+
+
+KERNELS = {"linear": linear}
+
+
+def kernel_for(method_name: str):
+    """The pieced kernel for a method, if it has one."""
+    if plain_task_arithmetic(method_name):
+        return task_arithmetic
+    return KERNELS.get(method_name)
 
 
 def finite_probe(value: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ accumulated on the device and read once, after the last tensor.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -53,8 +53,18 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
     total = torch.zeros((), dtype=torch.float64, device=device)
     with preserved_random_state(device), torch.no_grad():
         transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
-        for probe in (pool.map(one, work) if pool else map(one, work)):
-            total += probe
+        if pool is None:
+            for item in work:
+                total += one(item)
+        else:
+            futures = [pool.submit(one, item) for item in work]
+            try:
+                for future in futures:
+                    total += future.result()
+            finally:  # after a failure, nothing still writes once the caller moves on
+                for future in futures:
+                    future.cancel()
+                wait(futures)
     if not torch.isfinite(total).item():  # the candidate's one wait for the device
         bad = next((item.name for item in work if parameters[item.name].is_floating_point()
                     and not torch.isfinite(parameters[item.name]).all()), None)

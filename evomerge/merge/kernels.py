@@ -77,6 +77,12 @@ def _plain(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor,
     return models, dtype
 
 
+def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of parameters, copied to the device without waiting for it (a copy from pageable
+    memory is staged at once), where `torch.tensor(..., device=)` would synchronize per tensor."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def _pieces(size: int):
     for start in range(0, size, PIECE):
         yield start, min(start + PIECE, size)
@@ -99,10 +105,9 @@ def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Ten
         return None
     base = inputs[task.base_model].view(-1)
     deltas = [inputs[m].view(-1) for m in others]
-    weights = torch.tensor([task.input_parameters[m]["weight"] for m in others], dtype=dtype, device=out.device)
-    weights = weights.unsqueeze(-1)
+    weights = _on_device([task.input_parameters[m]["weight"] for m in others], dtype, out.device).unsqueeze(-1)
     divisor = weights.sum(dim=0)
-    divisor[divisor.abs() < 1e-8] = 1
+    divisor = torch.where(divisor.abs() < 1e-8, 1, divisor)  # mergekit's masked assignment, without its sync
     normalize, scale = task.parameters["normalize"], task.parameters["lambda"]
     rows = scratch.get(out.device, dtype, len(others) + 2)
     target = out.view(-1)
@@ -138,7 +143,7 @@ def linear(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_
         return None
     models, dtype = plain
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    weight = torch.tensor([[task.input_parameters[m]["weight"] for m in models]], dtype=compute, device=out.device)
+    weight = _on_device([[task.input_parameters[m]["weight"] for m in models]], compute, out.device)
     denominator = weight.sum(dim=1)
     coefficients = weight.unbind(1)
     normalize = task.parameters["normalize"]

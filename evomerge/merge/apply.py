@@ -5,14 +5,15 @@ copied in place into the resident model.
 Each task runs as mergekit's Executor would run it (inputs moved to the merge device when the
 method asks for it, the result kept there), without building a task graph per candidate.
 Nothing here waits for the device per tensor: whether every written value is finite is
-accumulated on the device and read once, after the last tensor.
+accumulated on the device and read once, after the last tensor. Parents kept on the host
+(`parents: host`) reach the device one tensor ahead of their merge (prefetch.py).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 import transformers
@@ -22,6 +23,7 @@ from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from evomerge.merge.kernels import Scratch, finite_probe, kernel_for
 from evomerge.merge.noise import add_noise
 from evomerge.merge.parent_cache import Inputs
+from evomerge.merge.prefetch import prefetched
 from evomerge.random_state import preserved_random_state
 
 
@@ -54,7 +56,7 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
     with preserved_random_state(device), torch.no_grad():
         transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
         if pool is None:
-            for item in work:
+            for item in _on_device(work, device):
                 total += one(item)
         else:
             futures = [pool.submit(one, item) for item in work]
@@ -70,6 +72,18 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
                     and not torch.isfinite(parameters[item.name]).all()), None)
         if bad is not None:
             raise FloatingPointError(f"the merge gave non-finite weights in {bad}")
+
+
+def _on_device(work: Sequence[Work], device: torch.device) -> Iterable[Work]:
+    """`work` as it is when its inputs are on the device, else with each tensor's inputs moved there one
+    tensor ahead, while the previous one merges (the threaded path runs on the CPU, where they are)."""
+    if all(_there(tensor.device, device) for item in work[:1] for tensor in item.inputs.values()):
+        return work
+    return (replace(item, inputs=inputs) for item, inputs in prefetched(((i, i.inputs) for i in work), device))
+
+
+def _there(where: torch.device, device: torch.device) -> bool:
+    return where.type == device.type and (device.index is None or where.index == device.index)
 
 
 def write(item: Work, target: torch.Tensor, device: torch.device, seed: int, scratch: Scratch) -> torch.Tensor:

@@ -10,12 +10,17 @@ is planned by mergekit's own planner (which input tensor, which scale, for every
 `mergekit-yaml` would merge it), and a tensor is copied only when what its place holds changed:
 passthrough is a copy times the scale, computed as mergekit computes it, so the weights are
 `mergekit-yaml`'s (tests/test_routing.py).
+
+PS+DFS: a route over earlier stages' outputs is the final stage of a StagedMaterializer; those
+outputs are read in place like any resident parent, and a layer copied from one is copied again
+when its stage rewrites it (tests/test_psdfs.py).
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Dict, Hashable, List, Literal, Optional, Tuple, Union
+from typing import Dict, Hashable, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
 import torch
 from mergekit.common import ModelReference, dtype_from_name, set_config_value
@@ -36,17 +41,22 @@ from evomerge.recipe.space import Candidate, SearchSpace
 def search_materializer(space: SearchSpace, **options) -> Union[Materializer, StagedMaterializer, "RoutingMaterializer"]:
     """What a search over `space` keeps resident: the routing materializer for a routing space, else the
     one for the starting point's recipe (one stage, or several merged stage after stage)."""
+    if isinstance(space, RoutingSpace) and space.earlier is not None:  # PS+DFS: a route over earlier stages
+        return StagedMaterializer(space.with_final(space.gallery()),
+                                  final=functools.partial(RoutingMaterializer, max_layers=space.max_layers), **options)
     if isinstance(space, RoutingSpace):
         return RoutingMaterializer(space.gallery(), space.max_layers, **options)
     return materializer_for(space.starting_point(), **options)
 
 
 class RoutingMaterializer:
-    """Materializes any passthrough recipe over the gallery's layers, up to `max_layers` deep."""
+    """Materializes any passthrough recipe over the gallery's layers, up to `max_layers` deep. `produced`:
+    gallery models that are earlier stages' resident outputs (see merge/stages.py), read in place."""
 
     def __init__(self, gallery: MergeConfiguration, max_layers: int, *, device: Optional[Union[str, torch.device]] = None,
                  parents: Literal["device", "host"] = "device", dtype: Optional[str] = None,
-                 trust_remote_code: bool = False, quiet: bool = False):
+                 trust_remote_code: bool = False, quiet: bool = False,
+                 produced: Mapping[ModelReference, Mapping[str, torch.Tensor]] = {}):
         self.device = torch.device(device or default_device())
         self.max_layers = max_layers
         self._options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
@@ -57,9 +67,11 @@ class RoutingMaterializer:
         self.tokenizer = output_tokenizer(gallery, planned, config, self._arch, self._options)
         plan = plan_entries(planned)
         storage = self.device if parents == "device" else torch.device("cpu")
-        self._parents = ParentCache(plan, self.device, storage, quiet=quiet)
+        self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
         self._source = {(model, weight.name): name for name, task, _ in plan
                         for model, weight in task.gather_tensors.weight_info.items()}
+        self._loads = {(model, weight.name): weight.force_dtype or task.gather_tensors.dtype for _, task, _ in plan
+                       for model, weight in task.gather_tensors.weight_info.items()}  # as mergekit's LoadTensor casts
         self._ends, self._dtypes = str(gallery.base_model), {"dtype": gallery.dtype, "out_dtype": gallery.out_dtype}
         set_config_value(config, self._module.num_layers_config_key(), max_layers)
         self.model = resident_model(config, self.device, dtype or gallery.out_dtype or gallery.dtype,
@@ -102,7 +114,9 @@ class RoutingMaterializer:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         with torch.no_grad():
             for name, model, source, scale, dtype in todo:
-                value = self._parents.tensor(self._source[(model, source)], model).to(self.device)
+                value = self._parents.inputs(self._source[(model, source)])[model].to(self.device)
+                if self._loads[(model, source)]:
+                    value = value.to(dtype=dtype_from_name(self._loads[(model, source)]))
                 if scale is not None:  # mergekit's passthrough: the input times the scale
                     value = value * scale
                     finite &= torch.isfinite(value).all()
@@ -112,7 +126,17 @@ class RoutingMaterializer:
         if not finite.item():  # the candidate's one wait for the device
             raise FloatingPointError("the scaled layers overflow: non-finite weights")
         self._written.update({name: (model, source, scale, dtype) for name, model, source, scale, dtype in todo})
-        return MaterializeStats(time.perf_counter() - start, len(todo), len(plan))
+        return MaterializeStats(time.perf_counter() - start, len(todo), len(plan), tuple(name for name, *_ in todo))
+
+    def readers(self, reference: ModelReference, names: Iterable[str]) -> List[str]:
+        """The output tensors now copied from any of `names` of an earlier stage's output `reference`."""
+        read = set(self._parents.readers(reference, set(names)))
+        return [name for name, (model, source, *_) in self._written.items() if self._source[(model, source)] in read]
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Copy these tensors again for the next candidate (an earlier stage rewrote what they hold)."""
+        for name in names:
+            self._written.pop(name, None)
 
     def load_parent(self, reference: ModelReference) -> None:
         """Write one parent into the resident model: the model the embeddings come from, if it fits."""

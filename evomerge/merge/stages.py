@@ -6,7 +6,9 @@ stage as if mergekit-multi had written the earlier one, each earlier stage gets 
 (its output config, its tokenizer and a weight index naming its tensors, but no weights); the
 tensors themselves are never read from there. When a stage rewrites tensors, the later stages
 recompute exactly the tensors merged from them, so a candidate that changes only the last stage's
-genes re-merges only the last stage.
+genes re-merges only the last stage. The final stage may be materialized otherwise (a route over
+earlier stages' outputs and the parents, merge/routing.py); an earlier stage that a candidate's
+final merge does not read is left as it is until a candidate reads it again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from mergekit.common import ModelReference
@@ -61,24 +63,24 @@ def _stand_in(folder: Path, config, tokenizer, names: Sequence[str]) -> None:
 
 
 class StagedMaterializer:
-    """One Materializer per stage; the final one's resident model is the candidate's."""
+    """One Materializer per stage; the final one's resident model is the candidate's. `final` builds the
+    final stage's materializer (as Materializer's signature; by default a Materializer)."""
 
-    def __init__(self, start: Candidate, *, device: Optional[Union[str, torch.device]] = None,
-                 parents: Literal["device", "host"] = "device", dtype: Optional[str] = None,
-                 trust_remote_code: bool = False, quiet: bool = False):
+    def __init__(self, stages: Sequence[Stage], *, final: Callable[..., object] = Materializer,
+                 device: Optional[Union[str, torch.device]] = None, parents: Literal["device", "host"] = "device",
+                 dtype: Optional[str] = None, trust_remote_code: bool = False, quiet: bool = False):
         self._scratch = tempfile.TemporaryDirectory(prefix="evomerge-stages-")  # removed with this object
         self._folders: Dict[str, str] = {}
         self._stages: List[Tuple[Stage, Materializer]] = []
-        stages = start.stages
         for index, stage in enumerate(stages):
-            final = index == len(stages) - 1
+            last = index == len(stages) - 1
             earlier = {done.name: materializer for done, materializer in self._stages}
             produced = {ModelReference.model_validate(self._folders[name]): earlier[name].merged
                         for name in stage.reads}
-            materializer = Materializer(located(stage.merge, self._folders), device=device, parents=parents,
-                                        dtype=dtype if final else None, trust_remote_code=trust_remote_code,
-                                        quiet=quiet, produced=produced)
-            if not final:
+            materializer = (final if last else Materializer)(
+                located(stage.merge, self._folders), device=device, parents=parents, dtype=dtype if last else None,
+                trust_remote_code=trust_remote_code, quiet=quiet, produced=produced)
+            if not last:
                 folder = Path(self._scratch.name) / f"stage-{index}"
                 _stand_in(folder, materializer.model.config, materializer.tokenizer, list(materializer.merged))
                 self._folders[stage.name] = str(folder)
@@ -90,17 +92,19 @@ class StagedMaterializer:
         """Each stage in merge order, recomputing what changed in it or in what it reads."""
         start = time.perf_counter()
         done: Dict[Optional[str], MaterializeStats] = {}
-        planned = candidate.stages
-        for index, ((stage, materializer), concrete) in enumerate(zip(self._stages, planned)):
+        planned = {stage.name: stage for stage in candidate.before}
+        for index, (stage, materializer) in enumerate(self._stages):
+            final = index == len(self._stages) - 1
+            concrete = candidate.stages[-1] if final else planned.get(stage.name)
+            if concrete is None:  # a stage this candidate's final merge does not read
+                continue
             for name in stage.reads:
-                if done[name].written:
+                if name in done and done[name].written:
                     reference = ModelReference.model_validate(self._folders[name])
                     materializer.forget(materializer.readers(reference, done[name].written))
-            final = index == len(planned) - 1
             one = Candidate(merge=located(concrete.merge, self._folders), seed=candidate.seed,
                             noise=candidate.noise if final else None)
-            done[stage.name] = materializer.materialize(one)
-        last = done[planned[-1].name]
+            done[stage.name] = last = materializer.materialize(one)
         return StagedStats(time.perf_counter() - start, sum(s.recomputed for s in done.values()),
                            sum(s.total for s in done.values()), last.written, done)
 
@@ -111,7 +115,7 @@ class StagedMaterializer:
 
 def materializer_for(start: Candidate, **options) -> Union[Materializer, StagedMaterializer]:
     """The materializer for the candidate's recipe: one stage, or several merged stage after stage."""
-    return StagedMaterializer(start, **options) if start.before else Materializer(start.merge, **options)
+    return StagedMaterializer(start.stages, **options) if start.before else Materializer(start.merge, **options)
 
 
 def stages_footprint(stages: Sequence[Stage], scoring_dtype: Optional[str],

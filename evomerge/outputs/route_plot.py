@@ -21,8 +21,10 @@ from evomerge.recipe.route import Hop, from_merge
 
 
 def route_of(recipe_text: str) -> Tuple[List[Hop], str]:
-    """The route and the embeddings' model of a stored passthrough recipe (ValueError if it is not one)."""
-    data = yaml.safe_load(recipe_text)
+    """The route and the embeddings' model of a stored passthrough recipe, the final merge of a multi-stage
+    one (ValueError if it is not one)."""
+    data = list(yaml.safe_load_all(recipe_text))[-1]
+    data.pop("name", None)
     data.pop("evomerge", None)
     return from_merge(MergeConfiguration.model_validate(data),
                       lambda model: ModelReference.parse(model).config().num_hidden_layers)

@@ -6,12 +6,17 @@ candidate passes through the slots whose inclusion gene is positive, in slot ord
 slot's scale. Every vector decodes to a valid route: with no positive gene the largest one is
 taken, with more than `max_layers` the `max_layers` largest are (in slot order). The starting
 point is the recipe's own passthrough recipe, matched to the slots in order.
+
+PS+DFS: in a multi-stage recipe the route is the final merge, and a routed model may be an earlier
+stage's output (by its name). The earlier stages' parameter genes come first in the genotype, the
+route's after them, and one vector decodes to both: the earlier stages the route reads, then the route.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mergekit.architecture import get_architecture_info
@@ -20,9 +25,11 @@ from mergekit.config import InputModelDefinition, InputSliceDefinition, MergeCon
 from mergekit.options import MergeOptions
 
 from evomerge.errors import EvomergeError
+from evomerge.recipe.layout import Stage, references
 from evomerge.recipe.model import SECTION, Recipe, resolve_model_path
 from evomerge.recipe.route import Hop, RoutingEntry, RoutingSpec, from_merge, to_merge
-from evomerge.recipe.space import Candidate, Gene, SearchSpace
+from evomerge.recipe.space import Candidate, Gene, SearchSpace, output_layers, parameter_space
+from evomerge.recipe.stages import stage_named
 
 INCLUDE, SCALE = "include", "scale"
 
@@ -34,9 +41,12 @@ def routing_entry(recipe: Recipe) -> int:
 
 class RoutingSpace(SearchSpace):
     def __init__(self, recipe: Recipe, spec: RoutingSpec, models: List[str], layers: Dict[str, int],
-                 genes: List[Gene], x0: np.ndarray):
+                 genes: List[Gene], x0: np.ndarray, earlier: Optional[SearchSpace] = None):
         super().__init__(recipe, genes, x0)
         self.spec = spec
+        self.earlier = earlier  # the earlier stages' parameter genes (PS+DFS), first in the genotype
+        self.offset = earlier.dimension if earlier is not None else 0
+        self.reads = tuple(m for m in models if m in _stage_names(recipe))  # earlier stages the route may take
         self.models = models  # resolved references, in the block's order
         self.layers = layers
         self.ends = models[spec.models.index(spec.ends)]
@@ -47,13 +57,15 @@ class RoutingSpace(SearchSpace):
     def from_recipe(cls, recipe: Recipe) -> "RoutingSpace":
         index = routing_entry(recipe)
         key = f"{SECTION}.search[{index}].routing"
-        if len(recipe.spec.search) > 1 or recipe.spec.noise is not None:
+        staged = len(recipe.stages) > 1
+        if (len(recipe.spec.search) > 1 and not staged) or recipe.spec.noise is not None:
             raise EvomergeError("a routing block is the whole search space here (no other genes, no noise); "
                                 "combine it with parameter genes in a multi-stage recipe",
                                 path=recipe.path, key=f"{SECTION}.search")
         spec: RoutingSpec = recipe.spec.search[index].routing
-        models = [resolve_model_path(m, recipe.directory) for m in spec.models]
-        layers = _layers(models, recipe.path, key)
+        names = _stage_names(recipe)
+        models = [m if m in names else resolve_model_path(m, recipe.directory) for m in spec.models]
+        layers = _layers(recipe, models, key)
         slots = _slots(models, layers, spec.repeats)
         if spec.max_layers is not None and spec.max_layers > len(slots):
             raise EvomergeError(f"max_layers {spec.max_layers} is more than the {len(slots)} slots",
@@ -62,7 +74,8 @@ class RoutingSpace(SearchSpace):
         if len(start) > (spec.max_layers or len(slots)):
             raise EvomergeError(f"the recipe's own route has {len(start)} layers, more than max_layers "
                                 f"{spec.max_layers}", path=recipe.path, key=f"{key}.max_layers")
-        genes, x0 = [], []
+        earlier = parameter_space(recipe) if staged else None
+        genes, x0 = list(earlier.genes) if earlier else [], list(earlier.x0) if earlier else []
         names = {m: Path(m).name or m for m in models}
         for kind in (INCLUDE, SCALE) if spec.scale else (INCLUDE,):
             low, high = (-1.0, 1.0) if kind == INCLUDE else spec.scale
@@ -76,13 +89,14 @@ class RoutingSpace(SearchSpace):
                 else:
                     value = 1.0 if chosen is None or chosen.scale is None else chosen.scale
                     x0.append(float(np.clip(value, low, high)))
-        return cls(recipe, spec, models, layers, genes, np.array(x0, dtype=float))
+        return cls(recipe, spec, models, layers, genes, np.array(x0, dtype=float), earlier)
 
     def route(self, x: Sequence[float]) -> List[Hop]:
         x = np.clip(np.asarray(x, dtype=float), self.lower, self.upper)
         if x.shape != (self.dimension,):
             raise ValueError(f"expected a vector of {self.dimension} genes, got shape {x.shape}")
         count = len(self.slots)
+        x = x[self.offset:]
         include, scale = x[:count], x[count:] if self.spec.scale else None
         chosen = np.flatnonzero(include > 0)
         if len(chosen) == 0:
@@ -93,7 +107,13 @@ class RoutingSpace(SearchSpace):
         return [Hop(*self.slots[s], float(scale[s]) if scale is not None else None) for s in chosen]
 
     def decode(self, x: Sequence[float]) -> Candidate:
-        return Candidate(merge=self.to_merge(self.route(x)), seed=self.recipe.spec.seed)
+        hops = self.route(x)
+        merge = self.to_merge(hops)
+        if self.earlier is None:
+            return Candidate(merge=merge, seed=self.recipe.spec.seed)
+        decoded = self.earlier.decode(np.asarray(x, dtype=float)[: self.offset])
+        reads = tuple(name for name in self.reads if name in {hop.model for hop in hops} | {self.ends})
+        return dataclasses.replace(decoded, merge=merge, reads=reads, before=_needed(decoded.before, reads))
 
     def to_merge(self, hops: Sequence[Hop]) -> MergeConfiguration:
         merge = self.recipe.merge
@@ -110,10 +130,21 @@ class RoutingSpace(SearchSpace):
         empty = [OutputSliceDefinition(sources=[InputSliceDefinition(model=m, layer_range=(0, 0))]) for m in self.models]
         return deepest.model_copy(update={"slices": empty + deepest.slices})
 
+    def largest_stages(self) -> List[Stage]:
+        return self.with_final(self.largest_merge())
+
+    def with_final(self, merge: MergeConfiguration) -> List[Stage]:
+        """The recipe's stages with `merge` as the final one, reading every earlier stage the route may take."""
+        *before, final = self.recipe.stages
+        return before + [dataclasses.replace(final, merge=merge, reads=self.reads)]
+
     def describe(self) -> List[Dict[str, Any]]:
+        return (self.earlier.describe() if self.earlier else []) + self._describe_route()
+
+    def _describe_route(self) -> List[Dict[str, Any]]:
         count = len(self.slots)
         described = []
-        for gene in self.genes:
+        for gene in self.genes[self.offset:]:
             model, layer = self.slots[gene.group]
             place = f"layer {layer} of {Path(model).name or model} in slot {gene.group} of {count}"
             controls = (f"whether the route passes through {place} (included when positive)" if gene.parameter == INCLUDE
@@ -129,12 +160,37 @@ def _slots(models: List[str], layers: Dict[str, int], repeats: int) -> List[Tupl
     return [(m, i) for _ in range(repeats) for m in models for i in range(layers[m])]
 
 
-def _layers(models: List[str], path: Path, key: str) -> Dict[str, int]:
+def _stage_names(recipe: Recipe) -> List[str]:
+    return [stage.name for stage in recipe.stages[:-1]]
+
+
+def _needed(before: Sequence[Stage], reads: Sequence[str]) -> Tuple[Stage, ...]:
+    """The earlier stages the final merge reads, and what they read in turn, in merge order."""
+    needed, todo = set(), list(reads)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += stage_named(before, name).reads
+    return tuple(stage for stage in before if stage.name in needed)
+
+
+def _source(recipe: Recipe, model: str) -> str:
+    """A model a routed model's config stands for: itself, or for an earlier stage the model it takes its
+    config from (its base model, else its first), as mergekit-multi writes that stage."""
+    names = _stage_names(recipe)
+    while model in names:
+        model = str(references(stage_named(recipe.stages, model).merge)[0][1])
+    return model
+
+
+def _layers(recipe: Recipe, models: List[str], key: str) -> Dict[str, int]:
     """Each model's layer count, once the models are one architecture family with one hidden size."""
+    path, names = recipe.path, _stage_names(recipe)
     configs = {}
     for j, model in enumerate(models):
         try:
-            configs[model] = ModelReference.parse(model).config()
+            configs[model] = ModelReference.parse(_source(recipe, model)).config()
         except (OSError, ValueError) as error:
             raise EvomergeError(f"cannot read the model's config: {str(error).splitlines()[0]}",
                                 path=path, key=f"{key}.models[{j}]") from None
@@ -146,7 +202,9 @@ def _layers(models: List[str], path: Path, key: str) -> Dict[str, int]:
                 raise EvomergeError(f"expected one architecture family and hidden size: {field} is "
                                     f"{getattr(config, field, None)!r} here, {getattr(first, field, None)!r} in "
                                     f"{models[0]}", path=path, key=f"{key}.models[{j}]")
-    merge = MergeConfiguration(merge_method="passthrough", models=[InputModelDefinition(model=m) for m in models])
+    merge = MergeConfiguration(merge_method="passthrough",
+                               models=[InputModelDefinition(model=m) for m in dict.fromkeys(_source(recipe, m)
+                                                                                            for m in models)])
     try:
         arch = get_architecture_info(merge, MergeOptions(quiet=True))
     except (RuntimeError, ValueError) as error:
@@ -155,7 +213,8 @@ def _layers(models: List[str], path: Path, key: str) -> Dict[str, int]:
         raise EvomergeError(f"multi-module architectures ({', '.join(arch.modules)}) cannot be routed",
                             path=path, key=f"{key}.models")
     module = next(iter(arch.modules.values())).architecture
-    return {m: module.num_layers(configs[m]) for m in models}
+    return {m: output_layers(recipe.stages, stage_named(recipe.stages, m)) if m in names
+            else module.num_layers(configs[m]) for m in models}
 
 
 def _start(recipe: Recipe, spec: RoutingSpec, models: List[str], layers: Dict[str, int],

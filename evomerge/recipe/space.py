@@ -140,21 +140,7 @@ class SearchSpace:
 
         if routing_entry(recipe) >= 0:
             return RoutingSpace.from_recipe(recipe)
-        genes: List[Gene] = []
-        x0: List[float] = []
-        builders: Dict[Optional[str], _Builder] = {}
-
-        def builder(name: Optional[str]) -> _Builder:
-            stage = stage_named(recipe.stages, name)
-            if stage.name not in builders:
-                builders[stage.name] = _Builder(recipe, stage, genes, x0)
-            return builders[stage.name]
-
-        final = builder(None)
-        for index, spec in enumerate(recipe.spec.search):
-            builder(spec.stage).add(index, spec)
-        final.add_noise()
-        return cls(recipe, genes, np.array(x0, dtype=float))
+        return parameter_space(recipe)
 
     def decode(self, x: Sequence[float]) -> Candidate:
         """Pure and deterministic: the same vector always gives the same recipe."""
@@ -192,6 +178,27 @@ class SearchSpace:
     def describe(self) -> List[Dict[str, Any]]:
         """Each gene as a person reads it: its name, range and what it controls in the recipe."""
         return [{"name": g.name, "low": g.low, "high": g.high, "controls": _controls(g)} for g in self.genes]
+
+
+def parameter_space(recipe: Recipe) -> SearchSpace:
+    """The genes of `search:`'s parameter entries, each in the stage it names, and the final merge's
+    searched noise (a routing block's genes are its own space's, recipe/routing.py)."""
+    genes: List[Gene] = []
+    x0: List[float] = []
+    builders: Dict[Optional[str], _Builder] = {}
+
+    def builder(name: Optional[str]) -> _Builder:
+        stage = stage_named(recipe.stages, name)
+        if stage.name not in builders:
+            builders[stage.name] = _Builder(recipe, stage, genes, x0)
+        return builders[stage.name]
+
+    final = builder(None)
+    for index, spec in enumerate(recipe.spec.search):
+        if isinstance(spec, GeneSpec):
+            builder(spec.stage).add(index, spec)
+    final.add_noise()
+    return SearchSpace(recipe, genes, np.array(x0, dtype=float))
 
 
 def _controls(gene: Gene) -> str:
@@ -232,9 +239,12 @@ def input_layers(stages: Sequence[layout.Stage], stage: layout.Stage) -> int:
     reference = next(reference for _, reference in layout.references(stage.merge))
     if reference.model.path not in stage.reads:
         return count_layers(MergeConfiguration(merge_method=stage.merge.merge_method, models=[{"model": reference}]))
-    earlier = stage_named(stages, reference.model.path)
-    sections = layout.sections(earlier.merge)
-    return sum(s.layers for s in sections) if earlier.merge.slices else input_layers(stages, earlier)
+    return output_layers(stages, stage_named(stages, reference.model.path))
+
+
+def output_layers(stages: Sequence[layout.Stage], stage: layout.Stage) -> int:
+    """Layers of a stage's output: its slices' layers, or its inputs'."""
+    return sum(s.layers for s in layout.sections(stage.merge)) if stage.merge.slices else input_layers(stages, stage)
 
 
 def _fixed_noise(recipe: Recipe) -> Optional[Tuple[float, ...]]:

@@ -128,18 +128,26 @@ def stage_named(stages: Sequence[Stage], name: Optional[str]) -> Stage:
 
 
 def check_gene_stages(spec: EvomergeSpec, stages: Sequence[Stage], path: Path) -> None:
-    """Each `search:` entry's stage is one of the recipe's; a genome decodes to one merge only."""
+    """Each `search:` entry's stage is one of the recipe's; a genome decodes to one merge only. A routing
+    block routes the final merge (PS+DFS: over earlier stages' outputs and the parents), so beside it
+    every gene names an earlier stage."""
     known = [s.name for s in stages if s.name is not None]
+    routing = [index for index, entry in enumerate(spec.search) if isinstance(entry, RoutingEntry)]
+    if len(routing) > 1:
+        raise EvomergeError(f"a second routing block (the first is search[{routing[0]}]); expected one, which "
+                            "routes the final merge", path=path, key=f"{SECTION}.search[{routing[1]}]")
+    earlier = [s.name for s in stages[:-1]]
     for index, gene in enumerate(spec.search):
         if isinstance(gene, RoutingEntry):
-            if len(stages) > 1:
-                raise EvomergeError("layer routing searches a one-stage recipe; routing over an earlier stage's "
-                                    "output is not supported yet", path=path, key=f"{SECTION}.search[{index}].routing")
             continue
         if gene.stage is not None and gene.stage not in known:
             expected = f"expected one of {', '.join(known)}" if known else "the recipe has one unnamed stage"
             raise EvomergeError(f"unknown stage {gene.stage!r}{did_you_mean(gene.stage, known)}; {expected}",
                                 path=path, key=f"{SECTION}.search[{index}].stage")
+        if routing and len(stages) > 1 and gene.stage not in earlier:
+            raise EvomergeError(f"the final merge is the routing block's route; a gene beside it writes an earlier "
+                                f"stage, expected `stage:` one of {', '.join(earlier)}", path=path,
+                                key=f"{SECTION}.search[{index}].stage")
     if spec.genome is not None and len(stages) > 1:
         raise EvomergeError("a mergekit-evolve genome decodes to one merge; search a multi-stage recipe with "
                             "`search:`", path=path, key=f"{SECTION}.genome")

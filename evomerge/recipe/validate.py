@@ -52,7 +52,8 @@ def _check_pruner(recipe: Recipe) -> None:
 
 def _check_routed(space: SearchSpace, recipe: Recipe, allow_pickle: bool) -> None:
     try:
-        check_parents(space.largest_merge(), recipe.path, allow_pickle=allow_pickle)
+        check_parents(space.largest_merge(), recipe.path, allow_pickle=allow_pickle,
+                      produced=[stage.name for stage in recipe.stages[:-1]])  # PS+DFS: earlier stages are checked
     except EvomergeError as error:
         raise EvomergeError(error.message, path=recipe.path,
                             key=f"{SECTION}.search[{routing_entry(recipe)}].routing.models") from None

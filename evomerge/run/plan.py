@@ -202,12 +202,13 @@ def _longest_request(recipe: Recipe, max_length: int) -> Tuple[int, str]:
 
 
 def _tokenizer(recipe: Recipe):
-    """The first tokenizer found among the recipe's models (the merged one is one of theirs), or None."""
+    """The first tokenizer found among the recipe's parents (the merged one is one of theirs; an earlier
+    stage's output, named as a model, is no folder to read), or None."""
     from transformers import AutoTokenizer
 
     from evomerge.recipe import layout
 
-    for _, reference in layout.references(recipe.merge):
+    for _, reference in layout.parent_references(recipe.stages):
         try:
             return AutoTokenizer.from_pretrained(reference.model.path, revision=reference.model.revision)
         except (OSError, ValueError):

@@ -8,8 +8,9 @@ fitness, and its winner's mean score on the report tasks (which no search sees).
 With --problem routing, the rows are the layered zoo (evomerge/zoo/layered.py: `pair` learnt in the
 lower layers of one specialist, `rev` in the upper layers of another) searched in parameter space
 (PS: task arithmetic, a weight per specialist and layer half) and in data-flow space (DFS: a route
-over both specialists' layers, twice over, with scales), at the same budget, scored on the report
-split of both skills.
+over both specialists' layers, twice over, with scales) and in both at once (PS+DFS: the task
+arithmetic merge as a first stage, then a route over its layers and both specialists'), at the same
+budget, scored on the report split of both skills.
 
 With --llm-model, the `llm` searcher runs too, against that model behind the test tools'
 OpenAI-compatible endpoint on 127.0.0.1 (tests/fake_llm.py), and the share of its proposals
@@ -44,31 +45,40 @@ SEARCHERS = {
     "random": {"name": "random", "batch": 8},
 }
 LAYERED_DIR = DEFAULT_ZOO_DIR.with_name("zoo-layered")
-ROUTING = {  # the same searchers over the two spaces
+ROUTING = {  # the same searchers over the three spaces
     "PS cma": ("ps", {"name": "cma", "popsize": 8}),
     "DFS cma": ("dfs", {"name": "cma", "popsize": 8}),
     "DFS ga-split": ("dfs", {"name": "ga", "population": 8, "elitism": 2, "crossover": "split"}),
+    "PS+DFS cma": ("psdfs", {"name": "cma", "popsize": 8}),
+    "PS+DFS ga-split": ("psdfs", {"name": "ga", "population": 8, "elitism": 2, "crossover": "split"}),
 }
 
 
 def write_routing_recipe(directory: Path, name: str, space: str, searcher: dict, seed: int) -> Path:
-    """The layered-zoo problem, searched in parameter space (`ps`) or as a route (`dfs`)."""
+    """The layered-zoo problem, searched in parameter space (`ps`), as a route (`dfs`) or as a route over
+    the parameter merge (a first stage, `ps`) and both specialists (`psdfs`)."""
     low, high = str(LAYERED_DIR / "pair-low"), str(LAYERED_DIR / "rev-high")
     section = {
         "seed": seed, "searcher": searcher, "task_paths": [str(TASKS_DIR)], "eval": {"limit": 60},
         "tasks": [{"name": "zoo_pair_search", "weight": 0.5}, {"name": "zoo_rev_search", "weight": 0.5}],
         "report_tasks": ["zoo_pair_report", "zoo_rev_report"],
     }
+    weights = {"parameter": "weight", "range": [0.0, 1.5], "layer_groups": 2}
+    ps = {"merge_method": "task_arithmetic", "base_model": str(DEFAULT_ZOO_DIR / "base"),
+          "models": [{"model": m, "parameters": {"weight": 0.5}} for m in (low, high)], "dtype": "float32"}
     if space == "ps":
-        recipe = {"merge_method": "task_arithmetic", "base_model": str(DEFAULT_ZOO_DIR / "base"),
-                  "models": [{"model": m, "parameters": {"weight": 0.5}} for m in (low, high)],
-                  "evomerge": section | {"search": [{"parameter": "weight", "range": [0.0, 1.5], "layer_groups": 2}]}}
-    else:
-        recipe = {"merge_method": "passthrough", "models": [{"model": low}],
-                  "evomerge": section | {"search": [{"routing": {"models": [low, high], "repeats": 2, "max_layers": 8,
-                                                                 "scale": [0.5, 1.5]}}]}}
+        documents = [ps | {"evomerge": section | {"search": [weights]}}]
+    elif space == "dfs":
+        documents = [{"merge_method": "passthrough", "models": [{"model": low}], "dtype": "float32",
+                      "evomerge": section | {"search": [{"routing": {"models": [low, high], "repeats": 2,
+                                                                     "max_layers": 8, "scale": [0.5, 1.5]}}]}}]
+    else:  # the route starts as the merge's own layers
+        routing = {"models": ["ps", low, high], "max_layers": 8, "scale": [0.5, 1.5]}
+        route = {"merge_method": "passthrough", "models": [{"model": "ps"}], "dtype": "float32",
+                 "evomerge": section | {"search": [weights | {"stage": "ps"}, {"routing": routing}]}}
+        documents = [{"name": "ps"} | ps, route]
     path = directory / name
-    path.write_text(yaml.safe_dump(recipe | {"dtype": "float32"}, sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
     return path
 
 

@@ -120,14 +120,14 @@ def test_reused_requests_score_every_candidate_as_a_fresh_simple_evaluate_does(d
     space = SearchSpace.from_recipe(recipe)
     tasks = ["zoo_rev_search", "zoo_rev_gen_search"]
     materializer = Materializer(space.starting_point().merge, quiet=True)
-    scorer = LMEvalScorer(TaskSuite(tasks, recipe.task_paths()), materializer.model, materializer.tokenizer, limit=25)
+    scorer = LMEvalScorer(TaskSuite(tasks, recipe.task_paths()), materializer.model, materializer.tokenizer, limit=12)
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for _ in range(2):
         materializer.materialize(space.decode(space.from_unit(rng.uniform(size=space.dimension))))
         reused = scorer.score()
         fresh = simple_evaluate(model=HFLM(pretrained=materializer.model, tokenizer=materializer.tokenizer),
                                 tasks=tasks, task_manager=TaskManager(include_path=[str(p) for p in recipe.task_paths()]),
-                                limit=25, bootstrap_iters=0)["results"]
+                                limit=12, bootstrap_iters=0)["results"]
         assert reused["zoo_rev_search"]["acc"] == fresh["zoo_rev_search"]["acc,none"]
         assert reused["zoo_rev_gen_search"]["exact_match,first_word"] == \
             fresh["zoo_rev_gen_search"]["exact_match,first_word"]

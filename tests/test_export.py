@@ -44,7 +44,7 @@ def run_dir(zoo, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def noisy_run_dir(zoo, tmp_path_factory) -> Path:
-    return _finished_run(tmp_path_factory.mktemp("noisy"), zoo, noise={"range": [0.001, 0.02]})
+    return _finished_run(tmp_path_factory.mktemp("noisy"), zoo, noise={"range": [0.001, 0.02]}, confirm=None)
 
 
 def _export(run_dir: Path, out: Path, *args) -> str:

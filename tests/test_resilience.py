@@ -14,13 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lm_eval.models.huggingface import HFLM
-from mergekit.merge_methods.generalized_task_arithmetic import (
-    GeneralizedTaskArithmeticMerge,
-)
 from transformers import AutoModelForCausalLM
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
+from evomerge.merge import apply, kernels
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 
@@ -57,7 +55,7 @@ FLAKY_FITNESS = textwrap.dedent('''
 def _recipe(demo_recipe, tmp_path, fitness_module: str, **evomerge):
     (tmp_path / "fitness_under_test.py").write_text(fitness_module)
     return demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4},
-                       fitness="fitness_under_test:score", **evomerge)
+                       fitness="fitness_under_test:score", confirm=None, **evomerge)
 
 
 def _start_cli(recipe: Path, run_dir: Path, evaluations: int, block_at: int) -> subprocess.Popen:
@@ -163,9 +161,9 @@ def test_out_of_memory_in_the_merge_or_the_forward_pass_fails_that_candidate_and
 
     reference = run("reference")
     assert all(e.ok for e in reference)
-    with monkeypatch.context() as patch:  # mergekit's task arithmetic, on the 50th tensor: inside the 2nd merge
-        patch.setattr(GeneralizedTaskArithmeticMerge, "merge_group",
-                      _out_of_memory_on_call(50, GeneralizedTaskArithmeticMerge.merge_group))
+    with monkeypatch.context() as patch:  # the task-arithmetic kernel, on the 50th tensor: inside the 2nd merge
+        failing = _out_of_memory_on_call(50, kernels.kernel_for("task_arithmetic"))
+        patch.setattr(apply, "kernel_for", lambda method: failing)
         in_merge = run("merge")
     with monkeypatch.context() as patch:  # lm-eval's forward pass of the model, its 2nd batch
         patch.setattr(HFLM, "_model_call", _out_of_memory_on_call(2, HFLM._model_call))

@@ -22,7 +22,8 @@ def _copied_run(zoo: dict, tmp_path: Path) -> tuple:
     for name in ("base", "pair", "rev", "sort", "shift"):
         shutil.copytree(zoo["dir"] / name, zoo_copy / name)
     shutil.copytree(TASKS_DIR, tasks_copy, ignore=shutil.ignore_patterns("__pycache__"))
-    recipe = write_demo_recipe(tmp_path, zoo_copy, budget={"evaluations": 2}, task_paths=[str(tasks_copy)])
+    recipe = write_demo_recipe(tmp_path, zoo_copy, budget={"evaluations": 2}, task_paths=[str(tasks_copy)],
+                               eval={"limit": 10}, report_tasks=[], confirm=None)
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(run), "--quiet"])
     assert result.exit_code == 0, result.output

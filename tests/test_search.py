@@ -69,7 +69,7 @@ def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_r
 
 
 def test_the_same_seed_gives_the_same_run(demo_recipe, tmp_path):
-    recipe = demo_recipe(**FAST)
+    recipe = demo_recipe(**{**FAST, "eval": {"limit": 10}})
     first = RunStore.open(_search(recipe, tmp_path / "a", evaluations=6).store.directory).evaluations.finished()
     second = RunStore.open(_search(recipe, tmp_path / "b", evaluations=6).store.directory).evaluations.finished()
     assert [(e.genotype, e.fitness) for e in first] == [(e.genotype, e.fitness) for e in second]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,29 @@ def pytest_report_header(config) -> str:
             + f"; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
 
 
+RAY_FILES = {"test_workers.py", "test_ray_placement.py"}
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # two workers on two cores: one thread each, their subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A file's tests run on one worker (its module fixtures are built once); the Ray files on the same one."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
+
+
 def _zoo(family: str) -> dict:
+    from filelock import FileLock
+
     from evomerge.zoo.build import FAMILIES, build_zoo, zoo_dir
 
-    manifest = dict(build_zoo(zoo_dir(family), FAMILIES[family]))
+    with FileLock(Path(tempfile.gettempdir()) / f"evomerge-zoo-{family}.lock"):  # one worker builds, the other waits
+        manifest = dict(build_zoo(zoo_dir(family), FAMILIES[family]))
     manifest["dir"] = zoo_dir(family)
     manifest["family"] = family
     return manifest

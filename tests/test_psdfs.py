@@ -14,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 from mergekit.scripts import multimerge
 from safetensors.torch import load_file
+from stage_recipes import blend, write_documents
 from weights import assert_same_as_resident, same_tensors
 
 from evomerge.errors import EvomergeError
@@ -34,14 +35,6 @@ from evomerge.run.store import RunStore
 torch.set_num_threads(1)
 
 
-def _blend(zoo) -> dict:
-    folder = zoo["dir"]
-    return {"name": "blend", "merge_method": "linear",
-            "models": [{"model": str(folder / "pair"), "parameters": {"weight": 0.6}},
-                       {"model": str(folder / "rev"), "parameters": {"weight": 0.4}}],
-            "dtype": "float32"}
-
-
 def _route(zoo, **evomerge) -> dict:
     """The final merge starts as the blend's own layers; the route may take the blend's and the parents'."""
     folder = zoo["dir"]
@@ -52,13 +45,8 @@ def _route(zoo, **evomerge) -> dict:
                 {"routing": routing}], **evomerge}}
 
 
-def _write(path: Path, *documents: dict) -> Path:
-    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    return path
-
-
 def _space(tmp_path, zoo, **evomerge) -> RoutingSpace:
-    space = SearchSpace.from_recipe(load_recipe(_write(tmp_path / "psdfs.yaml", _blend(zoo), _route(zoo, **evomerge))))
+    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), _route(zoo, **evomerge))))
     assert isinstance(space, RoutingSpace)
     return space
 
@@ -110,7 +98,7 @@ def test_a_route_that_reads_no_earlier_stage_is_a_one_stage_recipe(zoo, tmp_path
     rev = str(zoo["dir"] / "rev")
     final = _route(zoo) | {"base_model": rev}
     final["evomerge"]["search"][1]["routing"]["embeddings_from"] = rev
-    space = SearchSpace.from_recipe(load_recipe(_write(tmp_path / "psdfs.yaml", _blend(zoo), final)))
+    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), final)))
     assert space.route(space.x0) == [Hop("blend", i, 1.0) for i in range(4)]
     candidate = space.decode(_with(space, space.x0, [(rev, 0), (rev, 3)]))
     assert candidate.before == () and candidate.reads == ()
@@ -185,7 +173,7 @@ def test_the_readme_example_is_checked_and_sized_with_the_blend_resident(zoo, tm
     space = check_search(recipe).space  # every check that needs nothing loaded, the blend's parents included
     assert isinstance(space, RoutingSpace) and space.offset == 4 and space.reads == ("blend",)
     planned = make_plan(recipe, device="cpu").weights
-    alone = make_plan(load_recipe(_write(tmp_path / "route.yaml", {
+    alone = make_plan(load_recipe(write_documents(tmp_path / "route.yaml", {
         "merge_method": "passthrough", "models": [{"model": str(zoo["dir"] / "pair")}], "dtype": "float32",
         "evomerge": {"search": [{"routing": {"models": [str(zoo["dir"] / m) for m in ("pair", "rev")],
                                              "max_layers": 6}}]}})), device="cpu").weights
@@ -202,7 +190,7 @@ def test_the_readme_example_is_checked_and_sized_with_the_blend_resident(zoo, tm
 def test_a_malformed_psdfs_recipe_is_refused_in_one_line(change, key, message, zoo, tmp_path):
     recipe = _route(zoo)
     change(recipe)
-    path = _write(tmp_path / "psdfs.yaml", _blend(zoo), recipe)
+    path = write_documents(tmp_path / "psdfs.yaml", blend(zoo), recipe)
     with pytest.raises(EvomergeError) as raised:
         SearchSpace.from_recipe(load_recipe(path))
     text = str(raised.value)
@@ -215,7 +203,7 @@ def test_a_joint_search_exports_a_best_yaml_that_mergekit_multi_merges_to_the_sc
     weights against the scored fingerprint, and mergekit-multi on best.yaml writes those weights."""
     final = _route(zoo, tasks=[{"name": "zoo_rev_search"}], task_paths=[str(tasks_dir)], eval={"limit": 10},
                    searcher={"name": "ga", "population": 4, "elitism": 1, "crossover": "split"})
-    search = start_search(_write(tmp_path / "psdfs.yaml", _blend(zoo), final), tmp_path / "run",
+    search = start_search(write_documents(tmp_path / "psdfs.yaml", blend(zoo), final), tmp_path / "run",
                           SearchOptions(evaluations=6, quiet=True))
     search.run()
     report = finish_run(search)  # the parents, the starting point and the winner scored on the resident model

@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mergekit.scripts import multimerge
 from safetensors.torch import load_file
+from stage_recipes import blend, write_documents
 from weights import assert_same_as_resident, same_tensors
 
 from evomerge.cli import main
@@ -29,14 +30,6 @@ from evomerge.run.store import RunStore
 torch.set_num_threads(1)
 
 
-def _blend(zoo) -> dict:
-    folder = zoo["dir"]
-    return {"name": "blend", "merge_method": "linear",
-            "models": [{"model": str(folder / "pair"), "parameters": {"weight": 0.6}},
-                       {"model": str(folder / "rev"), "parameters": {"weight": 0.4}}],
-            "dtype": "float32"}
-
-
 def _final(zoo, **evomerge) -> dict:
     folder = zoo["dir"]
     return {"merge_method": "ties", "base_model": str(folder / "base"),
@@ -49,11 +42,6 @@ def _final(zoo, **evomerge) -> dict:
                 {"parameter": "density", "models": ["blend"], "range": [0.3, 1]}], **evomerge}}
 
 
-def _write(path: Path, *documents: dict) -> Path:
-    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    return path
-
-
 def _mergekit_multi(recipe: Path, out: Path, seed: int) -> None:
     """mergekit-multi's own command (its click entry point, in process), as a user runs it on best.yaml."""
     arguments = [str(recipe), "--out-path", str(out), "-I", str(out.parent / f"{out.name}-stages"),
@@ -63,7 +51,7 @@ def _mergekit_multi(recipe: Path, out: Path, seed: int) -> None:
 
 
 def test_genes_sit_in_any_stage_and_a_candidate_is_mergekit_multis_recipe(zoo, tmp_path):
-    recipe = load_recipe(_write(tmp_path / "stages.yaml", _blend(zoo), _final(zoo)))
+    recipe = load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo)))
     assert [(s.name, s.reads) for s in recipe.stages] == [("blend", ()), (None, ("blend",))]
     space = SearchSpace.from_recipe(recipe)
     assert [g.name for g in space.genes] == ["blend/weight[pair]@0", "blend/weight[pair]@1", "blend/weight[rev]@0",
@@ -80,7 +68,7 @@ def test_genes_sit_in_any_stage_and_a_candidate_is_mergekit_multis_recipe(zoo, t
 
 
 def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights(zoo, tmp_path):
-    path = _write(tmp_path / "stages.yaml", _blend(zoo), _final(zoo))
+    path = write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))
     space = SearchSpace.from_recipe(load_recipe(path))
     materializer = materializer_for(space.starting_point(), quiet=True)
     materializer.materialize(space.starting_point())
@@ -96,7 +84,7 @@ def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights
 
 
 def test_a_stage_is_re_merged_only_when_its_genes_or_what_it_reads_change(zoo, tmp_path):
-    space = SearchSpace.from_recipe(load_recipe(_write(tmp_path / "stages.yaml", _blend(zoo), _final(zoo))))
+    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))))
     x = space.x0.copy()
     materializer = materializer_for(space.decode(x), quiet=True)
     materializer.materialize(space.decode(x))
@@ -131,7 +119,7 @@ def test_frankenmerged_stages_feed_a_slerp_on_the_tied_zoo(tied_zoo, tmp_path):
     final = {"merge_method": "slerp", "base_model": "tall", "models": [{"model": "tall"}, {"model": "wide"}],
              "parameters": {"t": 0.5}, "dtype": "float32",
              "evomerge": {"seed": 1, "search": [{"parameter": "t", "range": [0, 1], "layer_groups": [[0, 2], [2, 6]]}]}}
-    recipe = load_recipe(_write(tmp_path / "stages.yaml", frankenmerge("tall", "pair", "rev"), final,
+    recipe = load_recipe(write_documents(tmp_path / "stages.yaml", frankenmerge("tall", "pair", "rev"), final,
                                 frankenmerge("wide", "sort", "shift")))
     assert [s.name for s in recipe.stages] == ["tall", "wide", None]  # merge order: what a stage reads comes first
     space = SearchSpace.from_recipe(recipe)
@@ -144,27 +132,27 @@ def test_frankenmerged_stages_feed_a_slerp_on_the_tied_zoo(tied_zoo, tmp_path):
 
 
 def _cycle(zoo):
-    a, b = _blend(zoo), {**_blend(zoo), "name": "other"}
+    a, b = blend(zoo), {**blend(zoo), "name": "other"}
     a["models"][1]["model"], b["models"][1]["model"] = "other", "blend"
     return a, b, _final(zoo)
 
 
 @pytest.mark.parametrize("documents, key, message", [
-    (lambda zoo: (_blend(zoo), {**_final(zoo), "models": [{"model": "blnd"}, _final(zoo)["models"][1]]}),
+    (lambda zoo: (blend(zoo), {**_final(zoo), "models": [{"model": "blnd"}, _final(zoo)["models"][1]]}),
      "documents[1].models[0].model", "unknown stage 'blnd' (did you mean 'blend'?)"),
     (_cycle, "documents[1].name", "stages blend -> other -> blend merge each other in a cycle"),
-    (lambda zoo: (_blend(zoo), _blend(zoo), _final(zoo)), "documents[1].name", "duplicate stage name 'blend'"),
-    (lambda zoo: (_blend(zoo), {k: v for k, v in _final(zoo).items() if k != "evomerge"}, _final(zoo)),
+    (lambda zoo: (blend(zoo), blend(zoo), _final(zoo)), "documents[1].name", "duplicate stage name 'blend'"),
+    (lambda zoo: (blend(zoo), {k: v for k, v in _final(zoo).items() if k != "evomerge"}, _final(zoo)),
      "documents[2]", "a second unnamed document"),
-    (lambda zoo: ({**_blend(zoo), "evomerge": {}}, _final(zoo)), "documents[1].evomerge", "a second `evomerge:` section"),
-    (lambda zoo: ({**_blend(zoo), "name": "spare"}, _blend(zoo), _final(zoo)), "documents[0].name",
+    (lambda zoo: ({**blend(zoo), "evomerge": {}}, _final(zoo)), "documents[1].evomerge", "a second `evomerge:` section"),
+    (lambda zoo: ({**blend(zoo), "name": "spare"}, blend(zoo), _final(zoo)), "documents[0].name",
      "stage 'spare' is merged by no other stage, nor is the unnamed document"),
-    (lambda zoo: (_blend(zoo), _final(zoo, search=[{"parameter": "weight", "stage": "blnd", "range": [0, 1]}])),
+    (lambda zoo: (blend(zoo), _final(zoo, search=[{"parameter": "weight", "stage": "blnd", "range": [0, 1]}])),
      "evomerge.search[0].stage", "unknown stage 'blnd' (did you mean 'blend'?); expected one of blend"),
-    (lambda zoo: ({**_blend(zoo), "name": "a/b"}, _final(zoo)), "documents[0].name", "expected a stage name"),
+    (lambda zoo: ({**blend(zoo), "name": "a/b"}, _final(zoo)), "documents[0].name", "expected a stage name"),
 ], ids=["unknown-stage", "cycle", "duplicate", "two-unnamed", "two-sections", "two-finals", "gene-stage", "name"])
 def test_a_malformed_multi_stage_recipe_is_refused_in_one_line(documents, key, message, zoo, tmp_path):
-    path = _write(tmp_path / "stages.yaml", *documents(zoo))
+    path = write_documents(tmp_path / "stages.yaml", *documents(zoo))
     with pytest.raises(EvomergeError) as raised:
         load_recipe(path)
     error = raised.value
@@ -178,7 +166,7 @@ def test_a_search_stores_multi_stage_recipes_and_exports_what_mergekit_multi_mer
     `evomerge export` (which checks the scored weights' fingerprint) writes what mergekit-multi merges from it."""
     final = _final(zoo, tasks=[{"name": "zoo_pair_search"}], task_paths=[str(tasks_dir)], eval={"limit": 10},
                    searcher={"name": "cma", "popsize": 4}, budget={"evaluations": 4})
-    search = start_search(_write(tmp_path / "stages.yaml", _blend(zoo), final), tmp_path / "run",
+    search = start_search(write_documents(tmp_path / "stages.yaml", blend(zoo), final), tmp_path / "run",
                           SearchOptions(quiet=True))
     search.run()
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()

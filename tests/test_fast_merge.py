@@ -138,27 +138,3 @@ def test_non_finite_weights_from_the_pieced_path_fail_naming_the_tensor(base_mod
         materializer.materialize(candidate)
     inputs[parent].copy_(kept)
     assert materializer.materialize(candidate).recomputed == len(materializer.model.state_dict())
-
-
-def test_a_failure_on_threads_fails_the_candidate_and_the_next_one_is_whole(base_model, specialists, write_recipe,
-                                                                           torch_threads, monkeypatch):
-    """ties runs mergekit's task on the pool: a tensor whose merge gives nothing fails the candidate,
-    and the next candidate rewrites it (no thread of the failed one still writing)."""
-    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
-
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("ties", base_model, specialists))))
-    first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
-    materializer = Materializer(first.merge, device="cpu", quiet=True)
-    materializer.materialize(first)
-    name = "model.layers.0.self_attn.q_proj.weight"
-    execute = ExecuteMergeMethodTask.execute
-    monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
-                        lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
-    with pytest.raises(ValueError, match=f"ties merge gave no tensor for {name}"):
-        materializer.materialize(second)
-    monkeypatch.undo()
-    materializer.materialize(second)
-    torch.set_num_threads(1)
-    fresh = Materializer(second.merge, device="cpu", quiet=True)
-    fresh.materialize(second)
-    assert all(torch.equal(t, fresh.model.state_dict()[n]) for n, t in materializer.model.state_dict().items())

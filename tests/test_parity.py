@@ -253,24 +253,33 @@ def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(b
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
-def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(base_model, specialists,
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(threads, base_model, specialists,
                                                                                write_recipe, monkeypatch):
-    # ties: mergekit's own task runs it (task arithmetic and linear take evomerge's pieced path, test_fast_merge.py)
+    """ties runs mergekit's own task (task arithmetic and linear take evomerge's pieced path,
+    test_fast_merge.py), on the CPU on as many threads as torch has: a tensor whose merge gives
+    nothing fails the candidate, and the next candidate rewrites it (no thread of the failed one
+    still writing)."""
     space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
-    materializer = Materializer(first.merge, device=DEVICE, quiet=True)
-    materializer.materialize(first)
-    name = "model.layers.1.mlp.down_proj.weight"
-    execute = ExecuteMergeMethodTask.execute
-    monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
-                        lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
-    with pytest.raises(ValueError, match=f"ties merge gave no tensor for {name}"):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        materializer = Materializer(first.merge, device=DEVICE, quiet=True)
+        materializer.materialize(first)
+        name = "model.layers.1.mlp.down_proj.weight"
+        execute = ExecuteMergeMethodTask.execute
+        monkeypatch.setattr(ExecuteMergeMethodTask, "execute",
+                            lambda task, **inputs: None if task.output_weight.name == name else execute(task, **inputs))
+        with pytest.raises(ValueError, match=f"ties merge gave no tensor for {name}"):
+            materializer.materialize(second)
+        monkeypatch.undo()
         materializer.materialize(second)
-    monkeypatch.undo()
-    materializer.materialize(second)
+    finally:
+        torch.set_num_threads(before)
     fresh = Materializer(second.merge, device=DEVICE, quiet=True)
     fresh.materialize(second)
-    assert torch.equal(materializer.model.state_dict()[name], fresh.model.state_dict()[name])
+    assert all(torch.equal(t, fresh.model.state_dict()[n]) for n, t in materializer.model.state_dict().items())
 
 
 def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, specialists, write_recipe, monkeypatch):

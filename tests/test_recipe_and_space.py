@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import yaml
@@ -84,14 +86,15 @@ def test_noise_genes_and_fixed_noise(base_model, specialists, write_recipe):
 
 
 def test_model_paths_are_relative_to_the_recipe(zoo, tmp_path, monkeypatch):
-    recipe = {"merge_method": "linear", "models": [{"model": "rev", "parameters": {"weight": 1.0}}]}
-    path = zoo["dir"] / "relative-recipe.yaml"
+    recipes, elsewhere = tmp_path / "recipes", tmp_path / "elsewhere"
+    recipes.mkdir()
+    elsewhere.mkdir()
+    relative = os.path.relpath(zoo["dir"] / "rev", recipes)
+    recipe = {"merge_method": "linear", "models": [{"model": relative, "parameters": {"weight": 1.0}}]}
+    path = recipes / "relative-recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    try:
-        monkeypatch.chdir(tmp_path)
-        assert str(load_recipe(path).merge.models[0].model) == str(zoo["dir"] / "rev")
-    finally:
-        path.unlink()
+    monkeypatch.chdir(elsewhere)
+    assert str(load_recipe(path).merge.models[0].model) == str((zoo["dir"] / "rev").resolve())
 
 
 @pytest.mark.parametrize("search, key, message", [

@@ -9,6 +9,15 @@ device and on the host (each in a fresh process); and a short search's report ta
     python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
     python bench/real_model.py --profile [--candidates 3] [--limit 40]   # only where the time goes
     python bench/real_model.py --figures [--candidates 3] [--limit 150]  # only the merge and per-candidate figures
+    python bench/real_model.py --time-to-best [--evaluations 32] [--limit 150]  # only the wall time to the on-disk best
+
+`--time-to-best` runs one search three ways with the same searcher (the default, CMA-ES) and
+seed: on disk (every candidate written by mergekit, loaded by HFLM, scored by
+`simple_evaluate`: mergekit-evolve's path, through evomerge's own loop so the searcher sees
+the same numbers), in memory with every candidate scored in full, and in memory with racing.
+The on-disk run's best fitness is the target; the raced run goes on (a generation at a time,
+up to three budgets) until a fully scored candidate reaches it. It prints each run's wall
+time to the target and the ratios.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from buckets import BucketSampler, print_table
+from racing import _extend, _reach
 
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
@@ -34,7 +45,9 @@ from evomerge.paths import TASKS_DIR
 from evomerge.recipe.model import EvalSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.loop import SearchOptions, start_search
-from evomerge.scoring.scorer import LMEvalScorer
+from evomerge.run.pool import Outcome, Step
+from evomerge.run.worker import scoring
+from evomerge.scoring.scorer import LMEvalScorer, task_metrics
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo.real import (
     DEFAULT_DIR,
@@ -97,8 +110,9 @@ def _full_merge(materializer: Materializer, candidate) -> float:
     return materializer.materialize(candidate).seconds
 
 
-def _on_disk(candidate, folder: Path, device, limit: int) -> tuple:
-    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it, simple_evaluate."""
+def _on_disk(candidate, folder: Path, device, limit: int, results: bool = False) -> tuple:
+    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it, simple_evaluate;
+    (merge seconds, scoring seconds[, lm-eval's results])."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -106,9 +120,72 @@ def _on_disk(candidate, folder: Path, device, limit: int) -> tuple:
     started = time.perf_counter()
     write_with_mergekit(candidate, folder)
     merged = time.perf_counter()
-    simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device)), tasks=SEARCH_TASKS,
-                    task_manager=TaskManager(include_path=[str(TASKS_DIR)]), limit=limit, bootstrap_iters=0)
-    return merged - started, time.perf_counter() - merged
+    found = simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device)), tasks=SEARCH_TASKS,
+                            task_manager=TaskManager(include_path=[str(TASKS_DIR)]), limit=limit, bootstrap_iters=0)
+    return (merged - started, time.perf_counter() - merged) + ((found,) if results else ())
+
+
+class OnDiskWorker:
+    """The on-disk path as a search worker (no racing): evomerge's loop, searcher and store drive
+    it, so the two paths differ only in how a candidate is merged and scored."""
+
+    def __init__(self, recipe_path: Path, work: Path, limit: int):
+        recipe = load_recipe(recipe_path)
+        self.space = SearchSpace.from_recipe(recipe)
+        self.suite, self.objective = scoring(recipe)
+        self.work, self.limit, self.count = work, limit, 0
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def begin(self, genotype, bar=None) -> Step:
+        self.count += 1
+        folder = self.work / f"candidate-{self.count}"
+        try:
+            merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, "cpu", self.limit,
+                                             results=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        metrics = {task: task_metrics(results["results"][task]) for task in self.suite.names}
+        objectives, fitness = self.objective.fitness(metrics, {})
+        return Step(outcome=Outcome("ok", metrics, objectives, fitness, None, merge, score,
+                                    self.limit * len(self.suite.names)))
+
+
+def _searched(recipe: Path, run_dir: Path, evaluations: int, worker_factory=None) -> dict:
+    """A search of `evaluations`, as bench/racing.py's `_reach` and `_extend` read it; its times
+    count from the call that starts it."""
+    started = time.time()  # what a user waits for: loading the parents and the tasks included
+    search = start_search(recipe, run_dir, SearchOptions(evaluations=evaluations, quiet=True), worker_factory)
+    search.run()
+    return {"evaluations": search.store.evaluations.finished(), "start": started, "seconds": time.time() - started,
+            "step": search.searcher.generation_size}
+
+
+def _time_to_best(work: Path, zoo: Path, args) -> None:
+    """The same search on disk, in memory, and in memory with racing: wall time to the on-disk best."""
+    def recipe(label: str, racing: bool) -> Path:
+        return write_real_recipe(work, zoo, f"{label}.yaml", report_tasks=[], searcher={"name": "cma"},
+                                 eval={"limit": args.limit, "batch_size": 16, **({"racing": True} if racing else {})})
+
+    runs = {"on disk": _searched(recipe("disk", False), work / "disk", args.evaluations,
+                                 lambda: OnDiskWorker(recipe("disk", False), work, args.limit))}
+    target = max(e.fitness for e in runs["on disk"]["evaluations"] if e.ok)
+    runs["in memory"] = _searched(recipe("memory", False), work / "memory", args.evaluations)
+    runs["in memory, racing"] = raced = _searched(recipe("raced", True), work / "raced", args.evaluations)
+    _extend(raced, work / "raced", target, raced["step"], 3 * args.evaluations)
+    same = [a.fitness == b.fitness for a, b in zip(runs["on disk"]["evaluations"], runs["in memory"]["evaluations"])]
+    print(f"\ntime to the on-disk run's best (CMA-ES, seed 0, {args.evaluations} evaluations, {args.limit} documents "
+          f"per task, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
+          f"the in-memory run scored {sum(same)} of {len(same)} candidates exactly as on disk")
+    print(f"  {'run':<20}{'evaluations':>12}{'documents':>11}{'wall s':>9}{'to target: evals':>18}{'s':>8}{'ratio':>8}")
+    disk = _reach(runs["on disk"], target)[1]
+    for label, run in runs.items():
+        found = _reach(run, target)
+        reached = next((i + 1 for i, e in enumerate(run["evaluations"]) if e.ok and e.fitness >= target), None)
+        documents = sum(e.documents for e in run["evaluations"])
+        print(f"  {label:<20}{len(run['evaluations']):>12}{documents:>11}{run['seconds']:>9.0f}"
+              + (f"{reached:>18}{found[1]:>8.0f}{disk / found[1]:>7.2f}x" if found else f"{'not reached':>18}"))
 
 
 def _figures(materializer: Materializer, scorer: LMEvalScorer, candidates, work: Path, args) -> None:
@@ -164,6 +241,8 @@ def main() -> None:
     parser.add_argument("--figures", action="store_true",
                         help="only the merge against the bandwidth floor at 1 and 2 threads, and per candidate "
                              "in memory against on disk, interleaved")
+    parser.add_argument("--time-to-best", action="store_true",
+                        help="only the wall time to the on-disk search's best, on disk, in memory, with racing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lm_eval import simple_evaluate
@@ -173,6 +252,9 @@ def main() -> None:
     zoo = DEFAULT_DIR
     build_real_zoo(zoo)
     work = Path(tempfile.mkdtemp(prefix="evomerge-real-"))
+    if args.time_to_best:
+        _time_to_best(work, zoo, args)
+        return
     recipe_path = _recipe(work, zoo, args.limit, args.evaluations)
     space = SearchSpace.from_recipe(load_recipe(recipe_path))
     rng = np.random.default_rng(0)

@@ -102,7 +102,7 @@ class LMEvalScorer:
         if self.continuous:
             return self.score_with_documents()[0]
         results = self._evaluate(limit=self.limit, samples=None, log_samples=False)
-        return {task: _metrics(results["results"][task]) for task in self.suite.names}
+        return {task: task_metrics(results["results"][task]) for task in self.suite.names}
 
     def score_with_documents(self) -> Tuple[Metrics, Documents]:
         """`score()`'s metrics with the continuous ones (their means and `_stderr`), and each
@@ -113,7 +113,7 @@ class LMEvalScorer:
         for task in self.suite.names:
             derived = {key: values for key, values in documents.get(task, {}).items()
                        if key.split(",")[0] in continuous.METRICS}
-            metrics[task] = {**_metrics(results["results"][task]), **averages(derived)}
+            metrics[task] = {**task_metrics(results["results"][task]), **averages(derived)}
         return metrics, documents
 
     def score_documents(self, samples: Dict[str, Sequence[int]]) -> Documents:
@@ -192,7 +192,7 @@ def load_from_disk(path: str, trust_remote_code: bool = False):
             AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
 
 
-def _metrics(raw: Dict[str, object]) -> Dict[str, float]:
+def task_metrics(raw: Dict[str, object]) -> Dict[str, float]:
     """lm-eval reports 'acc,none'; keep 'acc' (and 'metric,filter' for other filters).
 
     Standard errors come as 'acc_stderr' when lm-eval computed them.

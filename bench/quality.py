@@ -81,6 +81,10 @@ class HeldOut:
         return float(np.mean([np.mean(documents[task]["acc"]) for task in self.suite.names]))
 
 
+def _gains(gains) -> str:
+    return ", ".join(f"{g['value']:+.4f} ± {g['stderr']:.4f}" for g in gains)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", choices=["real", "demo"], default="real")
@@ -104,10 +108,13 @@ def main() -> None:
     recipe = load_recipe(start_recipe)
     start = SearchSpace.from_recipe(recipe).starting_point()
     materializer = Materializer(start.merge, quiet=True)
-    parents = {}
+    parents, parent_scores = {}, {}
     for reference in sorted(start.merge.referenced_models(), key=str):
         materializer.load_parent(reference)
-        parents[Path(reference.model.path).name] = held_out.mean(held_out.scores(materializer))
+        name = Path(reference.model.path).name
+        parent_scores[name] = held_out.scores(materializer)
+        parents[name] = held_out.mean(parent_scores[name])
+    best_parent = max(parents, key=parents.get)
     materializer.materialize(start)
     start_scores = held_out.scores(materializer)
     print(f"# {args.zoo} zoo, {SearchSpace.from_recipe(recipe).dimension} genes"
@@ -151,15 +158,16 @@ def main() -> None:
             gains = row["gains"]
             significant = sum(g["value"] >= 2 * g["stderr"] > 0 for g in gains)
             print(f"| {config} | {metric} | {racing} | {budget} | {statistics.mean(row['winners']):.4f} | "
-                  + ", ".join(f"{g['value']:+.4f} ± {g['stderr']:.4f}" for g in gains)
-                  + f" | {significant} of {len(gains)} | {statistics.median(row['seconds']):.0f} |", flush=True)
-    print("# each winner against random search's of the same seed, metric, racing and budget (paired, held out):")
+                  + _gains(gains) + f" | {significant} of {len(gains)} | {statistics.median(row['seconds']):.0f} |", flush=True)
+    print("# each winner against random search's of the same seed, metric, racing and budget, and against the best "
+          f"parent ({best_parent}), paired, held out:")
     for (config, metric, racing, budget), scores in held.items():
         against = held.get(("random", metric, racing, budget))
-        if config != "random" and against:
-            gains = [paired_gain(held_out.suite, r, c) for r, c in zip(against, scores)]
-            print(f"#   {config} {metric} racing {racing} {budget}: "
-                  + ", ".join(f"{g['value']:+.4f} ± {g['stderr']:.4f}" for g in gains))
+        versus_random = [paired_gain(held_out.suite, r, c) for r, c in zip(against, scores)] if against else []
+        versus_parent = [paired_gain(held_out.suite, parent_scores[best_parent], c) for c in scores]
+        print(f"#   {config} {metric} racing {racing} {budget}: "
+              + (f"vs random {_gains(versus_random)}; " if config != "random" and versus_random else "")
+              + f"vs {best_parent} {_gains(versus_parent)}")
     print(f"# mean held-out standard error of one model: "
           f"{math.sqrt(sum(np.var(start_scores[t]['acc'], ddof=1) / len(start_scores[t]['acc']) for t in held_out.suite.names)) / len(held_out.suite.names):.4f}")
 

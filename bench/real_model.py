@@ -9,7 +9,7 @@ device and on the host (each in a fresh process); and a short search's report ta
     python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
     python bench/real_model.py --profile [--candidates 3] [--limit 40]   # only where the time goes
     python bench/real_model.py --figures [--candidates 3] [--limit 150]  # only the merge and per-candidate figures
-    python bench/real_model.py --time-to-best [--evaluations 32] [--limit 150]  # only the wall time to the on-disk best
+    python bench/real_model.py --time-to-best [--evaluations 32] [--limit 150] [--seed 0]  # only the wall time to the on-disk best
 
 `--time-to-best` runs one search three ways with the same searcher (the default, CMA-ES) and
 seed: on disk (every candidate written by mergekit, loaded by HFLM, scored by
@@ -165,7 +165,7 @@ def _searched(recipe: Path, run_dir: Path, evaluations: int, worker_factory=None
 def _time_to_best(work: Path, zoo: Path, args) -> None:
     """The same search on disk, in memory, and in memory with racing: wall time to the on-disk best."""
     def recipe(label: str, racing: bool) -> Path:
-        return write_real_recipe(work, zoo, f"{label}.yaml", report_tasks=[], searcher={"name": "cma"},
+        return write_real_recipe(work, zoo, f"{label}.yaml", report_tasks=[], searcher={"name": "cma"}, seed=args.seed,
                                  eval={"limit": args.limit, "batch_size": 16, **({"racing": True} if racing else {})})
 
     runs = {"on disk": _searched(recipe("disk", False), work / "disk", args.evaluations,
@@ -175,7 +175,7 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     runs["in memory, racing"] = raced = _searched(recipe("raced", True), work / "raced", args.evaluations)
     _extend(raced, work / "raced", target, raced["step"], 3 * args.evaluations)
     same = [a.fitness == b.fitness for a, b in zip(runs["on disk"]["evaluations"], runs["in memory"]["evaluations"])]
-    print(f"\ntime to the on-disk run's best (CMA-ES, seed 0, {args.evaluations} evaluations, {args.limit} documents "
+    print(f"\ntime to the on-disk run's best (CMA-ES, seed {args.seed}, {args.evaluations} evaluations, {args.limit} documents "
           f"per task, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
           f"the in-memory run scored {sum(same)} of {len(same)} candidates exactly as on disk")
     print(f"  {'run':<20}{'evaluations':>12}{'documents':>11}{'wall s':>9}{'to target: evals':>18}{'s':>8}{'ratio':>8}")
@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--figures", action="store_true",
                         help="only the merge against the bandwidth floor at 1 and 2 threads, and per candidate "
                              "in memory against on disk, interleaved")
+    parser.add_argument("--seed", type=int, default=0, help="the search's (--time-to-best)")
     parser.add_argument("--time-to-best", action="store_true",
                         help="only the wall time to the on-disk search's best, on disk, in memory, with racing")
     args = parser.parse_args()

@@ -5,10 +5,11 @@ budget; a smaller budget's winner is the best of the run's first evaluations, wh
 run with that budget would have asked and scored (no searcher knows its budget). Each winner
 is scored on the report tasks (never searched on) document by document, and compared with the
 start recipe on the same documents: the paired gain and its standard error; and with random
-search's winner of the same seed. The table also shows the best parent and each run's wall time. On the real-model zoo the start is
-the naive recipe `write_real_recipe` writes (task arithmetic, every fine-tune at weight 0.5)
-and a better region exists (weights near 1 score higher held out), so a search has something
-to find; on the demo zoo the start (every specialist at 1.0) is already near the optimum.
+search's winner of the same seed and the best parent. The table also shows each run's wall
+time. On the real-model zoo the start is the naive recipe `write_real_recipe` writes (task
+arithmetic, every fine-tune at weight 0.5) and a better region exists (weights near 1 score
+higher held out), so a search has something to find; on the demo zoo the start (every
+specialist at 1.0) is already near the optimum.
 
     python bench/quality.py [--zoo real|demo] [--evaluations 32 96] [--seeds 3] [--threads 1]
                             [--configs random cma tpe ga ga-steady] [--metrics acc p_gold] [--racing off on]
@@ -106,7 +107,8 @@ def main() -> None:
     start_recipe = _recipe(args.zoo, work, args.limit, args.layer_groups)
     held_out = HeldOut(start_recipe)
     recipe = load_recipe(start_recipe)
-    start = SearchSpace.from_recipe(recipe).starting_point()
+    space = SearchSpace.from_recipe(recipe)
+    start = space.starting_point()
     materializer = Materializer(start.merge, quiet=True)
     parents, parent_scores = {}, {}
     for reference in sorted(start.merge.referenced_models(), key=str):
@@ -117,7 +119,7 @@ def main() -> None:
     best_parent = max(parents, key=parents.get)
     materializer.materialize(start)
     start_scores = held_out.scores(materializer)
-    print(f"# {args.zoo} zoo, {SearchSpace.from_recipe(recipe).dimension} genes"
+    print(f"# {args.zoo} zoo, {space.dimension} genes"
           + (f", top {args.confirm} confirmed" if args.confirm else "") + f"; report tasks {', '.join(held_out.suite.names)}; "
           f"{sum(map(len, held_out.documents.values()))} held-out documents")
     print(f"# parents: {', '.join(f'{name} {score:.4f}' for name, score in parents.items())}; "

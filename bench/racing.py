@@ -81,12 +81,12 @@ def _extend(run: dict, run_dir: Path, target: float, step: int, cap: int) -> Non
 
 
 def _reach(run: dict, target: float):
-    """(documents, seconds) when a fully scored candidate first reached `target`, or None."""
+    """(documents, seconds, evaluations) when a fully scored candidate first reached `target`, or None."""
     documents = 0
-    for evaluation in run["evaluations"]:
+    for count, evaluation in enumerate(run["evaluations"], 1):
         documents += evaluation.documents
         if evaluation.ok and evaluation.fitness >= target:
-            return documents, evaluation.created - run["start"]
+            return documents, evaluation.created - run["start"], count
     return None
 
 

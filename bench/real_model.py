@@ -39,7 +39,7 @@ import torch
 from buckets import BucketSampler, print_table
 from racing import _extend, _reach
 
-from evomerge.merge.materializer import Materializer
+from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.model import EvalSpec, load_recipe
@@ -142,8 +142,8 @@ class OnDiskWorker:
         self.count += 1
         folder = self.work / f"candidate-{self.count}"
         try:
-            merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, "cpu", self.limit,
-                                             results=True)
+            merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, default_device(),
+                                             self.limit, results=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         metrics = {task: task_metrics(results["results"][task]) for task in self.suite.names}
@@ -182,10 +182,9 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     disk = _reach(runs["on disk"], target)[1]
     for label, run in runs.items():
         found = _reach(run, target)
-        reached = next((i + 1 for i, e in enumerate(run["evaluations"]) if e.ok and e.fitness >= target), None)
         documents = sum(e.documents for e in run["evaluations"])
         print(f"  {label:<20}{len(run['evaluations']):>12}{documents:>11}{run['seconds']:>9.0f}"
-              + (f"{reached:>18}{found[1]:>8.0f}{disk / found[1]:>7.2f}x" if found else f"{'not reached':>18}"))
+              + (f"{found[2]:>18}{found[1]:>8.0f}{disk / found[1]:>7.2f}x" if found else f"{'not reached':>18}"))
 
 
 def _figures(materializer: Materializer, scorer: LMEvalScorer, candidates, work: Path, args) -> None:

@@ -60,9 +60,10 @@ SEARCH_TASKS = [f"zoo_{s}_search" for s in SPECIALTIES]
 REPORT_TASKS = [f"zoo_{s}_report" for s in SPECIALTIES]
 
 
-def _recipe(directory: Path, zoo: Path, limit: int, evaluations: int, parents: str = "device") -> Path:
+def _recipe(directory: Path, zoo: Path, args, parents: str = "device") -> Path:
     return write_real_recipe(directory, zoo, f"real-{parents}.yaml", parents=parents, report_tasks=[],
-                             eval={"limit": limit, "batch_size": 16}, budget={"evaluations": evaluations})
+                             eval={"limit": args.limit, "batch_size": 16, "dtype": args.dtype},
+                             budget={"evaluations": args.evaluations})
 
 
 def _bandwidth() -> float:
@@ -110,9 +111,9 @@ def _full_merge(materializer: Materializer, candidate) -> float:
     return materializer.materialize(candidate).seconds
 
 
-def _on_disk(candidate, folder: Path, device, limit: int, results: bool = False) -> tuple:
-    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it, simple_evaluate;
-    (merge seconds, scoring seconds[, lm-eval's results])."""
+def _on_disk(candidate, folder: Path, device, limit: int, dtype: str, results: bool = False) -> tuple:
+    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it (scoring in `dtype`,
+    as the in-memory side does), simple_evaluate; (merge seconds, scoring seconds[, lm-eval's results])."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -120,7 +121,8 @@ def _on_disk(candidate, folder: Path, device, limit: int, results: bool = False)
     started = time.perf_counter()
     write_with_mergekit(candidate, folder)
     merged = time.perf_counter()
-    found = simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device)), tasks=SEARCH_TASKS,
+    found = simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device), dtype=dtype),
+                            tasks=SEARCH_TASKS,
                             task_manager=TaskManager(include_path=[str(TASKS_DIR)]), limit=limit, bootstrap_iters=0)
     return (merged - started, time.perf_counter() - merged) + ((found,) if results else ())
 
@@ -131,6 +133,7 @@ class OnDiskWorker:
 
     def __init__(self, recipe_path: Path, work: Path, limit: int):
         recipe = load_recipe(recipe_path)
+        self.dtype = recipe.spec.eval.dtype or recipe.merge.dtype
         self.space = SearchSpace.from_recipe(recipe)
         self.suite, self.objective = scoring(recipe)
         self.work, self.limit, self.count = work, limit, 0
@@ -143,7 +146,7 @@ class OnDiskWorker:
         folder = self.work / f"candidate-{self.count}"
         try:
             merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, default_device(),
-                                             self.limit, results=True)
+                                             self.limit, self.dtype, results=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         metrics = {task: task_metrics(results["results"][task]) for task in self.suite.names}
@@ -166,7 +169,8 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     """The same search on disk, in memory, and in memory with racing: wall time to the on-disk best."""
     def recipe(label: str, racing: bool) -> Path:
         return write_real_recipe(work, zoo, f"{label}.yaml", report_tasks=[], searcher={"name": "cma"}, seed=args.seed,
-                                 eval={"limit": args.limit, "batch_size": 16, **({"racing": True} if racing else {})})
+                                 eval={"limit": args.limit, "batch_size": 16, "dtype": args.dtype,
+                                       **({"racing": True} if racing else {})})
 
     runs = {"on disk": _searched(recipe("disk", False), work / "disk", args.evaluations,
                                  lambda: OnDiskWorker(recipe("disk", False), work, args.limit))}
@@ -176,7 +180,7 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     _extend(raced, work / "raced", target, raced["step"], 3 * args.evaluations)
     same = [a.fitness == b.fitness for a, b in zip(runs["on disk"]["evaluations"], runs["in memory"]["evaluations"])]
     print(f"\ntime to the on-disk run's best (CMA-ES, seed {args.seed}, {args.evaluations} evaluations, {args.limit} documents "
-          f"per task, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
+          f"per task, scored in {args.dtype}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
           f"the in-memory run scored {sum(same)} of {len(same)} candidates exactly as on disk")
     print(f"  {'run':<20}{'evaluations':>12}{'documents':>11}{'wall s':>9}{'to target: evals':>18}{'s':>8}{'ratio':>8}")
     disk = _reach(runs["on disk"], target)[1]
@@ -217,8 +221,9 @@ def _figures(materializer: Materializer, scorer: LMEvalScorer, candidates, work:
                 scorer.score()
                 memory.append((merge, time.perf_counter() - started))
             else:
-                disk.append(_on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit))
-    print(f"per candidate at {args.limit} documents per task ({len(SEARCH_TASKS)} tasks), {args.threads} thread(s), "
+                disk.append(_on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit, args.dtype))
+    print(f"per candidate at {args.limit} documents per task ({len(SEARCH_TASKS)} tasks), scored in {args.dtype}, "
+          f"{args.threads} thread(s), "
           f"median of {len(candidates)}, load average {os.getloadavg()[0]:.1f}:")
     print(f"  {'':<44}{'merge s':>9}{'score s':>9}{'total s':>9}")
     for label, rows in (("in memory (resident parents, one HFLM)", memory), ("on disk (run_merge, HFLM, simple_evaluate)", disk)):
@@ -241,6 +246,8 @@ def main() -> None:
                         help="only the merge against the bandwidth floor at 1 and 2 threads, and per candidate "
                              "in memory against on disk, interleaved")
     parser.add_argument("--seed", type=int, default=0, help="the search's (--time-to-best)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="both paths score in it (--figures, --time-to-best); bfloat16 is fast on CPUs with AMX")
     parser.add_argument("--time-to-best", action="store_true",
                         help="only the wall time to the on-disk search's best, on disk, in memory, with racing")
     args = parser.parse_args()
@@ -255,12 +262,12 @@ def main() -> None:
     if args.time_to_best:
         _time_to_best(work, zoo, args)
         return
-    recipe_path = _recipe(work, zoo, args.limit, args.evaluations)
+    recipe_path = _recipe(work, zoo, args)
     space = SearchSpace.from_recipe(load_recipe(recipe_path))
     rng = np.random.default_rng(0)
     candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
 
-    materializer = Materializer(space.starting_point().merge, quiet=True)
+    materializer = Materializer(space.starting_point().merge, dtype=args.dtype, quiet=True)
     scorer = LMEvalScorer(TaskSuite(SEARCH_TASKS, [TASKS_DIR]), materializer.model, materializer.tokenizer,
                           options=EvalSpec(batch_size=16), limit=args.limit)
     if args.profile:
@@ -291,7 +298,8 @@ def main() -> None:
         write_with_mergekit(candidate, folder)
         disk["merge"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(materializer.device)),
+        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(materializer.device),
+                                   dtype=args.dtype),
                         tasks=SEARCH_TASKS, task_manager=manager,
                         limit=args.limit, bootstrap_iters=0)
         disk["score"].append(time.perf_counter() - started)
@@ -301,7 +309,7 @@ def main() -> None:
     floor = (inputs + 1) * parameters * 4 / _bandwidth()
     merge = statistics.median(memory["merge"])
     plan = statistics.median(memory["plan"])
-    peaks = {mode: _peak_memory(_recipe(work, zoo, args.limit, args.evaluations, mode), mode) for mode in ("device", "host")}
+    peaks = {mode: _peak_memory(_recipe(work, zoo, args, mode), mode) for mode in ("device", "host")}
 
     search = start_search(recipe_path, work / "run", SearchOptions(evaluations=args.evaluations, quiet=True))
     search.run()

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from test_parity import _copy_in_dtype
 from weights import assert_same_as_resident
 
-from evomerge.merge import kernels
+from evomerge.merge import apply, kernels
+from evomerge.merge.apply import merged as mergekit_merged
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.model import load_recipe
@@ -71,6 +72,38 @@ def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, sto
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit")
     assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
+
+
+@pytest.mark.parametrize("noise", [False, True], ids=["plain", "noise"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
+def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(method, noise, any_zoo, write_recipe,
+                                                                               tmp_path, monkeypatch):
+    """CUDA's default: the resident model is bfloat16, the merge float32. The pieced kernels cast
+    mergekit's result once as they write it; with noise, which is added before the cast, mergekit's
+    task runs. Either way every weight is the float32 candidate's, cast once."""
+    monkeypatch.setattr(kernels, "PIECE", 96)
+    recipe = _recipe(method, str(any_zoo["dir"] / "base"),
+                     [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]])
+    if noise:
+        recipe["evomerge"]["noise"] = {"range": [0.01, 0.02]}
+    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    candidate = space.decode(np.random.default_rng(4).uniform(space.lower, space.upper))
+    whole_tensor_merges = []
+    monkeypatch.setattr(apply, "merged", lambda item, device: whole_tensor_merges.append(item.name)
+                        or mergekit_merged(item, device))
+    scored = Materializer(candidate.merge, device="cpu", dtype="bfloat16", quiet=True)
+    written = scored.materialize(candidate).recomputed
+    assert len(whole_tensor_merges) == (written if noise else 0)
+
+    merged = Materializer(candidate.merge, device="cpu", quiet=True)  # in the recipe's float32
+    merged.materialize(candidate)
+    as_merged = merged.model.state_dict()
+    assert all(tensor.dtype == torch.bfloat16 and torch.equal(tensor, as_merged[name].to(torch.bfloat16))
+               for name, tensor in scored.model.state_dict().items())
+    if not noise:
+        write_with_mergekit(candidate, tmp_path / "mergekit")
+        cast = {n: t.to(torch.bfloat16) for n, t in load_file(tmp_path / "mergekit" / "model.safetensors").items()}
+        assert_same_as_resident(cast, scored.model)
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "linear", "ties", "dare_linear"])

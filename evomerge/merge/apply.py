@@ -91,7 +91,7 @@ def write(item: Work, target: torch.Tensor, device: torch.device, seed: int, scr
     task); returns its finiteness probe."""
     kernel = kernel_for(item.task.method_name)
     if kernel is not None:
-        probe = kernel(item.task, item.inputs, target, item.dtype, scratch)
+        probe = kernel(item.task, item.inputs, target, item.dtype, scratch, noised=bool(item.noise))
         if probe is not None:
             if item.noise:  # the target holds the value in its output dtype: noise it there
                 target.copy_(add_noise(target, item.name, item.noise, seed))

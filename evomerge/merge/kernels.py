@@ -12,7 +12,9 @@ one mergekit computes; `tests/test_parity.py` holds it to that for every method 
 
 Only the plain case is taken: task arithmetic (no sparsification, no sign consensus) or linear,
 over floating-point inputs of one shape, all present, written to a parameter of the result's
-dtype. Anything else runs mergekit's task as it is. (The TIES family ranks each difference by
+dtype or cast to the parameter's once, as `copy_` casts (a float32 merge scored in bfloat16,
+CUDA's default), unless noise must be added before that cast. Anything else runs mergekit's task
+as it is. (The TIES family ranks each difference by
 magnitude over the whole tensor and DARE/DELLA draw random numbers per element, so their
 pieces are not independent; they run mergekit's task.)
 """
@@ -53,11 +55,12 @@ class Scratch:
         return buffers[key]
 
 
-def _plain(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor,
-           out_dtype: Optional[str]) -> Optional[Tuple[List[ModelReference], torch.dtype]]:
+def _plain(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
+           noised: bool) -> Optional[Tuple[List[ModelReference], torch.dtype]]:
     """The models in mergekit's order and the dtype it merges in, if this tensor is the plain case:
     every input present, floating point, of one shape, on `out`'s device and widening exactly to
-    that dtype (mergekit casts each input to it first), and `out` of the result's dtype."""
+    that dtype (mergekit casts each input to it first), and the result (cast to `out_dtype`, if
+    given) reaching `out` in one cast, or in none if it is `noised` (noise is added before the cast)."""
     models = [m for m in task.model_order if m in inputs]
     if task.out_dtype or len(models) < len(task.model_order) or not models:
         return None
@@ -71,7 +74,8 @@ def _plain(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor,
         dtype = first.dtype
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
-    if out.dtype != (dtype_from_name(out_dtype) or dtype) or any(
+    saved = dtype_from_name(out_dtype)
+    if saved not in (None, dtype, out.dtype) or (noised and out.dtype != (saved or dtype)) or any(
             torch.promote_types(t.dtype, dtype) != dtype for t in tensors):
         return None
     return models, dtype
@@ -89,14 +93,14 @@ def _pieces(size: int):
 
 
 def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
-                    scratch: Scratch) -> Optional[torch.Tensor]:
+                    scratch: Scratch, *, noised: bool) -> Optional[torch.Tensor]:
     """Write mergekit's task-arithmetic result for `task`, cast to `out_dtype`, into `out`
     (`GeneralizedTaskArithmeticMerge.merge_group`'s operations, piece by piece).
 
     Returns a probe of the written values (finite_probe's contract), or None, writing nothing,
     when the inputs are not the plain case (the caller then runs mergekit's task).
     """
-    plain = _plain(task, inputs, out, out_dtype)
+    plain = _plain(task, inputs, out, out_dtype, noised)
     if plain is None or task.base_model not in plain[0]:
         return None
     models, dtype = plain
@@ -136,9 +140,9 @@ def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Ten
 
 
 def linear(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_dtype: Optional[str],
-           scratch: Scratch) -> Optional[torch.Tensor]:
+           scratch: Scratch, *, noised: bool) -> Optional[torch.Tensor]:
     """As `task_arithmetic`, for mergekit's `linear` (its batch kernel `linear_merge`, piece by piece)."""
-    plain = _plain(task, inputs, out, out_dtype)
+    plain = _plain(task, inputs, out, out_dtype, noised)
     if plain is None:
         return None
     models, dtype = plain

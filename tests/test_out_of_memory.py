@@ -12,9 +12,18 @@ from evomerge.run.store import RunStore
 from evomerge.scoring.scorer import _hflm
 
 
-def _forwards_fail(monkeypatch, above: int, when=lambda: True) -> list:
-    """lm-eval's forward pass raises torch's own CUDA out-of-memory error for more than `above` sequences
-    (while `when()`); returns the batch sizes it was given."""
+def _cuda_out_of_memory(sequences: int) -> None:
+    raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {sequences} sequences")
+
+
+def _cpu_out_of_memory(sequences: int) -> None:
+    """The CPU allocator's own error (a plain RuntimeError), from an allocation no machine can grant."""
+    torch.empty(2 ** 50 * sequences, dtype=torch.uint8)
+
+
+def _forwards_fail(monkeypatch, above: int, when=lambda: True, fail=_cuda_out_of_memory) -> list:
+    """lm-eval's forward pass runs out of memory (by default torch's own CUDA error) for more than `above`
+    sequences (while `when()`); returns the batch sizes it was given."""
     hflm = _hflm()
     original = hflm._model_call
     seen = []
@@ -22,7 +31,7 @@ def _forwards_fail(monkeypatch, above: int, when=lambda: True) -> list:
     def model_call(self, inps, *args, **kwargs):
         seen.append(inps.shape[0])
         if inps.shape[0] > above and when():
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {inps.shape[0]} sequences")
+            fail(inps.shape[0])
         return original(self, inps, *args, **kwargs)
 
     monkeypatch.setattr(hflm, "_model_call", model_call)
@@ -35,11 +44,12 @@ def _search(recipe, run_dir):
     return search, RunStore.open(run_dir).evaluations.finished()
 
 
-def test_out_of_memory_halves_the_batch_keeps_it_and_scores_the_same(demo_recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fail", [_cuda_out_of_memory, _cpu_out_of_memory], ids=["cuda", "cpu"])
+def test_out_of_memory_halves_the_batch_keeps_it_and_scores_the_same(demo_recipe, tmp_path, monkeypatch, fail):
     recipe = demo_recipe(eval={"limit": 12, "batch_size": 16}, searcher={"name": "random", "batch": 4})
     _, plain = _search(recipe, tmp_path / "plain")
 
-    seen = _forwards_fail(monkeypatch, above=3)
+    seen = _forwards_fail(monkeypatch, above=3, fail=fail)
     search, shrunk = _search(recipe, tmp_path / "shrunk")
     assert search.worker.scorer.lm.batch_size == 2  # 16 -> 8 -> 4 -> 2, kept for later candidates
     assert max(seen[seen.index(2):]) == 2

@@ -179,9 +179,11 @@ class LMEvalScorer:
 
 
 def out_of_memory(error: BaseException) -> bool:
-    """torch's own out-of-memory error, or a RuntimeError that says it ran out (other backends, older torch)."""
+    """torch's own out-of-memory error, or a RuntimeError that says it ran out: other backends, older
+    torch, and the CPU allocator, which raises a plain RuntimeError ("can't allocate memory")."""
+    message = str(error).lower()
     return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+        isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))
 
 
 def load_from_disk(path: str, trust_remote_code: bool = False):

@@ -4,7 +4,9 @@ One place for both decisions, so that the worker that scores, the export that mu
 dtype the search scored in, and `evomerge plan` that sizes memory never disagree. On CUDA a
 recipe that merges in float32 is scored in bfloat16 (half the memory and tensor-core speed; the
 merge itself still runs in float32) and lm-eval finds the largest batch that fits; on the CPU,
-where bfloat16 matmuls are slow, float32 and a fixed batch. The recipe's `eval:` keys win.
+where bfloat16 matmuls are slow without matrix units, float32 and a fixed batch (with AMX units
+`eval.dtype: bfloat16` is faster: the user's choice, not a default that differs by CPU model).
+The recipe's `eval:` keys win.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ device and on the host (each in a fresh process); and a short search's report ta
     python bench/real_model.py [--candidates 3] [--limit 40] [--evaluations 8] [--threads 1]
     python bench/real_model.py --profile [--candidates 3] [--limit 40]   # only where the time goes
     python bench/real_model.py --figures [--candidates 3] [--limit 150]  # only the merge and per-candidate figures
-    python bench/real_model.py --time-to-best [--evaluations 32] [--limit 150] [--seed 0]  # only the wall time to the on-disk best
+    python bench/real_model.py --time-to-best [--evaluations 32] [--limit 150] [--seed 0] [--dtype bfloat16]  # only the time to the on-disk best
 
 `--time-to-best` runs one search three ways with the same searcher (the default, CMA-ES) and
 seed: on disk (every candidate written by mergekit, loaded by HFLM, scored by
@@ -42,6 +42,7 @@ from racing import _extend, _reach
 from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import TASKS_DIR
+from evomerge.recipe.device_defaults import CPU_BATCH_SIZE
 from evomerge.recipe.model import EvalSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.loop import SearchOptions, start_search
@@ -62,7 +63,7 @@ REPORT_TASKS = [f"zoo_{s}_report" for s in SPECIALTIES]
 
 def _recipe(directory: Path, zoo: Path, args, parents: str = "device") -> Path:
     return write_real_recipe(directory, zoo, f"real-{parents}.yaml", parents=parents, report_tasks=[],
-                             eval={"limit": args.limit, "batch_size": 16, "dtype": args.dtype},
+                             eval={"limit": args.limit, "batch_size": args.batch_size, "dtype": args.dtype},
                              budget={"evaluations": args.evaluations})
 
 
@@ -111,9 +112,10 @@ def _full_merge(materializer: Materializer, candidate) -> float:
     return materializer.materialize(candidate).seconds
 
 
-def _on_disk(candidate, folder: Path, device, limit: int, dtype: str, results: bool = False) -> tuple:
-    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it (scoring in `dtype`,
-    as the in-memory side does), simple_evaluate; (merge seconds, scoring seconds[, lm-eval's results])."""
+def _on_disk(candidate, folder: Path, device, limit: int, dtype: str, batch_size: int, results: bool = False) -> tuple:
+    """mergekit-evolve's path for one candidate: run_merge to a folder, HFLM from it (scoring in `dtype`
+    and `batch_size`, as the in-memory side does), simple_evaluate; (merge seconds, scoring seconds[, lm-eval's
+    results])."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -121,7 +123,7 @@ def _on_disk(candidate, folder: Path, device, limit: int, dtype: str, results: b
     started = time.perf_counter()
     write_with_mergekit(candidate, folder)
     merged = time.perf_counter()
-    found = simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(device), dtype=dtype),
+    found = simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=batch_size, device=str(device), dtype=dtype),
                             tasks=SEARCH_TASKS,
                             task_manager=TaskManager(include_path=[str(TASKS_DIR)]), limit=limit, bootstrap_iters=0)
     return (merged - started, time.perf_counter() - merged) + ((found,) if results else ())
@@ -134,6 +136,7 @@ class OnDiskWorker:
     def __init__(self, recipe_path: Path, work: Path, limit: int):
         recipe = load_recipe(recipe_path)
         self.dtype = recipe.spec.eval.dtype or recipe.merge.dtype
+        self.batch_size = recipe.spec.eval.batch_size
         self.space = SearchSpace.from_recipe(recipe)
         self.suite, self.objective = scoring(recipe)
         self.work, self.limit, self.count = work, limit, 0
@@ -146,7 +149,7 @@ class OnDiskWorker:
         folder = self.work / f"candidate-{self.count}"
         try:
             merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, default_device(),
-                                             self.limit, self.dtype, results=True)
+                                             self.limit, self.dtype, self.batch_size, results=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         metrics = {task: task_metrics(results["results"][task]) for task in self.suite.names}
@@ -169,7 +172,7 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     """The same search on disk, in memory, and in memory with racing: wall time to the on-disk best."""
     def recipe(label: str, racing: bool) -> Path:
         return write_real_recipe(work, zoo, f"{label}.yaml", report_tasks=[], searcher={"name": "cma"}, seed=args.seed,
-                                 eval={"limit": args.limit, "batch_size": 16, "dtype": args.dtype,
+                                 eval={"limit": args.limit, "batch_size": args.batch_size, "dtype": args.dtype,
                                        **({"racing": True} if racing else {})})
 
     runs = {"on disk": _searched(recipe("disk", False), work / "disk", args.evaluations,
@@ -180,7 +183,8 @@ def _time_to_best(work: Path, zoo: Path, args) -> None:
     _extend(raced, work / "raced", target, raced["step"], 3 * args.evaluations)
     same = [a.fitness == b.fitness for a, b in zip(runs["on disk"]["evaluations"], runs["in memory"]["evaluations"])]
     print(f"\ntime to the on-disk run's best (CMA-ES, seed {args.seed}, {args.evaluations} evaluations, {args.limit} documents "
-          f"per task, scored in {args.dtype}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
+          f"per task, scored in {args.dtype} in batches of {args.batch_size}, {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.1f}); target fitness {target:.4f}; "
           f"the in-memory run scored {sum(same)} of {len(same)} candidates exactly as on disk")
     print(f"  {'run':<20}{'evaluations':>12}{'documents':>11}{'wall s':>9}{'to target: evals':>18}{'s':>8}{'ratio':>8}")
     disk = _reach(runs["on disk"], target)[1]
@@ -221,9 +225,10 @@ def _figures(materializer: Materializer, scorer: LMEvalScorer, candidates, work:
                 scorer.score()
                 memory.append((merge, time.perf_counter() - started))
             else:
-                disk.append(_on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit, args.dtype))
-    print(f"per candidate at {args.limit} documents per task ({len(SEARCH_TASKS)} tasks), scored in {args.dtype}, "
-          f"{args.threads} thread(s), "
+                disk.append(_on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit, args.dtype,
+                                         args.batch_size))
+    print(f"per candidate at {args.limit} documents per task ({len(SEARCH_TASKS)} tasks), scored in {args.dtype} "
+          f"in batches of {args.batch_size}, {args.threads} thread(s), "
           f"median of {len(candidates)}, load average {os.getloadavg()[0]:.1f}:")
     print(f"  {'':<44}{'merge s':>9}{'score s':>9}{'total s':>9}")
     for label, rows in (("in memory (resident parents, one HFLM)", memory), ("on disk (run_merge, HFLM, simple_evaluate)", disk)):
@@ -248,6 +253,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the search's (--time-to-best)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="both paths score in it (--figures, --time-to-best); bfloat16 is fast on CPUs with AMX")
+    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE, help="both paths score with it "
+                        "(default: evomerge's own on the CPU)")
     parser.add_argument("--time-to-best", action="store_true",
                         help="only the wall time to the on-disk search's best, on disk, in memory, with racing")
     args = parser.parse_args()
@@ -269,7 +276,7 @@ def main() -> None:
 
     materializer = Materializer(space.starting_point().merge, dtype=args.dtype, quiet=True)
     scorer = LMEvalScorer(TaskSuite(SEARCH_TASKS, [TASKS_DIR]), materializer.model, materializer.tokenizer,
-                          options=EvalSpec(batch_size=16), limit=args.limit)
+                          options=EvalSpec(batch_size=args.batch_size), limit=args.limit)
     if args.profile:
         _profile(materializer, scorer, candidates, args)
         return
@@ -298,7 +305,7 @@ def main() -> None:
         write_with_mergekit(candidate, folder)
         disk["merge"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=16, device=str(materializer.device),
+        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=args.batch_size, device=str(materializer.device),
                                    dtype=args.dtype),
                         tasks=SEARCH_TASKS, task_manager=manager,
                         limit=args.limit, bootstrap_iters=0)
@@ -316,7 +323,7 @@ def main() -> None:
     best = search.store.evaluations.ranked()[0]
     report_suite = TaskSuite(REPORT_TASKS, [TASKS_DIR])
     report_scorer = LMEvalScorer(report_suite, materializer.model, materializer.tokenizer,
-                                 options=EvalSpec(batch_size=16), limit=100, bootstrap_iters=100)
+                                 options=EvalSpec(batch_size=args.batch_size), limit=100, bootstrap_iters=100)
     rows = []
     for name in ("base",) + SPECIALTIES:
         materializer.load_parent(next(r for r in space.starting_point().merge.referenced_models()

@@ -31,8 +31,7 @@ GENOMES = {  # each method with the genome options that change its recipe
     "task_arithmetic": {"layer_granularity": 1, "smooth": True, "allow_negative_weights": True,
                         "filters": ["mlp"]},
     "ties": {"layer_granularity": 2, "filters": ["self_attn", "mlp"], "tokenizer_source": "base"},
-    "dare_ties": {"layer_granularity": 2, "smooth": True},  # (a randomized method with tokenizer_source
-    # differs in embed_tokens and lm_head in memory, for any recipe: the materializer's, not the genome's)
+    "dare_ties": {"layer_granularity": 2, "smooth": True, "tokenizer_source": "base"},
     "slerp": {"layer_granularity": 2, "tokenizer_source": "base"},
 }
 WIDE = {"weight": [-1.0, 2.0], "density": [-0.5, 1.5], "t": [-2.0, 2.0]}

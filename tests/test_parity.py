@@ -167,6 +167,20 @@ def test_slices_recipes_and_tokenizer_source_match_too(base_model, specialists, 
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
 
 
+@pytest.mark.parametrize("method_name", ["dare_ties", "della"])
+def test_randomized_methods_with_a_merged_tokenizer_draw_in_mergekit_yaml_order(method_name, any_zoo, write_recipe,
+                                                                                 tmp_path):
+    """The embeddings wait for the merged tokenizer in mergekit's run, so they are merged later than
+    among the merge tasks alone; every tensor after them draws from a later part of the seeded stream."""
+    recipe = _searched_recipe(method_name, *_parents(any_zoo))
+    recipe["tokenizer_source"] = "base"
+    candidate = _random_candidate(write_recipe(recipe))
+    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer.materialize(candidate)
+    write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
+    _assert_same_weights(tmp_path / "mergekit", materializer.model)
+
+
 def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_model, specialists, write_recipe):
     recipe = _searched_recipe("task_arithmetic", base_model, specialists[:2])
     start = SearchSpace.from_recipe(load_recipe(write_recipe(recipe))).starting_point()

@@ -148,7 +148,7 @@ class Schedule:
         self._planner = planner
         self.tasks = tasks  # everything mergekit planned (the tokenizer's task too)
         self.structure = structure(normalized)
-        self.slots = _in_execution_order(slots)
+        self.slots = _in_execution_order(slots, tasks)
         self.method = slots[0].task.method_name if slots else None
         self.spec = merge_methods.get(self.method).spec if slots else None
 
@@ -196,14 +196,15 @@ def task_with(slot: Slot, parameters: Parameters) -> ExecuteMergeMethodTask:
         "input_parameters": ImmutableMap(data={m: ImmutableMap(data=p) for m, p in per_input.items()})})
 
 
-def _in_execution_order(slots: List[Slot]) -> List[Slot]:
-    """mergekit's Executor schedule over the merge tasks, their inputs given as cached values
-    (the order depends on the recipe's structure only: group labels and priorities)."""
+def _in_execution_order(slots: List[Slot], tasks: List[Task]) -> List[Slot]:
+    """The merge tasks in the order mergekit's Executor runs them for `mergekit-yaml`: its schedule
+    over everything planned, loading and the tokenizer's tasks included (a merge task that waits for
+    the merged tokenizer, as embeddings do with `tokenizer_source`, runs later than its place among
+    the merge tasks alone; the order depends on the recipe's structure only)."""
     universe = TaskUniverse()
-    handles = [universe.add_task(slot.task) for slot in slots]
-    cached = {universe.get_handle(slot.task.gather_tensors): None for slot in slots}
-    by_handle = dict(zip(handles, slots))
-    return [by_handle[h] for h in build_schedule(handles, cached).tasks if h in by_handle]
+    targets = [universe.add_task(task) for task in tasks]
+    by_handle = {universe.add_task(slot.task): slot for slot in slots}
+    return [by_handle[h] for h in build_schedule(targets, {}).tasks if h in by_handle]
 
 
 def signature(parameters: Parameters) -> Hashable:

@@ -13,10 +13,10 @@ one mergekit computes; `tests/test_parity.py` holds it to that for every method 
 Only the plain case is taken: task arithmetic (no sparsification, no sign consensus) or linear,
 over floating-point inputs of one shape, all present, written to a parameter of the result's
 dtype or cast to the parameter's once, as `copy_` casts (a float32 merge scored in bfloat16,
-CUDA's default), unless noise must be added before that cast. Anything else runs mergekit's task
-as it is. (The TIES family ranks each difference by
-magnitude over the whole tensor and DARE/DELLA draw random numbers per element, so their
-pieces are not independent; they run mergekit's task.)
+CUDA's default), unless noise must be added before that cast. Anything else runs mergekit's
+task as it is. (The TIES family ranks each difference by magnitude over the whole tensor and
+DARE/DELLA draw random numbers per element, so their pieces are not independent; they run
+mergekit's task.)
 """
 
 from __future__ import annotations

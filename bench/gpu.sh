@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a maintainer with one GPU runs as is, from the repository root (under ten minutes):
 #   bench/gpu.sh
-# 1. the parity tests with both sides merging on the device (tests/test_parity.py, EVOMERGE_TEST_DEVICE),
+# 1. the parity tests with both sides merging on the device (tests/test_parity.py, EVOMERGE_TEST_DEVICE), and a
+#    float32 merge scored in bfloat16 there (tests/test_fast_merge.py),
 # 2. a 16-evaluation demo search on the zoo: per-candidate merge and scoring times, peak device memory,
 # 3. `evomerge merge --in-memory` against `mergekit-yaml --cuda` on the demo recipe, tensor by tensor,
 # plus `evomerge plan` for the demo recipe, and its estimate against the peak measured for one candidate
@@ -28,6 +29,9 @@ echo "== evomerge plan recipes/demo.yaml (device $DEVICE)"
 
 echo "== parity tests on $DEVICE (tests/test_parity.py)"
 EVOMERGE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity.py "${PARITY[@]}" 2>&1 | tail -3
+
+echo "== a float32 merge scored in bfloat16 (CUDA's default) on $DEVICE: the pieced kernels, cast once (tests/test_fast_merge.py)"
+EVOMERGE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_fast_merge.py -k cast_once 2>&1 | tail -3
 
 echo "== 16-evaluation demo search on $DEVICE"
 "$PYTHON" bench/gpu.py search --evaluations 16 --out "$WORK/run" 2>&1 | grep -v torch_dtype

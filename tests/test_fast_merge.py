@@ -11,7 +11,7 @@ import pytest
 import torch
 from mergekit.plan import MergePlanner
 from safetensors.torch import load_file
-from test_parity import _copy_in_dtype
+from test_parity import DEVICE, MERGEKIT, _copy_in_dtype
 from weights import assert_same_as_resident
 
 from evomerge.merge import apply, kernels
@@ -80,7 +80,8 @@ def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(m
                                                                                tmp_path, monkeypatch):
     """CUDA's default: the resident model is bfloat16, the merge float32. The pieced kernels cast
     mergekit's result once as they write it; with noise, which is added before the cast, mergekit's
-    task runs. Either way every weight is the float32 candidate's, cast once."""
+    task runs. Either way every weight is the float32 candidate's, cast once. On EVOMERGE_TEST_DEVICE,
+    as test_parity (bench/gpu.sh runs it on CUDA, where this is the default)."""
     monkeypatch.setattr(kernels, "PIECE", 96)
     recipe = _recipe(method, str(any_zoo["dir"] / "base"),
                      [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]])
@@ -91,17 +92,17 @@ def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(m
     whole_tensor_merges = []
     monkeypatch.setattr(apply, "merged", lambda item, device: whole_tensor_merges.append(item.name)
                         or mergekit_merged(item, device))
-    scored = Materializer(candidate.merge, device="cpu", dtype="bfloat16", quiet=True)
+    scored = Materializer(candidate.merge, device=DEVICE, dtype="bfloat16", quiet=True)
     written = scored.materialize(candidate).recomputed
     assert len(whole_tensor_merges) == (written if noise else 0)
 
-    merged = Materializer(candidate.merge, device="cpu", quiet=True)  # in the recipe's float32
+    merged = Materializer(candidate.merge, device=DEVICE, quiet=True)  # in the recipe's float32
     merged.materialize(candidate)
     as_merged = merged.model.state_dict()
     assert all(tensor.dtype == torch.bfloat16 and torch.equal(tensor, as_merged[name].to(torch.bfloat16))
                for name, tensor in scored.model.state_dict().items())
     if not noise:
-        write_with_mergekit(candidate, tmp_path / "mergekit")
+        write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
         cast = {n: t.to(torch.bfloat16) for n, t in load_file(tmp_path / "mergekit" / "model.safetensors").items()}
         assert_same_as_resident(cast, scored.model)
 

@@ -42,7 +42,7 @@ from racing import _extend, _reach
 from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.device_defaults import CPU_BATCH_SIZE
+from evomerge.recipe import device_defaults
 from evomerge.recipe.model import EvalSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
 from evomerge.run.loop import SearchOptions, start_search
@@ -135,8 +135,9 @@ class OnDiskWorker:
 
     def __init__(self, recipe_path: Path, work: Path, limit: int):
         recipe = load_recipe(recipe_path)
-        self.dtype = recipe.spec.eval.dtype or recipe.merge.dtype
-        self.batch_size = recipe.spec.eval.batch_size
+        self.device = torch.device(default_device())
+        self.dtype = device_defaults.scoring_dtype(recipe.merge, recipe.spec.eval, self.device.type)  # as the worker
+        self.batch_size = device_defaults.batch_size(recipe.spec.eval, self.device.type)
         self.space = SearchSpace.from_recipe(recipe)
         self.suite, self.objective = scoring(recipe)
         self.work, self.limit, self.count = work, limit, 0
@@ -148,7 +149,7 @@ class OnDiskWorker:
         self.count += 1
         folder = self.work / f"candidate-{self.count}"
         try:
-            merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, default_device(),
+            merge, score, results = _on_disk(self.space.decode(np.asarray(genotype)), folder, self.device,
                                              self.limit, self.dtype, self.batch_size, results=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -253,16 +254,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the search's (--time-to-best)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="both paths score in it (--figures, --time-to-best); bfloat16 is fast on CPUs with AMX")
-    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE, help="both paths score with it "
+    parser.add_argument("--batch-size", type=int, default=device_defaults.CPU_BATCH_SIZE, help="both paths score with it "
                         "(default: evomerge's own on the CPU)")
     parser.add_argument("--time-to-best", action="store_true",
                         help="only the wall time to the on-disk search's best, on disk, in memory, with racing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
     zoo = DEFAULT_DIR
     build_real_zoo(zoo)
     work = Path(tempfile.mkdtemp(prefix="evomerge-real-"))
@@ -298,18 +295,11 @@ def main() -> None:
     incremental = materializer.materialize(space.decode(one_gene))
 
     disk = {"merge": [], "score": []}
-    manager = TaskManager(include_path=[str(TASKS_DIR)])
     for index, candidate in enumerate(candidates):
-        folder = work / f"disk-{index}"
-        started = time.perf_counter()
-        write_with_mergekit(candidate, folder)
-        disk["merge"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        simple_evaluate(model=HFLM(pretrained=str(folder), batch_size=args.batch_size, device=str(materializer.device),
-                                   dtype=args.dtype),
-                        tasks=SEARCH_TASKS, task_manager=manager,
-                        limit=args.limit, bootstrap_iters=0)
-        disk["score"].append(time.perf_counter() - started)
+        merge_seconds, score_seconds = _on_disk(candidate, work / f"disk-{index}", materializer.device, args.limit,
+                                                args.dtype, args.batch_size)
+        disk["merge"].append(merge_seconds)
+        disk["score"].append(score_seconds)
 
     parameters = sum(p.numel() for p in materializer.model.parameters())
     inputs = 1 + len(SPECIALTIES)  # the base and each fine-tune

@@ -31,8 +31,8 @@ from mergekit.options import MergeOptions
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR, RECIPES_DIR, TASKS_DIR
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo.build import build_zoo
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     build_zoo(DEFAULT_ZOO_DIR)
     recipe = load_recipe(RECIPES_DIR / "demo.yaml")
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     rng = np.random.default_rng(0)
     candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
     tasks = [t.name for t in recipe.spec.tasks]

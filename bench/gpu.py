@@ -55,7 +55,7 @@ def plan(recipe_path: Path) -> None:
     only weights and activations)."""
     import resource
 
-    from evomerge.recipe.model import load_recipe
+    from evomerge.recipe.loading import load_recipe
     from evomerge.run.plan import gib, make_plan
     from evomerge.run.worker import Worker
 

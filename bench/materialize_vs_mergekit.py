@@ -23,8 +23,8 @@ import yaml
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.zoo.build import build_zoo
 
 
@@ -52,7 +52,7 @@ def main() -> None:
                                 {"parameter": "density", "range": [0.2, 1.0]}]},
     }
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    space = SearchSpace.from_recipe(load_recipe(work / "recipe.yaml"))
+    space = build_space(load_recipe(work / "recipe.yaml"))
     rng = np.random.default_rng(0)
     points = [space.decode(rng.uniform(space.lower, space.upper)) for _ in range(args.repeats)]
     candidate = points[0]

@@ -37,7 +37,7 @@ import torch
 from evomerge.merge import Materializer
 from evomerge.outputs.confirmation import confirm_finalists
 from evomerge.outputs.scoreboard import paired_gain
-from evomerge.recipe import SearchSpace, load_recipe
+from evomerge.recipe import build_space, load_recipe
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.scoring import LMEvalScorer, TaskSuite
 
@@ -107,7 +107,7 @@ def main() -> None:
     start_recipe = _recipe(args.zoo, work, args.limit, args.layer_groups)
     held_out = HeldOut(start_recipe)
     recipe = load_recipe(start_recipe)
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     start = space.starting_point()
     materializer = Materializer(start.merge, quiet=True)
     parents, parent_scores = {}, {}

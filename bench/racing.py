@@ -27,7 +27,7 @@ import torch
 
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe

@@ -43,8 +43,9 @@ from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe import device_defaults
-from evomerge.recipe.model import EvalSpec, load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.schema import EvalSpec
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.pool import Outcome, Step
 from evomerge.run.worker import scoring
@@ -82,9 +83,9 @@ def _bandwidth() -> float:
 def _peak_memory(recipe: Path, parents: str) -> float:
     """Peak RSS (GiB) of a fresh process that loads the parents and merges one candidate."""
     code = (f"import resource, torch; torch.set_num_threads(1)\n"
-            f"from evomerge.recipe.model import load_recipe\nfrom evomerge.recipe.space import SearchSpace\n"
+            f"from evomerge.recipe import build_space, load_recipe\n"
             f"from evomerge.merge.materializer import Materializer\n"
-            f"space = SearchSpace.from_recipe(load_recipe({str(recipe)!r}))\n"
+            f"space = build_space(load_recipe({str(recipe)!r}))\n"
             f"m = Materializer(space.starting_point().merge, parents={parents!r}, quiet=True)\n"
             f"m.materialize(space.starting_point())\n"
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
@@ -138,7 +139,7 @@ class OnDiskWorker:
         self.device = torch.device(default_device())
         self.dtype = device_defaults.scoring_dtype(recipe.merge, recipe.spec.eval, self.device.type)  # as the worker
         self.batch_size = device_defaults.batch_size(recipe.spec.eval, self.device.type)
-        self.space = SearchSpace.from_recipe(recipe)
+        self.space = build_space(recipe)
         self.suite, self.objective = scoring(recipe)
         self.work, self.limit, self.count = work, limit, 0
 
@@ -267,7 +268,7 @@ def main() -> None:
         _time_to_best(work, zoo, args)
         return
     recipe_path = _recipe(work, zoo, args)
-    space = SearchSpace.from_recipe(load_recipe(recipe_path))
+    space = build_space(load_recipe(recipe_path))
     rng = np.random.default_rng(0)
     candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
 

@@ -79,13 +79,13 @@ def merge(recipe: Path, out: Path, in_memory: bool, allow_pickle: bool, merge_op
     values). The recipe's evomerge seed is mergekit's --random-seed unless given.
     """
     from evomerge.merge.write import write_in_memory, write_with_mergekit
-    from evomerge.recipe.model import load_recipe
-    from evomerge.recipe.space import SearchSpace
+    from evomerge.recipe.loading import load_recipe
+    from evomerge.recipe.space_factory import build_space
     from evomerge.recipe.stages import check_stage_parents
 
     loaded = load_recipe(recipe)
     check_stage_parents(loaded.stages, loaded.path, allow_pickle=allow_pickle)
-    candidate = SearchSpace.from_recipe(loaded).starting_point()
+    candidate = build_space(loaded).starting_point()
     if merge_options.random_seed is not None:
         candidate = dataclasses.replace(candidate, seed=merge_options.random_seed)
     with mergekit_refusals(loaded.path):
@@ -247,7 +247,7 @@ def convert(config: Path, out: Path) -> None:
     """Write the evomerge recipe for a mergekit-evolve CONFIG: mergekit keys at the genome's
     starting point (for mergekit-yaml), the genome, tasks and defaults in its evomerge section."""
     from evomerge.recipe.evolve_config import recipe_text
-    from evomerge.recipe.model import parse_yaml, read_text
+    from evomerge.recipe.parsing import parse_yaml, read_text
 
     raw = parse_yaml(read_text(config), config)
     if not isinstance(raw, dict) or "genome" not in raw:
@@ -311,7 +311,7 @@ def demo(out, evaluations, device, quiet):
 def plan(recipe, device_memory, workers, device, trust_remote_code):
     """What RECIPE's search needs (memory in each parents: mode, genes, documents, the merged architecture),
     from configs and safetensors headers: no weight is loaded."""
-    from evomerge.recipe.model import load_recipe
+    from evomerge.recipe.loading import load_recipe
     from evomerge.recipe.stages import check_stage_parents
     from evomerge.run.plan import documents_per_evaluation, make_plan, parse_bytes
 

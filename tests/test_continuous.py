@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.errors import EvomergeError
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.model import TaskSpec
+from evomerge.recipe.schema import TaskSpec
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.scorer import LMEvalScorer

@@ -6,7 +6,7 @@ import pytest
 from mergekit.config import MergeConfiguration
 
 from evomerge.recipe.device_defaults import batch_size, scoring_dtype
-from evomerge.recipe.model import EvalSpec
+from evomerge.recipe.schema import EvalSpec
 
 
 def _merge(**dtypes) -> MergeConfiguration:

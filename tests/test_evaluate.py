@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import EvalSpec, load_recipe
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.schema import EvalSpec
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
@@ -114,10 +115,10 @@ def test_reused_requests_score_every_candidate_as_a_fresh_simple_evaluate_does(d
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evomerge.recipe.space import SearchSpace
+    from evomerge.recipe.space_factory import build_space
 
     recipe = load_recipe(demo_recipe())
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     tasks = ["zoo_rev_search", "zoo_rev_gen_search"]
     materializer = Materializer(space.starting_point().merge, quiet=True)
     scorer = LMEvalScorer(TaskSuite(tasks, recipe.task_paths()), materializer.model, materializer.tokenizer, limit=12)

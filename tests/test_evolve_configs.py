@@ -22,8 +22,8 @@ from weights import assert_same_as_resident
 
 from evomerge.cli import main
 from evomerge.merge.materializer import Materializer
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import RunStore
 
 GENOMES = {  # each method with the genome options that change its recipe
@@ -54,7 +54,7 @@ def _config(genome: dict, **top) -> dict:
 def test_every_genotype_merges_to_what_mergekit_evolve_merges(method, zoo, write_recipe, tmp_path):
     genome = _genome(zoo, method)
     ranges = {p: WIDE[p] for p in METHOD_PARAM_MAPS[method]}
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_config({**genome, "ranges": ranges}), "evolve.yml")))
+    space = build_space(load_recipe(write_recipe(_config({**genome, "ranges": ranges}), "evolve.yml")))
     theirs = ModelGenome(ModelGenomeDefinition.model_validate(genome))
     assert space.dimension == theirs.initial_genotype().numel()
     assert np.allclose(space.x0, theirs.initial_genotype().reshape(-1).numpy())
@@ -88,7 +88,7 @@ def test_convert_writes_a_recipe_that_mergekit_merges_and_that_refuses_edits_of_
     assert written["evomerge"]["budget"] == {"evaluations": 100}
     assert written["evomerge"]["eval"] == {"limit": 8, "num_fewshot": 0}
     recipe = load_recipe(out)
-    assert SearchSpace.from_recipe(recipe).starting_point().merge == recipe.merge
+    assert build_space(recipe).starting_point().merge == recipe.merge
     run_merge(recipe.merge, str(tmp_path / "merged"), MergeOptions(quiet=True))  # what mergekit-yaml runs on it
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     written["parameters"]["normalize"] = False

@@ -18,8 +18,9 @@ from weights import assert_same_as_resident
 from evomerge.merge.plan import draws_random
 from evomerge.merge.stages import materializer_for
 from evomerge.merge.write import write_with_mergekit
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.recipe.candidate import Candidate
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.yaml"))
 
@@ -27,7 +28,7 @@ EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.yaml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_an_example_starts_at_its_own_values_with_mergekits_weights(path, zoo, tmp_path):
     recipe = load_recipe(path)
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     assert space.dimension > 0
     as_written = Candidate.written(recipe)
     materializer = materializer_for(as_written, quiet=True)

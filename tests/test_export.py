@@ -19,7 +19,7 @@ from evomerge.cli import main
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.export import candidate_of, model_card
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.space import Candidate
+from evomerge.recipe.candidate import Candidate
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.zoo.recipe import write_demo_recipe

@@ -18,8 +18,8 @@ from evomerge.merge import apply, kernels
 from evomerge.merge.apply import merged as mergekit_merged
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 
 
 def _recipe(method: str, base_model: str, specialists: list, **extra) -> dict:
@@ -48,7 +48,7 @@ def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe
     base = str(any_zoo["dir"] / "base")
     models = [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]]
     recipe = _recipe(method, base, models, **({"parameters": parameters} if parameters else {}))
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(0).uniform(space.lower, space.upper))
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
     materializer.materialize(candidate)
@@ -66,7 +66,7 @@ def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, sto
     copies = [_copy_in_dtype(path, tmp_path / Path(path).name, stored) for path in [base_model] + specialists[:2]]
     recipe = _recipe(method, copies[0], copies[1:])
     recipe["dtype"] = merged
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(2).uniform(space.lower, space.upper))
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
     materializer.materialize(candidate)
@@ -87,7 +87,7 @@ def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(m
                      [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]])
     if noise:
         recipe["evomerge"]["noise"] = {"range": [0.01, 0.02]}
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(4).uniform(space.lower, space.upper))
     whole_tensor_merges = []
     monkeypatch.setattr(apply, "merged", lambda item, device: whole_tensor_merges.append(item.name)
@@ -116,7 +116,7 @@ def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(metho
     monkeypatch.setattr(kernels, "PIECE", 1024)
     recipe = _recipe(method, base_model, specialists)
     recipe["evomerge"]["noise"] = {"range": [0.0, 0.02]}
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(1)
     x = rng.uniform(space.lower, space.upper)
     resident = Materializer(space.decode(x).merge, device="cpu", quiet=True)
@@ -134,7 +134,7 @@ def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(metho
 
 
 def test_candidates_are_not_planned_again(base_model, specialists, write_recipe, monkeypatch):
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
     materializer = Materializer(space.starting_point().merge, device="cpu", quiet=True)
 
     def refuse(*args, **kwargs):
@@ -147,7 +147,7 @@ def test_candidates_are_not_planned_again(base_model, specialists, write_recipe,
 
 def test_a_candidate_of_another_shape_is_planned_anew_and_matches(base_model, specialists, write_recipe):
     """Another output dtype is a new structure: planned again, every tensor rewritten, as a fresh merge."""
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
     start = space.starting_point()
     materializer = Materializer(start.merge, device="cpu", quiet=True)
     materializer.materialize(start)
@@ -160,7 +160,7 @@ def test_a_candidate_of_another_shape_is_planned_anew_and_matches(base_model, sp
 
 
 def test_non_finite_weights_from_the_pieced_path_fail_naming_the_tensor(base_model, specialists, write_recipe):
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
+    space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
     candidate = space.starting_point()
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
     name = "model.layers.2.mlp.up_proj.weight"

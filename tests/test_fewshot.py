@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from evomerge.merge import Materializer
-from evomerge.recipe import SearchSpace, load_recipe
-from evomerge.recipe.model import EvalSpec, RacingSpec, TaskSpec
+from evomerge.recipe import build_space, load_recipe
+from evomerge.recipe.schema import EvalSpec, RacingSpec, TaskSpec
 from evomerge.scoring import LMEvalScorer, Objective, Race, TaskSuite
 
 TASKS = ["zoo_rev_search", "zoo_rev_gen_search"]  # a loglikelihood task and a generate_until task
@@ -19,7 +19,7 @@ def resident(zoo, tmp_path_factory):
     from evomerge.zoo.recipe import write_demo_recipe
 
     recipe = load_recipe(write_demo_recipe(tmp_path_factory.mktemp("fewshot"), zoo["dir"]))
-    start = SearchSpace.from_recipe(recipe).starting_point()
+    start = build_space(recipe).starting_point()
     materializer = Materializer(start.merge, quiet=True)
     materializer.materialize(start)
     return recipe, materializer

@@ -19,9 +19,9 @@ import yaml
 from click.testing import CliRunner
 
 from evomerge.cli import main
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.parents import check_parents
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.space_factory import build_space
 from evomerge.recipe.validate import check_search
 from evomerge.zoo.recipe import write_demo_recipe
 
@@ -105,7 +105,7 @@ def _passes_checks_before_loading(command: str, path: Path) -> bool:
             check_search(recipe)
         else:
             check_parents(recipe.merge, recipe.path)
-            SearchSpace.from_recipe(recipe).starting_point()
+            build_space(recipe).starting_point()
     except Exception:  # noqa: BLE001 - EvomergeError or a bug the command must not show as a traceback
         return False
     return True

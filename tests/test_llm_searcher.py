@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fake_llm import FakeLLM, Stall, Status, serve
 
-from evomerge.recipe.model import SearcherSpec
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.searchers import make_searcher
+from evomerge.searchers.spec import SearcherSpec
 
 GENES = [{"name": "weight[rev]", "low": 0.0, "high": 1.5, "controls": "mergekit parameter `weight` of model rev"},
          {"name": "lambda", "low": 0.5, "high": 1.5, "controls": "mergekit parameter `lambda` (shared)"}]

@@ -31,8 +31,9 @@ from weights import assert_same_as_resident
 from evomerge.merge.materializer import Materializer
 from evomerge.merge.plan import draws_random
 from evomerge.merge.write import write_with_mergekit
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.recipe.candidate import Candidate
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 
 RANGES = {
     "weight": (0.0, 1.0), "density": (0.3, 0.8), "gamma": (0.0, 0.05), "epsilon": (0.01, 0.1),
@@ -69,7 +70,7 @@ def _searched_recipe(method_name: str, base_model: str, specialists: list) -> di
 
 
 def _random_candidate(recipe_path: Path, seed: int = 1):
-    space = SearchSpace.from_recipe(load_recipe(recipe_path))
+    space = build_space(load_recipe(recipe_path))
     return space.decode(np.random.default_rng(seed).uniform(space.lower, space.upper))
 
 
@@ -82,7 +83,7 @@ def _parents(zoo) -> tuple:
 
 
 def test_every_numeric_parameter_of_every_method_is_searched_here():
-    from evomerge.recipe.space import _numeric_type
+    from evomerge.recipe.genes import _numeric_type
 
     unsearched = [(m.spec.name, p.name) for m in merge_methods.registered_methods()
                   for p in list(m.spec.input_parameters) + list(m.spec.shared_parameters)
@@ -105,7 +106,7 @@ def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name
     recomputing part of the tensors would then consume the seeded stream differently."""
     recipe = _searched_recipe(method_name, *_parents(zoo))
     recipe["evomerge"]["noise"] = {"range": [0.0, 0.02], "layer_groups": 2}  # a gene for methods without any
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(3)
     x = rng.uniform(space.lower, space.upper)
     materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
@@ -183,7 +184,7 @@ def test_randomized_methods_with_a_merged_tokenizer_draw_in_mergekit_yaml_order(
 
 def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_model, specialists, write_recipe):
     recipe = _searched_recipe("task_arithmetic", base_model, specialists[:2])
-    start = SearchSpace.from_recipe(load_recipe(write_recipe(recipe))).starting_point()
+    start = build_space(load_recipe(write_recipe(recipe))).starting_point()
     materializer = Materializer(start.merge, device=DEVICE, quiet=True)
     other = start.merge.model_copy(deep=True)
     other.models[1] = other.models[1].model_copy(update={"model": ModelReference.parse(specialists[2])})
@@ -193,7 +194,7 @@ def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_mod
 
 def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specialists, write_recipe):
     path = write_recipe(_searched_recipe("ties", base_model, specialists))
-    space = SearchSpace.from_recipe(load_recipe(path))
+    space = build_space(load_recipe(path))
     x = np.random.default_rng(0).uniform(space.lower, space.upper)
     materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
     every_tensor = len(materializer.model.state_dict())
@@ -274,7 +275,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
     test_fast_merge.py), on the CPU on as many threads as torch has: a tensor whose merge gives
     nothing fails the candidate, and the next candidate rewrites it (no thread of the failed one
     still writing)."""
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
+    space = build_space(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     first, second = (space.decode(np.full(space.dimension, value)) for value in (0.2, 0.8))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -298,7 +299,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
 
 def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, specialists, write_recipe, monkeypatch):
     """Checked once per candidate, after every tensor is written; the tensors are recomputed next time."""
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
+    space = build_space(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     candidate = space.starting_point()
     materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
     bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]

@@ -22,8 +22,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import evomerge.tree.distances as distances_module
 from evomerge.cli import main
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.tree import leaf_names, measure_distances, neighbor_joining, open_models
 from evomerge.zoo.second_generation import fine_tune_further
 
@@ -88,7 +88,7 @@ def test_tree_command_writes_a_tree_tables_pictures_and_layer_groups(family, dem
     groups = yaml.safe_load(line)["layer_groups"]
     assert len(groups) == 2 and groups[0][0] == 0 and groups[-1][1] == 4
     recipe = demo_recipe(search=[{"parameter": "weight", "range": [0.0, 1.5], "layer_groups": groups}])
-    space = SearchSpace.from_recipe(load_recipe(recipe))
+    space = build_space(load_recipe(recipe))
     assert space.dimension == 2 * 4
     first = space.decode(np.linspace(0.1, 0.8, space.dimension)).merge.models[0].parameters["weight"]
     boundary = groups[0][1]

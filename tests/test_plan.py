@@ -12,7 +12,7 @@ from shaped import LLAMA_7B, write_shaped_llama
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.run import plan as plan_module
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.plan import make_plan, parse_bytes

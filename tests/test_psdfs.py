@@ -23,10 +23,10 @@ from evomerge.outputs.export import export_run
 from evomerge.outputs.route_plot import route_of
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.route import Hop
 from evomerge.recipe.routing import RoutingSpace
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.space_factory import build_space
 from evomerge.recipe.validate import check_search
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.plan import make_plan
@@ -46,7 +46,7 @@ def _route(zoo, **evomerge) -> dict:
 
 
 def _space(tmp_path, zoo, **evomerge) -> RoutingSpace:
-    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), _route(zoo, **evomerge))))
+    space = build_space(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), _route(zoo, **evomerge))))
     assert isinstance(space, RoutingSpace)
     return space
 
@@ -98,7 +98,7 @@ def test_a_route_that_reads_no_earlier_stage_is_a_one_stage_recipe(zoo, tmp_path
     rev = str(zoo["dir"] / "rev")
     final = _route(zoo) | {"base_model": rev}
     final["evomerge"]["search"][1]["routing"]["embeddings_from"] = rev
-    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), final)))
+    space = build_space(load_recipe(write_documents(tmp_path / "psdfs.yaml", blend(zoo), final)))
     assert space.route(space.x0) == [Hop("blend", i, 1.0) for i in range(4)]
     candidate = space.decode(_with(space, space.x0, [(rev, 0), (rev, 3)]))
     assert candidate.before == () and candidate.reads == ()
@@ -192,7 +192,7 @@ def test_a_malformed_psdfs_recipe_is_refused_in_one_line(change, key, message, z
     change(recipe)
     path = write_documents(tmp_path / "psdfs.yaml", blend(zoo), recipe)
     with pytest.raises(EvomergeError) as raised:
-        SearchSpace.from_recipe(load_recipe(path))
+        build_space(load_recipe(path))
     text = str(raised.value)
     assert text.startswith(f"{path}: ") and key in text and message in text and "\n" not in text
 

@@ -16,8 +16,9 @@ from lm_eval.tasks import TaskManager
 from evomerge.errors import EvomergeError
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import RacingSpec, TaskSpec, load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.schema import RacingSpec, TaskSpec
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
@@ -33,7 +34,7 @@ TASKS = ["zoo_rev_search", "zoo_sort_search"]
 def resident(demo_recipe):
     """The demo's starting point, resident, with a scorer on two search tasks."""
     recipe = load_recipe(demo_recipe())
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     materializer = Materializer(space.starting_point().merge, quiet=True)
     materializer.materialize(space.starting_point())
     suite = TaskSuite(TASKS, recipe.task_paths())

@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 import numpy as np
 import pytest
 
-from evomerge.recipe.model import RacingSpec, TaskSpec
+from evomerge.recipe.schema import RacingSpec, TaskSpec
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.racing import Bar, Race, stops
 

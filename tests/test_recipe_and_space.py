@@ -10,8 +10,8 @@ import yaml
 from mergekit.config import ConditionalParameter, MergeConfiguration
 
 from evomerge.errors import EvomergeError
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 
 
 def _ta_recipe(base_model, specialists, **evomerge):
@@ -30,7 +30,7 @@ def test_one_gene_per_model_filter_and_layer_group(base_model, specialists, writ
         {"parameter": "density", "range": [0.1, 1.0], "models": [specialists[0]]},
         {"parameter": "lambda", "range": [0.5, 1.5]},
     ])
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     assert space.dimension == 4 * 3 * 2 + 1 + 1
     assert [g.name for g in space.genes[:3]] == ["weight[pair].self_attn@0", "weight[pair].self_attn@1", "weight[pair].mlp@0"]
     assert space.genes[-1].name == "lambda" and space.genes[-1].model is None
@@ -44,7 +44,7 @@ def test_the_recipes_own_values_are_the_starting_point(base_model, specialists, 
     recipe["models"][0]["parameters"]["weight"] = [0.0, 1.0]  # a gradient: groups read it at t = 0, 0.5, 1
     recipe["models"][1]["parameters"]["weight"] = [{"filter": "mlp", "value": 0.9}, {"value": 0.8}]
     recipe["models"][2]["parameters"]["weight"] = 7.0  # outside the range: clipped
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     x0 = dict(zip((g.name for g in space.genes), space.x0))
     assert [x0[f"weight[pair]@{k}"] for k in range(3)] == [0.0, 0.5, 1.0]
     assert x0["weight[rev]@0"] == 0.8  # the fallback value: this gene has no filter
@@ -56,7 +56,7 @@ def test_decoding_writes_gradients_and_filters_into_a_copy(base_model, specialis
     loaded = load_recipe(write_recipe(_ta_recipe(base_model, specialists, search=[
         {"parameter": "weight", "range": [0, 1], "layer_groups": 2, "filters": ["self_attn"]},
     ])))
-    space = SearchSpace.from_recipe(loaded)
+    space = build_space(loaded)
     x = np.linspace(0.1, 0.8, space.dimension)
     candidate = space.decode(x)
     weight = candidate.merge.models[0].parameters["weight"]
@@ -70,18 +70,18 @@ def test_decoding_writes_gradients_and_filters_into_a_copy(base_model, specialis
 
 
 def test_shared_parameters_live_in_the_global_parameters(base_model, specialists, write_recipe):
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(_ta_recipe(base_model, specialists, search=[
+    space = build_space(load_recipe(write_recipe(_ta_recipe(base_model, specialists, search=[
         {"parameter": "lambda", "range": [0.5, 1.5]}]))))
     assert space.decode([1.25]).merge.parameters == {"lambda": 1.25}
 
 
 def test_noise_genes_and_fixed_noise(base_model, specialists, write_recipe):
-    searched = SearchSpace.from_recipe(load_recipe(write_recipe(_ta_recipe(
+    searched = build_space(load_recipe(write_recipe(_ta_recipe(
         base_model, specialists, noise={"range": [0, 0.02], "layer_groups": 2}))))
     assert [g.name for g in searched.genes] == ["noise@0", "noise@1"]
     assert searched.decode([0.01, 0.02]).noise == (0.01, 0.02)
     assert yaml.safe_load(searched.decode([0.01, 0.02]).to_yaml())["evomerge"]["noise"] == {"std": [0.01, 0.02]}
-    fixed = SearchSpace.from_recipe(load_recipe(write_recipe(_ta_recipe(base_model, specialists, noise={"std": 0.005}))))
+    fixed = build_space(load_recipe(write_recipe(_ta_recipe(base_model, specialists, noise={"std": 0.005}))))
     assert fixed.dimension == 0 and fixed.starting_point().noise == (0.005,)
 
 
@@ -113,5 +113,5 @@ def test_search_entries_are_checked_against_the_recipe(search, key, message, bas
             del entry["models"]
     path = write_recipe(_ta_recipe(base_model, specialists, search=search))
     with pytest.raises(EvomergeError) as error:
-        SearchSpace.from_recipe(load_recipe(path))
+        build_space(load_recipe(path))
     assert error.value.key == key and message in str(error.value) and str(path) in str(error.value)

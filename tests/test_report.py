@@ -21,7 +21,7 @@ from evomerge.outputs.report import (
 )
 from evomerge.outputs.scoreboard import finish_run, paired_gain, verdict
 from evomerge.paths import TASKS_DIR
-from evomerge.recipe.space import Gene
+from evomerge.recipe.candidate import Gene
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.scoring.tasks import TaskSuite

@@ -17,10 +17,10 @@ from weights import assert_same_as_resident
 from evomerge.errors import EvomergeError
 from evomerge.merge.routing import RoutingMaterializer, search_materializer
 from evomerge.merge.write import write_with_mergekit
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.route import Hop, from_merge, to_merge
 from evomerge.recipe.routing import RoutingSpace
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.plan import make_plan
 
 MERGEKIT = MergeOptions(device="cpu", quiet=True)
@@ -37,7 +37,7 @@ def _routing(zoo, **block) -> dict:
 
 
 def _space(write_recipe, recipe) -> RoutingSpace:
-    space = SearchSpace.from_recipe(load_recipe(write_recipe(recipe)))
+    space = build_space(load_recipe(write_recipe(recipe)))
     assert isinstance(space, RoutingSpace)
     return space
 
@@ -186,7 +186,7 @@ def test_bad_routing_blocks_are_refused_in_one_line_naming_the_key(change, key, 
     change(recipe, zoo, tmp_path)
     path = write_recipe(recipe)
     with pytest.raises(EvomergeError) as raised:
-        SearchSpace.from_recipe(load_recipe(path))
+        build_space(load_recipe(path))
     text = str(raised.value)
     assert text.startswith(f"{path}: ") and key in text and message in text and "\n" not in text
 

@@ -16,11 +16,12 @@ from weights import same_tensors
 from evomerge.outputs.export import export_run
 from evomerge.outputs.route_plot import describe_route, route_of
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import SearcherSpec, load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.searchers import make_searcher
 from evomerge.searchers.operators import SplitPointCrossover, units
+from evomerge.searchers.spec import SearcherSpec
 
 SEARCHERS = {
     "cma": {"name": "cma", "popsize": 6},
@@ -42,7 +43,7 @@ def _recipe(zoo, tasks_dir=None, **evomerge) -> dict:
 
 @pytest.fixture
 def space(zoo, write_recipe):
-    return SearchSpace.from_recipe(load_recipe(write_recipe(_recipe(zoo))))
+    return build_space(load_recipe(write_recipe(_recipe(zoo))))
 
 
 def test_split_point_children_keep_each_parents_slots_on_their_side_of_one_point(space):

@@ -15,7 +15,7 @@ from mergekit.config import MergeConfiguration
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.scoring.scorer import LMEvalScorer

@@ -12,10 +12,10 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import SearcherSpec
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.searchers import SEARCHERS, make_searcher
+from evomerge.searchers.spec import SearcherSpec
 
 CONFIGS = {
     "cma": {"name": "cma", "popsize": 4},

@@ -22,8 +22,8 @@ from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.merge.stages import materializer_for
 from evomerge.merge.write import write_with_mergekit
-from evomerge.recipe.model import load_recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import load_recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.store import RunStore
 
@@ -53,7 +53,7 @@ def _mergekit_multi(recipe: Path, out: Path, seed: int) -> None:
 def test_genes_sit_in_any_stage_and_a_candidate_is_mergekit_multis_recipe(zoo, tmp_path):
     recipe = load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo)))
     assert [(s.name, s.reads) for s in recipe.stages] == [("blend", ()), (None, ("blend",))]
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     assert [g.name for g in space.genes] == ["blend/weight[pair]@0", "blend/weight[pair]@1", "blend/weight[rev]@0",
                                              "blend/weight[rev]@1", "weight[blend]", "weight[sort]", "density[blend]"]
     assert list(space.x0) == [0.6, 0.6, 0.4, 0.4, 0.7, 0.5, 0.8]  # each stage's own values
@@ -69,7 +69,7 @@ def test_genes_sit_in_any_stage_and_a_candidate_is_mergekit_multis_recipe(zoo, t
 
 def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights(zoo, tmp_path):
     path = write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))
-    space = SearchSpace.from_recipe(load_recipe(path))
+    space = build_space(load_recipe(path))
     materializer = materializer_for(space.starting_point(), quiet=True)
     materializer.materialize(space.starting_point())
     _mergekit_multi(path, tmp_path / "start", seed=3)  # the recipe file as it is, `evomerge:` section and all
@@ -84,7 +84,7 @@ def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights
 
 
 def test_a_stage_is_re_merged_only_when_its_genes_or_what_it_reads_change(zoo, tmp_path):
-    space = SearchSpace.from_recipe(load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))))
+    space = build_space(load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))))
     x = space.x0.copy()
     materializer = materializer_for(space.decode(x), quiet=True)
     materializer.materialize(space.decode(x))
@@ -122,7 +122,7 @@ def test_frankenmerged_stages_feed_a_slerp_on_the_tied_zoo(tied_zoo, tmp_path):
     recipe = load_recipe(write_documents(tmp_path / "stages.yaml", frankenmerge("tall", "pair", "rev"), final,
                                 frankenmerge("wide", "sort", "shift")))
     assert [s.name for s in recipe.stages] == ["tall", "wide", None]  # merge order: what a stage reads comes first
-    space = SearchSpace.from_recipe(recipe)
+    space = build_space(recipe)
     candidate = space.decode([0.2, 0.9])
     materializer = materializer_for(candidate, quiet=True)
     materializer.materialize(candidate)

@@ -13,7 +13,7 @@ from wandb_records import offline_run, runs
 
 from evomerge.errors import EvomergeError
 from evomerge.outputs.scoreboard import finish_run
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 

@@ -26,7 +26,7 @@ from evomerge.merge.output_model import output_config, output_tokenizer, residen
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Ledger, Parameters, Planner, check_coverage, draws_random, signature, task_with
 from evomerge.recipe import layout
-from evomerge.recipe.space import Candidate
+from evomerge.recipe.candidate import Candidate
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ from evomerge.merge.output_model import output_config, output_tokenizer, residen
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Planner, check_coverage, plan_entries
 from evomerge.merge.stages import StagedMaterializer, materializer_for
+from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.route import Hop, to_merge
 from evomerge.recipe.routing import RoutingSpace
-from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.recipe.space import SearchSpace
 
 
 def search_materializer(space: SearchSpace, **options) -> Union[Materializer, StagedMaterializer, "RoutingMaterializer"]:

@@ -27,9 +27,9 @@ from mergekit.config import MergeConfiguration
 
 from evomerge.merge.footprint import Footprint, footprint
 from evomerge.merge.materializer import Materializer, MaterializeStats
+from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.layout import Stage
-from evomerge.recipe.model import map_model_references, stage_name
-from evomerge.recipe.space import Candidate
+from evomerge.recipe.references import map_model_references, stage_name
 
 INDEX = "model.safetensors.index.json"  # mergekit's loader finds a model's tensor names here
 

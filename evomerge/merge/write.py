@@ -19,7 +19,7 @@ from transformers import AutoConfig
 
 from evomerge.merge.noise import add_noise, layer_positions, relative_std
 from evomerge.merge.stages import located, materializer_for
-from evomerge.recipe.space import Candidate
+from evomerge.recipe.candidate import Candidate
 
 RECIPE_FILE = "mergekit_config.yml"
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from tqdm.auto import tqdm
 
-from evomerge.recipe.model import TaskSpec
+from evomerge.recipe.schema import TaskSpec
 from evomerge.run.store import Confirmation
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.scorer import LMEvalScorer

@@ -28,10 +28,11 @@ from evomerge.merge.stages import materializer_for
 from evomerge.merge.write import RECIPE_FILE, save_resident
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import dtype_name, render_markdown
+from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.device_defaults import scoring_dtype
-from evomerge.recipe.model import load_recipe
+from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.routing import INCLUDE
-from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import Evaluation, RunStore
 
 FITNESS_IMAGE = "fitness.png"
@@ -51,7 +52,7 @@ def chosen_evaluation(store: RunStore, rank: int) -> Evaluation:
 def candidate_of(store: RunStore, evaluation: Evaluation) -> Candidate:
     """The evaluation's stored recipe, read back through the same path as `evomerge merge`."""
     recipe = load_recipe(store.directory / f"evaluation-{evaluation.id}.yaml", text=evaluation.recipe)
-    return SearchSpace.from_recipe(recipe).starting_point()
+    return build_space(recipe).starting_point()
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import confirmed, rankings_table, scored_on, summary, table, verdict
+from evomerge.recipe.candidate import NOISE, Gene
 from evomerge.recipe.routing import INCLUDE
-from evomerge.recipe.space import NOISE, Gene
 from evomerge.run.store import Evaluation, RunStore
 
 FITNESS_PNG = "fitness.png"

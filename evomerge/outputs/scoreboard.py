@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from evomerge.errors import SECTION
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe import layout
+from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.device_defaults import scoring_dtype
-from evomerge.recipe.model import SECTION, Recipe
-from evomerge.recipe.space import Candidate, SearchSpace
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import BEST_RECIPE, EVALUATIONS, Evaluation
 
 if TYPE_CHECKING:
@@ -86,7 +88,7 @@ def build_report(recipe: Recipe, materializer: Materializer, objective: Objectiv
 
     resident = scorer(materializer.model, materializer.tokenizer)
     rows = []
-    parents = sorted((r for _, r in layout.parent_references(SearchSpace.from_recipe(recipe).largest_stages())), key=str)
+    parents = sorted((r for _, r in layout.parent_references(build_space(recipe).largest_stages())), key=str)
     for reference in tqdm(parents, desc="report: parents", disable=quiet):  # a route's: all it routes over
         try:
             materializer.load_parent(reference)

@@ -7,8 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import Callable, Optional
 
-from evomerge.errors import EvomergeError
-from evomerge.recipe.model import SECTION
+from evomerge.errors import SECTION, EvomergeError
 
 
 def load_custom_fitness(spec: str, directory: Path, source: Optional[Path] = None) -> Callable:

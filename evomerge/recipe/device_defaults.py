@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from mergekit.config import MergeConfiguration
 
-from evomerge.recipe.model import EvalSpec
+from evomerge.recipe.schema import EvalSpec
 
 CPU_BATCH_SIZE = 64
 

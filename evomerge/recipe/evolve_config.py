@@ -3,7 +3,8 @@
 The recipe's mergekit keys are the genome's starting point (what `mergekit-yaml` merges);
 its `evomerge:` section holds the genome, the tasks and mergekit-evolve's defaults (CMA-ES
 with sigma0 1/6, 100 evaluations). `evomerge search` reads a config this way, and `evomerge
-convert` writes the same text to a file for editing.
+convert` writes the same text to a file for editing. mergekit's own genome (`genome_of`, `start_genotype`)
+is built here, below loading, and genome.py's search space decodes with it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import yaml
 from mergekit.config import ConfigYamlDumper
 from mergekit.evo.config import EvolMergeConfiguration
+from mergekit.evo.genome import ModelGenome
 
 from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
-from evomerge.recipe.genome import genome_of, start_genotype
-from evomerge.recipe.model import GenomeSpec, map_model_references, resolve_model_path
+from evomerge.recipe.references import map_model_references, resolve_model_path
+from evomerge.recipe.schema import GenomeSpec
 
 MAX_FEVALS = 100  # mergekit-evolve's --max-fevals default
 SEED = 0  # its --random-seed default
@@ -70,3 +73,23 @@ def _section(config: EvolMergeConfiguration, genome: Dict[str, Any]) -> Dict[str
                   "fewshot_as_multiturn": config.fewshot_as_multiturn and config.apply_chat_template}
     section["eval"] = {k: v for k, v in evaluation.items() if v is not None and v is not False}  # 0 stays
     return section
+
+
+def genome_of(spec: GenomeSpec, path: Path, key: str) -> ModelGenome:
+    """mergekit's ModelGenome, with its refusals as one line naming the file and the genome's key."""
+    if spec.merge_method == "slerp" and len(spec.models) > 2:
+        raise EvomergeError(f"a slerp genome of {len(spec.models)} models picks its pair per candidate; evomerge "
+                            "keeps one structure per run (its parents stay resident), so give two models",
+                            path=path, key=f"{key}.models")
+    try:
+        return ModelGenome(spec)
+    except (AssertionError, OSError, ValueError) as error:
+        raise EvomergeError(f"mergekit-evolve refuses the genome: {error}", path=path, key=key) from None
+
+
+def start_genotype(genome: ModelGenome, spec: GenomeSpec, seed: int) -> np.ndarray:
+    """mergekit-evolve's x0 (weights 1/n, densities 1), or its random start drawn from the run's seed."""
+    initial = genome.initial_genotype().reshape(-1).numpy().astype(float)
+    if spec.random_init:
+        return np.random.default_rng(seed).uniform(0.0, 1.0, initial.shape)
+    return initial

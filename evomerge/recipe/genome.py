@@ -19,8 +19,11 @@ import numpy as np
 from mergekit.evo.genome import METHOD_PARAM_MAPS, ModelGenome
 
 from evomerge.errors import SECTION, EvomergeError
-from evomerge.recipe.model import GenomeSpec, Recipe
-from evomerge.recipe.space import Candidate, Gene, SearchSpace
+from evomerge.recipe.candidate import Candidate, Gene
+from evomerge.recipe.evolve_config import genome_of, start_genotype
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.schema import GenomeSpec
+from evomerge.recipe.space import SearchSpace
 
 KEY = f"{SECTION}.genome"
 
@@ -61,26 +64,6 @@ class GenomeSpace(SearchSpace):
                else f", gradient point {g.group + 1} of {g.groups}" if g.groups > 1 else "")
             + ("; the two highest scores of a layer group are slerped, t = softmax" if slerp else ""))}
             for g in self.genes]
-
-
-def genome_of(spec: GenomeSpec, path: Path, key: str) -> ModelGenome:
-    """mergekit's ModelGenome, with its refusals as one line naming the file and the genome's key."""
-    if spec.merge_method == "slerp" and len(spec.models) > 2:
-        raise EvomergeError(f"a slerp genome of {len(spec.models)} models picks its pair per candidate; evomerge "
-                            "keeps one structure per run (its parents stay resident), so give two models",
-                            path=path, key=f"{key}.models")
-    try:
-        return ModelGenome(spec)
-    except (AssertionError, OSError, ValueError) as error:
-        raise EvomergeError(f"mergekit-evolve refuses the genome: {error}", path=path, key=key) from None
-
-
-def start_genotype(genome: ModelGenome, spec: GenomeSpec, seed: int) -> np.ndarray:
-    """mergekit-evolve's x0 (weights 1/n, densities 1), or its random start drawn from the run's seed."""
-    initial = genome.initial_genotype().reshape(-1).numpy().astype(float)
-    if spec.random_init:
-        return np.random.default_rng(seed).uniform(0.0, 1.0, initial.shape)
-    return initial
 
 
 def _genes(genome: ModelGenome, spec: GenomeSpec) -> List[Gene]:

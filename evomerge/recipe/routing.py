@@ -24,11 +24,14 @@ from mergekit.common import ModelReference
 from mergekit.config import InputModelDefinition, InputSliceDefinition, MergeConfiguration, OutputSliceDefinition
 from mergekit.options import MergeOptions
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import SECTION, EvomergeError
+from evomerge.recipe.candidate import Candidate, Gene
+from evomerge.recipe.genes import output_layers, parameter_space
 from evomerge.recipe.layout import Stage, references
-from evomerge.recipe.model import SECTION, Recipe, resolve_model_path
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.references import resolve_model_path
 from evomerge.recipe.route import Hop, RoutingEntry, RoutingSpec, from_merge, to_merge
-from evomerge.recipe.space import Candidate, Gene, SearchSpace, output_layers, parameter_space
+from evomerge.recipe.space import SearchSpace
 from evomerge.recipe.stages import stage_named
 
 INCLUDE, SCALE = "include", "scale"

@@ -20,9 +20,10 @@ from mergekit.common import ModelReference
 from evomerge.errors import SECTION, EvomergeError, did_you_mean
 from evomerge.recipe import layout
 from evomerge.recipe.layout import Stage
-from evomerge.recipe.model import EvomergeSpec, parse_merge_config
 from evomerge.recipe.parents import check_parents
+from evomerge.recipe.parsing import parse_merge_config
 from evomerge.recipe.route import RoutingEntry
+from evomerge.recipe.schema import EvomergeSpec
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # mergekit-multi writes a stage into a folder of its name
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, List, Optional, TypeVar
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import SECTION, EvomergeError
 from evomerge.recipe.custom_fitness import load_custom_fitness
-from evomerge.recipe.model import SECTION, Recipe
+from evomerge.recipe.loading import Recipe
 from evomerge.recipe.parents import check_parents
 from evomerge.recipe.routing import routing_entry
 from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.space_factory import build_space
 from evomerge.recipe.stages import check_stage_parents
 from evomerge.searchers import SearcherOptions, searcher_options
 
@@ -79,7 +80,7 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
     space = None
     if attempt(lambda: check_stage_parents(recipe.stages, recipe.path, allow_pickle=allow_pickle) or True):
-        space = attempt(lambda: SearchSpace.from_recipe(recipe))
+        space = attempt(lambda: build_space(recipe))
     if space is not None and space.largest_merge() is not recipe.merge:  # a route: every model it may take
         attempt(lambda: _check_routed(space, recipe, allow_pickle))
     if len(problems) == 1:

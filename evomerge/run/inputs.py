@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Sequence
 
 from evomerge.recipe import layout
 from evomerge.recipe.custom_fitness import load_custom_fitness
-from evomerge.recipe.model import Recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.scoring.tasks import TaskSuite
 
 LIBRARIES = ("torch", "transformers", "mergekit", "lm_eval")
@@ -34,7 +34,7 @@ def fingerprint(recipe: Recipe) -> Inputs:
     tasks = [t.name for t in spec.tasks] + list(spec.report_tasks)
     found: Inputs = {
         "parents": {str(reference): _model_digest(reference)  # a route's: every model it may take
-                    for _, reference in layout.parent_references(SearchSpace.from_recipe(recipe).largest_stages())},
+                    for _, reference in layout.parent_references(build_space(recipe).largest_stages())},
         "tasks": _task_digests(recipe, tasks) if tasks else {},
         "versions": {name: version(name) for name in LIBRARIES},
     }

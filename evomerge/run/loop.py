@@ -20,9 +20,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import SECTION, EvomergeError
 from evomerge.merge.materializer import default_device
-from evomerge.recipe.model import SECTION, Recipe, load_recipe
+from evomerge.recipe.loading import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
 from evomerge.run.observers import observers, require_trackers

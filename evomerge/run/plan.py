@@ -24,8 +24,8 @@ from evomerge.merge.footprint import Footprint
 from evomerge.merge.materializer import default_device
 from evomerge.merge.stages import stages_footprint
 from evomerge.recipe.device_defaults import batch_size, scoring_dtype
-from evomerge.recipe.model import Recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.space_factory import build_space
 
 GIB = 1024 ** 3
 UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
@@ -145,7 +145,7 @@ class Plan:
             found.append(f"parents: {mode}{chosen}: {gib(self.device_bytes(mode))} on the device{per}{fits}{host}")
         if (advice := self.batch_advice()) is not None:
             found.append(advice)
-        found.append(f"genes: {SearchSpace.from_recipe(self.recipe).dimension}")
+        found.append(f"genes: {build_space(self.recipe).dimension}")
         if documents is not None:
             budget = spec.budget.evaluations if spec.budget else 0
             found.append(f"documents: {documents} per evaluation, {documents * budget} per run "
@@ -169,7 +169,7 @@ def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[
     target = torch.device(device or default_device())
     spec = recipe.spec
     dtype = scoring_dtype(recipe.merge, spec.eval, target.type)
-    weights = stages_footprint(SearchSpace.from_recipe(recipe).largest_stages(), dtype,
+    weights = stages_footprint(build_space(recipe).largest_stages(), dtype,
                                trust_remote_code=trust_remote_code)
     config = weights.config
     max_length = spec.eval.max_length or resolve_max_length(config)

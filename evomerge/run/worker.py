@@ -17,14 +17,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from evomerge.errors import EvomergeError, mergekit_refusals
+from evomerge.errors import SECTION, EvomergeError, mergekit_refusals
 from evomerge.merge.fingerprint import fingerprint
 from evomerge.merge.materializer import default_device
 from evomerge.merge.routing import search_materializer
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.device_defaults import scoring_dtype
-from evomerge.recipe.model import SECTION, Recipe
-from evomerge.recipe.space import SearchSpace
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.space_factory import build_space
 from evomerge.run.pool import Outcome, Step
 from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
@@ -59,7 +59,7 @@ class Worker:
         if threads:
             torch.set_num_threads(threads)
         spec = recipe.spec
-        self.space = SearchSpace.from_recipe(recipe)
+        self.space = build_space(recipe)
         self.start = self.space.starting_point()
         self.suite, self.objective = scoring(recipe)
         device = torch.device(device or default_device())

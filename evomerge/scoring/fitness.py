@@ -8,9 +8,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import SECTION, EvomergeError
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe.model import SECTION, TaskSpec
+from evomerge.recipe.schema import TaskSpec
 from evomerge.scoring.tasks import TaskSuite
 
 Metrics = Dict[str, Dict[str, float]]  # task name -> metric name -> value

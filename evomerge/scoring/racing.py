@@ -38,7 +38,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from evomerge.recipe.model import RacingSpec
+from evomerge.recipe.schema import RacingSpec
 from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
 from evomerge.scoring.scorer import Documents, LMEvalScorer, averages

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 from evomerge import log_levels
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe.device_defaults import batch_size
-from evomerge.recipe.model import EvalSpec
+from evomerge.recipe.schema import EvalSpec
 from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics
 from evomerge.scoring.tasks import TaskSuite, silenced

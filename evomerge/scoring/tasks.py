@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from evomerge import log_levels
-from evomerge.errors import EvomergeError, did_you_mean
+from evomerge.errors import SECTION, EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe.model import SECTION, EvalSpec
+from evomerge.recipe.schema import EvalSpec
 from evomerge.scoring import continuous
 
 HFLM_MAX_GEN_TOKS = 256  # what HFLM generates at most when a task's generation_kwargs do not say

@@ -20,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from evomerge.errors import EvomergeError
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe.model import EvalSpec
+from evomerge.recipe.schema import EvalSpec
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
@@ -134,7 +134,7 @@ def _uniform_merge_accuracy(out: Path, suite: TaskSuite) -> Dict[str, float]:
     from mergekit.config import MergeConfiguration
 
     from evomerge.merge.materializer import Materializer
-    from evomerge.recipe.space import Candidate
+    from evomerge.recipe.candidate import Candidate
 
     merge = MergeConfiguration.model_validate({
         "merge_method": "task_arithmetic",

@@ -9,7 +9,7 @@ import importlib.util
 from typing import List
 
 from evomerge.errors import SECTION, EvomergeError
-from evomerge.recipe.model import Recipe
+from evomerge.recipe.loading import Recipe
 from evomerge.run.observers.study import Study
 from evomerge.run.observers.tracker import RunInfo
 from evomerge.run.store import RunStore

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from evomerge.recipe.model import Recipe
+from evomerge.recipe.loading import Recipe
 from evomerge.run.store import Evaluation, RunStore
 
 LEDGER = "trackers.json"

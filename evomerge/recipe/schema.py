@@ -1,0 +1,258 @@
+"""The `evomerge:` section's types: pydantic models, validated once when a recipe is loaded.
+
+Pure data and its own checks; nothing here reads a file or knows the recipe around the section.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+
+from mergekit.evo.genome import METHOD_PARAM_MAPS, ModelGenomeDefinition
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from evomerge.errors import TAG
+from evomerge.recipe.route import RoutingEntry
+from evomerge.recipe.track import TrackSpec
+from evomerge.searchers.spec import SearcherSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: Tuple[float, float]) -> Tuple[float, float]:
+    low, high = value
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"expected [low, high], finite, with low < high, got [{low}, {high}]")
+    return value
+
+
+class GeneSpec(_Strict):
+    """One searched mergekit parameter, split into genes per model, filter and layer group."""
+
+    parameter: str
+    stage: Optional[str] = None  # the stage (a multi-stage recipe's document name); default: the final merge
+    models: Optional[List[str]] = None
+    range: Tuple[float, float]
+    layer_groups: Union[int, List[Tuple[int, int]]] = 1
+    filters: List[str] = Field(default_factory=list)
+
+    _range = field_validator("range")(_check_range)
+
+    @field_validator("layer_groups", mode="wrap")
+    @classmethod
+    def _groups(cls, value, handler):
+        """N evenly spread gradient points, or explicit layer ranges [start, end) (as `evomerge tree
+        --suggest-groups` prints them) that follow each other from layer 0."""
+        expected = "expected a number of layer groups or contiguous layer ranges from layer 0 like [[0, 2], [2, 4]]"
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"expected at least 1 layer group, got {value}")
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{expected}, got {value!r}")
+        end = 0
+        for entry in value:
+            if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != end
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry) or entry[1] <= entry[0]):
+                raise ValueError(f"{expected}, got {value!r}")
+            end = entry[1]
+        return [tuple(entry) for entry in value]
+
+    @property
+    def group_count(self) -> int:
+        return self.layer_groups if isinstance(self.layer_groups, int) else len(self.layer_groups)
+
+    @property
+    def layer_ranges(self) -> Optional[Tuple[Tuple[int, int], ...]]:
+        return None if isinstance(self.layer_groups, int) else tuple(tuple(r) for r in self.layer_groups)
+
+    @field_validator("filters")
+    @classmethod
+    def _distinct_filters(cls, filters: List[str]) -> List[str]:
+        if len(set(filters)) != len(filters) or any(not f for f in filters):
+            raise ValueError("expected distinct, non-empty tensor-name filters")
+        return filters
+
+
+class NoiseSpec(_Strict):
+    """Weight-space mutation: Gaussian noise of std = value × the merged tensor's std.
+
+    With `range` the values are searched (`std` is then the starting point); without it,
+    `std` is applied as given, which is how an exported winner carries its noise.
+    """
+
+    range: Optional[Tuple[float, float]] = None
+    layer_groups: PositiveInt = 1
+    std: Optional[Union[float, List[float]]] = None
+
+    @field_validator("range")
+    @classmethod
+    def _noise_range(cls, value):
+        if value is None:
+            return value
+        _check_range(value)
+        if value[0] < 0:
+            raise ValueError(f"expected a non-negative range, got [{value[0]}, {value[1]}]")
+        return value
+
+    @model_validator(mode="after")
+    def _range_or_std(self) -> "NoiseSpec":
+        if self.range is None and self.std is None:
+            raise ValueError("expected `range` (to search the noise) or `std` (to apply it)")
+        values = self.std if isinstance(self.std, list) else [self.std] if self.std is not None else []
+        if any(v < 0 for v in values):
+            raise ValueError(f"expected non-negative std values, got {self.std}")
+        return self
+
+
+class TaskSpec(_Strict):
+    name: str
+    metric: str = "acc"
+    weight: float = 1.0
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class RacingSpec(_Strict):
+    """Score each candidate in stages on growing shares of the search documents (one order,
+    shuffled once per run) and stop one that cannot, with this confidence, beat the bar (the
+    `rank`-th best fully scored candidate so far) by more than `margin` of the bar's standard errors."""
+
+    stages: List[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    rank: PositiveInt = 1
+    margin: NonNegativeFloat = 0.0
+
+    @field_validator("stages")
+    @classmethod
+    def _growing_to_all(cls, stages: List[float]) -> List[float]:
+        if not stages or stages[-1] != 1.0 or any(not 0 <= a < b for a, b in zip([0.0] + stages, stages)):
+            raise ValueError(f"expected growing shares of the documents ending at 1.0, e.g. [0.25, 0.5, 1.0], got {stages}")
+        return stages
+
+
+class EvalSpec(_Strict):
+    """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
+
+    batch_size: Union[PositiveInt, Literal["auto"], None] = None  # default: auto on CUDA, 64 elsewhere (device_defaults.py)
+    limit: Optional[PositiveInt] = None
+    num_fewshot: Optional[NonNegativeInt] = None
+    apply_chat_template: Union[bool, str] = False  # True: the tokenizer's template; a string names one
+    fewshot_as_multiturn: bool = False
+    system_instruction: Optional[str] = None
+    gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
+    max_length: Optional[PositiveInt] = None
+    dtype: Optional[str] = None  # the dtype candidates are scored in; default: device_defaults.scoring_dtype
+    racing: Optional[RacingSpec] = None  # `true` for the defaults
+
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _racing_switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"expected one of {', '.join(DTYPES)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _multiturn_needs_a_template(self) -> "EvalSpec":
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn needs apply_chat_template")
+        return self
+
+
+class GenomeSpec(ModelGenomeDefinition):
+    """mergekit-evolve's genome (its own type and checks), searched as mergekit-evolve searches it:
+    its genotype layout, decoded by its own `genotype_merge_config` (see genome.GenomeSpace).
+
+    mergekit-evolve's CMA-ES is unbounded; evomerge's searchers need a box, so each genotype
+    parameter gets a range (default [0, 1]; weights [-1, 1] with `allow_negative_weights`).
+    `random_init` starts at a uniform draw from [0, 1) (mergekit-evolve's), seeded by the run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    random_init: bool = False
+    ranges: Dict[str, Tuple[float, float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_ranges(self) -> "GenomeSpec":
+        names = METHOD_PARAM_MAPS.get(self.merge_method, [])
+        for name, value in self.ranges.items():
+            if name not in names:
+                raise ValueError(f"{self.merge_method}'s genotype has no {name!r}; expected one of {', '.join(names)}")
+            _check_range(value)
+        return self
+
+    def range_of(self, parameter: str) -> Tuple[float, float]:
+        default = (-1.0, 1.0) if self.allow_negative_weights and parameter == "weight" else (0.0, 1.0)
+        return self.ranges.get(parameter, default)
+
+
+class BudgetSpec(_Strict):
+    evaluations: PositiveInt
+
+
+class ConfirmSpec(_Strict):
+    """Before crowning: the `top` best fully scored candidates are scored on these tasks, which the
+    search never optimized and the report does not show, and the best there wins. The search's own
+    best is the best of many tries on the search documents, so its lead there is partly luck."""
+
+    top: PositiveInt
+    tasks: List[str] = Field(min_length=1)
+
+
+def _entry_kind(entry: Any) -> str:
+    routing = isinstance(entry, RoutingEntry) or isinstance(entry, dict) and "routing" in entry
+    return TAG + ("routing" if routing else "gene")
+
+
+SearchEntry = Annotated[Union[Annotated[GeneSpec, Tag(TAG + "gene")], Annotated[RoutingEntry, Tag(TAG + "routing")]],
+                        Discriminator(_entry_kind)]  # a parameter's genes, or a layer route's (route.py)
+
+
+class EvomergeSpec(_Strict):
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # also mergekit's --random-seed, which numpy bounds
+    search: List[SearchEntry] = Field(default_factory=list)
+    genome: Optional[GenomeSpec] = None  # a mergekit-evolve genome instead of `search`/`noise`
+    noise: Optional[NoiseSpec] = None
+    tasks: List[TaskSpec] = Field(default_factory=list)
+    fitness: Optional[str] = None
+    objectives: Literal["sum", "separate"] = "sum"
+    report_tasks: List[str] = Field(default_factory=list)
+    task_paths: List[str] = Field(default_factory=list)
+    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
+    budget: Optional[BudgetSpec] = None
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
+    confirm: Optional[ConfirmSpec] = None
+    track: TrackSpec = Field(default_factory=TrackSpec)  # experiment trackers (track.py)
+
+    @model_validator(mode="after")
+    def _genome_alone(self) -> "EvomergeSpec":
+        if self.genome is not None and (self.search or self.noise is not None):
+            raise ValueError("a genome is the whole search space; remove `search` and `noise` (or the genome)")
+        return self
+
+    @field_validator("fitness")
+    @classmethod
+    def _module_function(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError(f"expected 'module:function', got {value!r}")
+        return value

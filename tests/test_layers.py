@@ -28,3 +28,15 @@ def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path):
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "evomerge.searchers.ga -> evomerge.run.loop" in result.stdout
+
+
+def test_a_base_space_that_imports_its_subclass_breaks_the_recipe_contract(tmp_path):
+    """Inside recipe/ too: the base space importing a subclass, even lazily in a function, closes a circle."""
+    shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    space = tmp_path / "evomerge" / "recipe" / "space.py"
+    space.write_text(space.read_text() + "\n\ndef _genome_space():\n    from evomerge.recipe.genome import GenomeSpace\n\n"
+                     "    return GenomeSpace\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "evomerge.recipe.space -> evomerge.recipe.genome" in result.stdout

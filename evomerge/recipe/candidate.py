@@ -87,6 +87,7 @@ class Candidate:
 
 
 def fixed_noise(recipe: Recipe) -> Optional[Tuple[float, ...]]:
+    """The noise a recipe applies as given (`noise: {std: ...}`), to its start and every candidate; None if searched."""
     noise = recipe.spec.noise
     if noise is None or noise.range is not None:
         return None

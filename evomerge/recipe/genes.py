@@ -3,7 +3,8 @@
 A gene is one number in one place of a mergekit recipe: a parameter of one input model
 (or a shared parameter), for one tensor-name filter (or the fallback), at one point of
 an N-point mergekit gradient across the layers (or one explicit layer range). Its start is
-the recipe's own value there, as mergekit would resolve it.
+the recipe's own value there, as mergekit would resolve it. A stage's layer counts live here
+too (routing.py counts its slots with them).
 """
 
 from __future__ import annotations

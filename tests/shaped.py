@@ -1,5 +1,6 @@
-"""Model folders of a real model's shape with no weights: config.json and safetensors files whose
-headers are exact and whose data is a sparse hole, for `evomerge plan` at 7B or 70B on any disk."""
+"""Model folders of a real model's shape: with no weights (config.json and safetensors files whose
+headers are exact and whose data is a sparse hole, for `evomerge plan` at 7B or 70B on any disk),
+or in miniature with random weights (a Qwen2.5-shaped model with its `layer_types` list)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096}
@@ -74,3 +75,25 @@ def _write_hollow(path: Path, tensors: List[Tuple[str, List[int]]], dtype: str, 
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
         handle.truncate(8 + len(encoded) + offset)
+
+
+def write_tiny_qwen2(folder: Path, tokenizer_from: Path, seed: int,
+                     layer_types: Sequence[str] = ("full_attention",) * 4) -> Path:
+    """A Qwen2.5-shaped model in miniature (tied embeddings, grouped-query attention, a `layer_types` entry
+    per layer), randomly initialized from `seed`, with another model's tokenizer; enough for routing."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    source = AutoConfig.from_pretrained(tokenizer_from)
+    config = Qwen2Config(vocab_size=source.vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=len(layer_types), num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=32, tie_word_embeddings=True, layer_types=list(layer_types),
+                         use_sliding_window="sliding_attention" in layer_types, sliding_window=8,
+                         bos_token_id=source.bos_token_id, eos_token_id=source.eos_token_id,
+                         pad_token_id=source.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    return folder

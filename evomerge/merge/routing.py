@@ -9,7 +9,9 @@ bounded by the deepest candidate allowed and nothing is rebuilt when the depth c
 is planned by mergekit's own planner (which input tensor, which scale, for every output tensor, as
 `mergekit-yaml` would merge it), and a tensor is copied only when what its place holds changed:
 passthrough is a copy times the scale, computed as mergekit computes it, so the weights are
-`mergekit-yaml`'s (tests/test_routing.py).
+`mergekit-yaml`'s (tests/test_routing.py). The config's per-layer lists (`layer_types`, ...) follow
+each candidate's layers; the layer modules are built once for their entries, so every routed layer
+must have the same ones (recipe/routing.py refuses other routes before anything loads).
 
 PS+DFS: a route over earlier stages' outputs is the final stage of a StagedMaterializer; those
 outputs are read in place like any resident parent, and a layer copied from one is copied again
@@ -34,7 +36,7 @@ from evomerge.merge.parent_cache import ParentCache
 from evomerge.merge.plan import Planner, check_coverage, plan_entries
 from evomerge.merge.stages import StagedMaterializer, materializer_for
 from evomerge.recipe.candidate import Candidate
-from evomerge.recipe.route import Hop, to_merge
+from evomerge.recipe.route import Hop, per_layer_lists, to_merge
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space import SearchSpace
 
@@ -74,7 +76,13 @@ class RoutingMaterializer:
         self._loads = {(model, weight.name): weight.force_dtype or task.gather_tensors.dtype for _, task, _ in plan
                        for model, weight in task.gather_tensors.weight_info.items()}  # as mergekit's LoadTensor casts
         self._ends, self._dtypes = str(gallery.base_model), {"dtype": gallery.dtype, "out_dtype": gallery.out_dtype}
-        set_config_value(config, self._module.num_layers_config_key(), max_layers)
+        self._key = self._module.num_layers_config_key()
+        routed = per_layer_lists(config, self._key)  # the gallery's: every routed layer's entries
+        set_config_value(config, self._key, max_layers)
+        for name, values in routed.items():
+            if any(value != values[0] for value in values):
+                raise ValueError(f"`{name}` differs between the routed layers; the resident layers are built for one")
+            set_config_value(config, name, values[:1] * max_layers)
         self.model = resident_model(config, self.device, dtype or gallery.out_dtype or gallery.dtype,
                                     trust_remote_code=trust_remote_code)
         self._parameters = dict(self.model.state_dict(keep_vars=True))  # every layer's, however deep the candidate
@@ -89,7 +97,7 @@ class RoutingMaterializer:
         if not 1 <= depth <= self.max_layers:
             raise ValueError(f"the candidate has {depth} layers; the resident model holds 1 to {self.max_layers}")
         setattr(self._holder, self._attribute, torch.nn.ModuleList(self._layers[:depth]))
-        set_config_value(self.model.config, self._module.num_layers_config_key(), depth)
+        set_config_value(self.model.config, self._key, depth)
         self._depth = depth
 
     def materialize(self, candidate: Candidate) -> MaterializeStats:
@@ -100,6 +108,8 @@ class RoutingMaterializer:
             raise ValueError(f"a routed candidate is a passthrough recipe, got {merge.merge_method!r}")
         _, config = output_config(merge, self._options)
         self._resize(self._module.num_layers(config))
+        for name, values in per_layer_lists(config, self._key).items():
+            set_config_value(self.model.config, name, values)  # the same entries the layers were built for
         plan = Planner(self._arch, self._options, config).entries(merge)
         check_coverage(plan, self.model)
         todo: List[Tuple[str, ModelReference, str, Optional[float], Optional[str]]] = []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+from unittest import mock
 
+import mergekit.merge
 from mergekit.architecture import get_architecture_info
 from mergekit.config import MergeConfiguration
 from mergekit.graph import Executor
@@ -18,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from evomerge.merge.noise import add_noise, layer_positions, relative_std
+from evomerge.merge.output_model import routed_out_config
 from evomerge.merge.stages import located, materializer_for
 from evomerge.recipe.candidate import Candidate
 
@@ -28,20 +32,30 @@ def write_with_mergekit(candidate: Candidate, out: Path, options: Optional[Merge
     """mergekit's own `run_merge` (what `mergekit-yaml` runs; mergekit-multi's stages for a multi-stage
     recipe), then evomerge's noise if any.
 
-    The candidate's seed is mergekit's `--random-seed`, so randomized methods reproduce.
+    The candidate's seed is mergekit's `--random-seed`, so randomized methods reproduce. The config
+    written is evomerge's output config, whose per-layer lists follow a route (output_model.py):
+    `mergekit-yaml` 0.1.5 cannot write a route to another depth over models with `layer_types`.
     """
     options = (options or MergeOptions(quiet=True)).model_copy(
         update={"random_seed": candidate.seed if (options is None or options.random_seed is None) else options.random_seed}
     )
     out.mkdir(parents=True, exist_ok=True)
     if not candidate.before:
-        run_merge(candidate.merge.model_copy(deep=True), str(out), options, config_source=candidate.to_yaml())
+        with _routed_out_configs():
+            run_merge(candidate.merge.model_copy(deep=True), str(out), options, config_source=candidate.to_yaml())
         _add_noise_to_folder(candidate, candidate.merge, out, options)
         return
-    with tempfile.TemporaryDirectory(prefix="evomerge-stages-") as intermediate:
+    with tempfile.TemporaryDirectory(prefix="evomerge-stages-") as intermediate, _routed_out_configs():
         _run_stages(candidate, out, options, intermediate)
         folders = {stage.name: str(Path(intermediate) / stage.name) for stage in candidate.before}
         _add_noise_to_folder(candidate, located(candidate.merge, folders), out, options)
+
+
+@contextlib.contextmanager
+def _routed_out_configs() -> Iterator[None]:
+    """`run_merge` (mergekit-multi's stages too) writing evomerge's output config instead of mergekit's own."""
+    with mock.patch.object(mergekit.merge, "_model_out_config", routed_out_config):
+        yield
 
 
 def _run_stages(candidate: Candidate, out: Path, options: MergeOptions, intermediate: str) -> None:

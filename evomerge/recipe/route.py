@@ -13,18 +13,23 @@ donor of the output config and tokenizer (mergekit otherwise picks one of a set)
 How mergekit 0.1.5 reads it: a filter matches a tensor whose output name contains it, and a
 tensor no filter matches gets no scale, which passthrough copies as it is (`tensor * scale`
 otherwise); the output's layer count is the sum of the slices' lengths, empty slices adding none.
+It changes the layer count alone: a config's per-layer lists (Qwen2's and Gemma's `layer_types`)
+keep the donor's length, which transformers refuses; evomerge's output config makes them follow
+the route (`per_layer_lists`, merge/output_model.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mergekit.config import ConditionalParameter, InputSliceDefinition, MergeConfiguration, OutputSliceDefinition
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 SCALE_FILTERS = ["o_proj", "down_proj"]
+NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id"}  # lists that may match by chance
 
 
 class RoutingSpec(BaseModel):
@@ -146,3 +151,14 @@ def _scale(parameters, filters: Sequence[str]):
     value = next(iter(values))
     return float(value) if len(values) == 1 and isinstance(value, (int, float)) and not isinstance(value, bool) \
         else False
+
+
+def per_layer_lists(config, layers_key: str) -> Dict[str, List[Any]]:
+    """A config's lists with an entry per layer (`layer_types` first), by dotted key: every list beside
+    the layer count (`layers_key`, mergekit's num_layers_config_key) that is as long."""
+    *path, count = layers_key.split(".")
+    holder = functools.reduce(getattr, path, config)
+    prefix = "".join(f"{part}." for part in path)
+    ordered = sorted(vars(holder).items(), key=lambda item: item[0] != "layer_types")
+    return {f"{prefix}{name}": value for name, value in ordered
+            if isinstance(value, list) and len(value) == getattr(holder, count) and name not in NOT_PER_LAYER}

@@ -30,7 +30,7 @@ from evomerge.recipe.genes import output_layers, parameter_space
 from evomerge.recipe.layout import Stage, references
 from evomerge.recipe.loading import Recipe
 from evomerge.recipe.references import resolve_model_path
-from evomerge.recipe.route import Hop, RoutingEntry, RoutingSpec, from_merge, to_merge
+from evomerge.recipe.route import Hop, RoutingEntry, RoutingSpec, from_merge, per_layer_lists, to_merge
 from evomerge.recipe.space import SearchSpace
 from evomerge.recipe.stages import stage_named
 
@@ -216,8 +216,20 @@ def _layers(recipe: Recipe, models: List[str], key: str) -> Dict[str, int]:
         raise EvomergeError(f"multi-module architectures ({', '.join(arch.modules)}) cannot be routed",
                             path=path, key=f"{key}.models")
     module = next(iter(arch.modules.values())).architecture
+    _one_entry_per_list(configs, module.num_layers_config_key(), path, f"{key}.models")
     return {m: output_layers(recipe.stages, stage_named(recipe.stages, m)) if m in names
             else module.num_layers(configs[m]) for m in models}
+
+
+def _one_entry_per_list(configs: Dict[str, Any], layers_key: str, path, key: str) -> None:
+    """The resident model's layers are built once, each for its entries in the config's per-layer lists
+    (`layer_types`): a route may put any layer anywhere, so each list must hold one value throughout."""
+    found = [per_layer_lists(config, layers_key) for config in configs.values()]
+    for name in dict.fromkeys(name for lists in found for name in lists):
+        values = list(dict.fromkeys(repr(value) for lists in found for value in lists.get(name, [None])))
+        if len(values) > 1:
+            raise EvomergeError(f"`{name}` differs between the routed layers ({values[0]}, {values[1]}); routing "
+                                f"needs one {name} in every layer", path=path, key=key)
 
 
 def _start(recipe: Recipe, spec: RoutingSpec, models: List[str], layers: Dict[str, int],

@@ -17,6 +17,7 @@ from pydantic import Field, PositiveInt
 
 from evomerge import log_levels
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
+from evomerge.searchers.registry import register
 
 
 class OptunaOptions(SearcherOptions):
@@ -27,8 +28,8 @@ class OptunaOptions(SearcherOptions):
         None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing)")
 
 
+@register("optuna")
 class OptunaSearch(Searcher):
-    name = "optuna"
     Options = OptunaOptions
     multi_objective = True
 
@@ -123,9 +124,9 @@ class RandomOptions(OptunaOptions):
     sampler: Literal["random"] = "random"
 
 
+@register("random")
 class RandomSearch(OptunaSearch):
     """Random search, the honest baseline: Optuna's RandomSampler, uniform in the unit cube
     (after the recipe's own point), under its own name."""
 
-    name = "random"
     Options = RandomOptions

@@ -87,11 +87,6 @@ class Searcher(ABC):
     def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
         """Take one result in."""
 
-    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
-        """A raced candidate's estimate after a stage: True stops it, False lets it go on, None (the
-        default) leaves the decision to racing's own bar."""
-        return None
-
     def external(self, fetch: Callable[[], Any]) -> Any:
         """A value from outside (JSON data): fetched and recorded, or, in a replay, the recorded one."""
         if self._replayed:

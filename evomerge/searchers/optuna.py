@@ -69,9 +69,9 @@ class OptunaSearch(Searcher):
             return optuna.pruners.HyperbandPruner()
         return optuna.pruners.NopPruner()
 
-    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
-        if self.options.pruner is None:
-            return None
+    def report(self, proposal_id: int, stage: int, estimate: float) -> bool:
+        """A racing stage's estimate, as an intermediate value of the proposal's trial: whether Optuna's
+        pruner stops it there (it is then told as pruned, valued at its last estimate)."""
         trial = self._trials[proposal_id]
         trial.report(estimate, stage)
         if trial.should_prune():

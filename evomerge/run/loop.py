@@ -25,8 +25,8 @@ from evomerge.merge.materializer import default_device
 from evomerge.recipe.model import SECTION, Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.memory_plan import check_fits
 from evomerge.run.observers import observers, require_trackers
-from evomerge.run.plan import check_fits
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.pruner import make_pruner
 from evomerge.run.replay import replay, tell

@@ -18,7 +18,7 @@ from evomerge.merge.materializer import Materializer
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.model import RacingSpec, TaskSpec, load_recipe
 from evomerge.recipe.space import SearchSpace
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
 from evomerge.scoring.fitness import Objective
@@ -147,6 +147,23 @@ def test_optunas_pruner_sees_every_stage_and_prunes_instead_of_the_bar(demo_reci
     assert raced and {t.number for t in trials if t.state.name == "PRUNED"} == raced
     assert all(set(t.intermediate_values) == {1, 2} for t in trials if t.state.name == "COMPLETE")
     assert all(max(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")
+
+
+def test_a_run_with_optunas_pruner_resumes_as_it_would_have_gone_on(demo_recipe, tmp_path):
+    """The resumed pruner sees the stored stages again: its trials are pruned and valued as they were."""
+    recipe = demo_recipe(eval={"racing": {"stages": [0.25, 0.5, 1.0]}, "limit": 40},
+                         searcher={"name": "optuna", "sampler": "tpe", "batch": 4, "startup_trials": 4,
+                                   "pruner": "median"})
+    start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=12, quiet=True)).run()
+    start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=7, quiet=True)).run()
+    resumed = resume_search(tmp_path / "stopped", evaluations=12, quiet=True)
+    resumed.run()
+    whole = RunStore.open(tmp_path / "whole").evaluations.finished()
+    assert [(e.genotype, e.fitness, e.status) for e in resumed.store.evaluations.finished()] == \
+           [(e.genotype, e.fitness, e.status) for e in whole]
+    assert any(e.raced for e in whole[:7]) and any(e.raced for e in whole[7:])
+    trials = resumed.searcher.study.trials
+    assert {t.number for t in trials if t.state.name == "PRUNED"} == {e.id for e in whole if e.raced}
 
 
 def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):

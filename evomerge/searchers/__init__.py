@@ -11,5 +11,5 @@ from evomerge.searchers.base import Fitness, GeneInfo, Proposal, Searcher, Searc
 from evomerge.searchers.registry import SEARCHERS, make_searcher, register, searcher_options
 from evomerge.searchers.spec import SearcherSpec
 
-__all__ = ["SEARCHERS", "Fitness", "GeneInfo", "Proposal", "Searcher", "SearcherOptions", "SearcherSpec", "make_searcher",
-           "register", "searcher_options"]
+__all__ = ["SEARCHERS", "Fitness", "GeneInfo", "Proposal", "Searcher", "SearcherOptions", "SearcherSpec",
+           "make_searcher", "register", "searcher_options"]

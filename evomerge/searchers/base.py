@@ -7,8 +7,8 @@ as `None`, which each searcher treats as the worst outcome in its own way. Propo
 numbered in the order they are made, so lineage can name parents by id.
 
 A searcher is never saved as an object (a pickle of code would run on `resume`): the run
-store logs every ask, racing stage and tell, and a fresh searcher with the same seed that
-replays the log is in the same state. What a searcher takes from outside the process (a
+store logs every ask and tell, and a fresh searcher with the same seed that replays the log
+is in the same state. What a searcher takes from outside the process (a
 language model's answers) goes through `external()`, whose values the log records and the
 replay hands back.
 """

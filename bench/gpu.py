@@ -56,7 +56,7 @@ def plan(recipe_path: Path) -> None:
     import resource
 
     from evomerge.recipe.loading import load_recipe
-    from evomerge.run.plan import gib, make_plan
+    from evomerge.run.memory_plan import gib, make_plan
     from evomerge.run.worker import Worker
 
     device = default_device()

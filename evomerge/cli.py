@@ -313,7 +313,7 @@ def plan(recipe, device_memory, workers, device, trust_remote_code):
     from configs and safetensors headers: no weight is loaded."""
     from evomerge.recipe.loading import load_recipe
     from evomerge.recipe.stages import check_stage_parents
-    from evomerge.run.plan import documents_per_evaluation, make_plan, parse_bytes
+    from evomerge.run.memory_plan import documents_per_evaluation, make_plan, parse_bytes
 
     loaded = load_recipe(recipe)
     check_stage_parents(loaded.stages, loaded.path, allow_pickle=True)

@@ -15,8 +15,8 @@ import pytest
 from safetensors.torch import load_file
 from weights import assert_same_as_resident
 
-from evomerge.merge.plan import draws_random
-from evomerge.merge.stages import materializer_for
+from evomerge.merge.mergekit_tasks import draws_random
+from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.loading import load_recipe

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from weights import assert_same_as_resident
 
 from evomerge.merge.materializer import Materializer
-from evomerge.merge.plan import draws_random
+from evomerge.merge.mergekit_tasks import draws_random
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.loading import load_recipe

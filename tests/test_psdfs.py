@@ -18,7 +18,7 @@ from stage_recipes import blend, write_documents
 from weights import assert_same_as_resident, same_tensors
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.routing import search_materializer
+from evomerge.merge.routed_model import search_materializer
 from evomerge.outputs.export import export_run
 from evomerge.outputs.route_plot import route_of
 from evomerge.outputs.scoreboard import finish_run
@@ -29,7 +29,7 @@ from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space_factory import build_space
 from evomerge.recipe.validate import check_search
 from evomerge.run.loop import SearchOptions, start_search
-from evomerge.run.plan import make_plan
+from evomerge.run.memory_plan import make_plan
 from evomerge.run.store import RunStore
 
 torch.set_num_threads(1)

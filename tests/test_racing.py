@@ -19,7 +19,7 @@ from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.schema import RacingSpec, TaskSpec
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
 from evomerge.scoring.fitness import Objective
@@ -104,11 +104,11 @@ def test_a_candidate_that_cannot_reach_the_bar_stops_at_the_first_stage(demo_rec
     start = worker.space.x0.tolist()
     hopeless = Bar(2.0)  # above any fitness two accuracies at weight 0.5 can reach
     step = worker.begin(start, hopeless)
-    assert step.stage == 1 and step.outcome is None and stops(None, hopeless.fitness + step.margin, step.upper)
+    assert step.stage == 1 and step.outcome is None and stops(hopeless.fitness + step.margin, step.upper)
     stopped = worker.stop().outcome
     assert stopped.status == "raced" and stopped.documents == 38 and stopped.fitness == step.estimate
     step = worker.begin(start, Bar(-1.0))
-    assert not stops(None, -1.0 + step.margin, step.upper)
+    assert not stops(-1.0 + step.margin, step.upper)
 
 
 def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winner(demo_recipe, tmp_path):
@@ -148,6 +148,23 @@ def test_optunas_pruner_sees_every_stage_and_prunes_instead_of_the_bar(demo_reci
     assert raced and {t.number for t in trials if t.state.name == "PRUNED"} == raced
     assert all(set(t.intermediate_values) == {1, 2} for t in trials if t.state.name == "COMPLETE")
     assert all(max(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")
+
+
+def test_a_run_with_optunas_pruner_resumes_as_it_would_have_gone_on(demo_recipe, tmp_path):
+    """The resumed pruner sees the stored stages again: its trials are pruned and valued as they were."""
+    recipe = demo_recipe(eval={"racing": {"stages": [0.25, 0.5, 1.0]}, "limit": 40},
+                         searcher={"name": "optuna", "sampler": "tpe", "batch": 4, "startup_trials": 4,
+                                   "pruner": "median"})
+    start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=12, quiet=True)).run()
+    start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=7, quiet=True)).run()
+    resumed = resume_search(tmp_path / "stopped", evaluations=12, quiet=True)
+    resumed.run()
+    whole = RunStore.open(tmp_path / "whole").evaluations.finished()
+    assert [(e.genotype, e.fitness, e.status) for e in resumed.store.evaluations.finished()] == \
+           [(e.genotype, e.fitness, e.status) for e in whole]
+    assert any(e.raced for e in whole[:7]) and any(e.raced for e in whole[7:])
+    trials = resumed.searcher.study.trials
+    assert {t.number for t in trials if t.state.name == "PRUNED"} == {e.id for e in whole if e.raced}
 
 
 def test_a_pruner_needs_the_racing_stages(demo_recipe, tmp_path):
@@ -271,10 +288,10 @@ def test_no_bound_exceeds_what_the_candidate_reaches_by_scoring_best_on_every_do
     one_miss = {t: {"acc": [1.0] * 150} for t in TASKS}
     one_miss[TASKS[0]]["acc"][-1] = 0.0
     bar = Bar(1.0 - 0.5 / 150, scores=one_miss)
-    assert race.upper(scored(2), bar) < bar.fitness and stops(None, bar.fitness, race.upper(scored(2), bar))
+    assert race.upper(scored(2), bar) < bar.fitness and stops(bar.fitness, race.upper(scored(2), bar))
     assert race.upper(scored(1), bar) == pytest.approx(bar.fitness)
-    assert stops(None, bar.fitness, race.upper(scored(1), bar))
-    assert not stops(None, bar.fitness, bar.fitness + 1e-6)  # a bound above the bar goes on
+    assert stops(bar.fitness, race.upper(scored(1), bar))
+    assert not stops(bar.fitness, bar.fitness + 1e-6)  # a bound above the bar goes on
 
 
 def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_standard_errors(resident):
@@ -288,9 +305,9 @@ def test_a_margin_stops_a_candidate_that_cannot_beat_the_bar_by_more_than_its_st
     assert race.margin_of(Bar(whole.estimate)) == 0.0  # no per-document scores, no standard error
     # The same model against itself: no margin, it is scored in full (it may tie); with one, it stops early.
     plain = Race(RacingSpec(), scorer, objective, seed=0)
-    assert not any(stops(None, bar.fitness, plain.upper(stage, bar)) for stage in plain.stages_scored() if not stage.complete)
+    assert not any(stops(bar.fitness, plain.upper(stage, bar)) for stage in plain.stages_scored() if not stage.complete)
     stopped = next((stage for stage in race.stages_scored()
-                    if not stage.complete and stops(None, bar.fitness + race.margin_of(bar), race.upper(stage, bar))), None)
+                    if not stage.complete and stops(bar.fitness + race.margin_of(bar), race.upper(stage, bar))), None)
     assert stopped is not None and stopped.estimate == pytest.approx(whole.estimate, abs=0.1)
 
 

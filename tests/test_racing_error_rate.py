@@ -71,7 +71,7 @@ def stopped_when_better(races: int, *, documents: int = 150, disagree: int = 30,
                   scores={task: {"acc": [float(bar_scores[task][i]) for i in order[task]]} for task in TASKS})
         scorer.truth = mine
         assert sum(0.5 * mine[task].mean() for task in TASKS) > bar.fitness
-        wrong += any(stops(None, bar.fitness, race.upper(result, bar))
+        wrong += any(stops(bar.fitness, race.upper(result, bar))
                      for result in race.stages_scored() if not result.complete)
     return wrong / races
 

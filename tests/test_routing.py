@@ -15,13 +15,13 @@ from transformers import AutoModelForCausalLM
 from weights import assert_same_as_resident
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.routing import RoutingMaterializer, search_materializer
+from evomerge.merge.routed_model import RoutingMaterializer, search_materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.route import Hop, from_merge, to_merge
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.plan import make_plan
+from evomerge.run.memory_plan import make_plan
 
 MERGEKIT = MergeOptions(device="cpu", quiet=True)
 

@@ -19,7 +19,7 @@ from weights import assert_same_as_resident, same_tensors
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.merge.routing import RoutingMaterializer, search_materializer
+from evomerge.merge.routed_model import RoutingMaterializer, search_materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.outputs.export import export_run
 from evomerge.outputs.route_plot import route_of

@@ -1,5 +1,5 @@
 """The run's parts, each with fakes: the schedule keeps slots busy and survives lost workers, the
-referee judges a stage against the bar it was scored with, the replay rebuilds a searcher from
+racing bound judges a stage against the bar it was scored with, the replay rebuilds a searcher from
 the store's log alone. No model, no lm-eval."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.run.pool import Outcome, Step, WorkerLost
-from evomerge.run.referee import Referee
+from evomerge.run.pruner import OptunaPruner, RacingBound
 from evomerge.run.replay import replay, tell
 from evomerge.run.schedule import ATTEMPTS, Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
@@ -124,29 +124,29 @@ def _finished(store: RunStore, evaluation_id: int, fitness: float, scores: List[
     return done
 
 
-class Pruner:
-    """A searcher's side of racing: its own decision, or None."""
+class Optuna:
+    """A searcher with its own pruner (Optuna's): its decision on each stage's estimate."""
 
     def __init__(self, decision):
         self.decision, self.seen = decision, []
 
-    def prune(self, evaluation_id, stage, estimate):
+    def report(self, evaluation_id, stage, estimate):
         self.seen.append((evaluation_id, stage, estimate))
         return self.decision
 
 
-def test_the_referee_judges_a_stage_against_the_bar_it_was_scored_with(store):
+def test_the_racing_bound_judges_a_stage_against_the_bar_it_was_scored_with(store):
     first = _finished(store, 0, 0.5, [1.0, 0.0])
-    referee = Referee(store, rank=1, finished=[first])
-    assert referee.bar().fitness == 0.5 and referee.bar().scores == {"task": {"acc": [1.0, 0.0]}}
+    bound = RacingBound(store, rank=1, finished=[first])
+    assert bound.bar().fitness == 0.5 and bound.bar().scores == {"task": {"acc": [1.0, 0.0]}}
     better = _finished(store, 1, 0.9, [1.0, 1.0])
-    referee.finished(better)
+    bound.finished(better)
     # The stage was scored against the 0.5 bar: a bound of 0.7 goes on, though the bar is 0.9 now.
-    stop, next_bar = referee.judge(Pruner(None), 7, Step(1, estimate=0.6, upper=0.7, bar=0.5))
+    stop, next_bar = bound.judge(7, Step(1, estimate=0.6, upper=0.7, bar=0.5)), bound.bar()
     assert not stop and next_bar.fitness == 0.9
-    assert referee.judge(Pruner(None), 7, Step(2, estimate=0.6, upper=0.7, bar=0.9))[0]
-    assert referee.judge(Pruner(None), 7, Step(2, estimate=0.6, upper=0.95, margin=0.1, bar=0.9))[0]
-    assert not referee.judge(Pruner(False), 7, Step(2, estimate=0.6, upper=0.7, bar=0.9))[0]  # the pruner decides
+    assert bound.judge(7, Step(2, estimate=0.6, upper=0.7, bar=0.9))
+    assert bound.judge(7, Step(2, estimate=0.6, upper=0.95, margin=0.1, bar=0.9))
+    assert not OptunaPruner(store, Optuna(False)).judge(7, Step(2, estimate=0.6, upper=0.7, bar=0.9))  # it decides
     stages = [(e.evaluation, e.data["stage"]) for e in store.events.all() if e.kind == "stage"]
     assert stages == [(7, 1), (7, 2), (7, 2), (7, 2)]  # every stage logged, as the searcher saw it
 

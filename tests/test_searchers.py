@@ -14,7 +14,7 @@ from evomerge.errors import EvomergeError
 from evomerge.outputs.scoreboard import finish_run
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
-from evomerge.searchers import SEARCHERS, make_searcher
+from evomerge.searchers import SEARCHERS, Proposal, Searcher, SearcherOptions, make_searcher, register
 from evomerge.searchers.spec import SearcherSpec
 
 CONFIGS = {
@@ -267,6 +267,62 @@ def test_the_command_line_chooses_the_searcher(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 10})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True, searcher="random")).run()
     assert {e.operator for e in RunStore.open(tmp_path / "run").evaluations.finished()} == {"optuna:random"}
+
+
+class _StepOptions(SearcherOptions):
+    step: float = 0.1
+
+
+@pytest.fixture
+def hill_climber():
+    """A third-party searcher: one class under the decorator, its options validated from the recipe like
+    a built-in's. It steps each gene in turn from the best point so far, one proposal at a time."""
+
+    @register("hill")
+    class HillClimber(Searcher):
+        Options = _StepOptions
+        generation_size = 1
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.best, self.best_fitness = self.x0, None
+
+        def ask(self):
+            if self.outstanding:
+                return []
+            if self._next_id == 0:
+                return [self._proposal(self.x0, operator="start")]
+            point = self.best.copy()
+            gene = self._next_id % self.dimension
+            point[gene] += self.options.step if self._next_id // self.dimension % 2 else -self.options.step
+            return [self._proposal(point, parents=(), operator="hill")]
+
+        def _told(self, proposal: Proposal, fitness, scores):
+            if fitness is not None and (self.best_fitness is None or fitness[0] > self.best_fitness):
+                self.best, self.best_fitness = proposal.genotype, fitness[0]
+            self.generation += 1
+
+    yield HillClimber
+    del SEARCHERS["hill"]
+
+
+def test_a_third_party_searcher_is_one_decorator_away_from_a_real_search(hill_climber, demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "hill", "step": 0.2})
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=4, quiet=True))
+    search.run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
+    assert isinstance(search.searcher, hill_climber) and search.searcher.options.step == 0.2
+    assert [e.operator for e in evaluations] == ["start", "hill", "hill", "hill"] and all(e.ok for e in evaluations)
+    with pytest.raises(ValueError, match="'hill' is already registered"):
+        register("hill")(hill_climber)
+
+
+def test_an_unknown_searcher_is_refused_with_the_names_it_could_mean(hill_climber, demo_recipe, tmp_path):
+    recipe = demo_recipe(searcher={"name": "hil"})
+    with pytest.raises(EvomergeError, match="unknown searcher 'hil' \\(did you mean 'hill'\\?\\); expected one of "
+                                            "cma, ga, hill, llm, optuna, random"):
+        start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
+    assert not (tmp_path / "run").exists()
 
 
 def test_cma_es_restarts_with_a_doubled_population_and_says_so():

@@ -20,7 +20,7 @@ from weights import assert_same_as_resident, same_tensors
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.merge.stages import materializer_for
+from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space

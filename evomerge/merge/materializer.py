@@ -1,6 +1,6 @@
 """Where a candidate's weights are computed: resident parents, one resident output model.
 
-The composition of the merge package's parts: mergekit plans the run once (plan.py) and
+The composition of the merge package's parts: mergekit plans the run once (mergekit_tasks.py) and
 resolves each candidate's parameters per tensor, the tensors whose parameters changed are
 merged by mergekit's merge tasks over the parents loaded once (parent_cache.py) and written in
 place (apply.py) into one model built once (output_model.py). Nothing is written to disk.
@@ -21,10 +21,18 @@ from mergekit.options import MergeOptions
 
 from evomerge.merge.apply import Work, apply
 from evomerge.merge.kernels import Scratch
+from evomerge.merge.mergekit_tasks import (
+    Ledger,
+    Parameters,
+    Planner,
+    check_coverage,
+    draws_random,
+    signature,
+    task_with,
+)
 from evomerge.merge.noise import layer_positions, relative_std
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
-from evomerge.merge.plan import Ledger, Parameters, Planner, check_coverage, draws_random, signature, task_with
 from evomerge.recipe import layout
 from evomerge.recipe.candidate import Candidate
 
@@ -51,7 +59,7 @@ class Materializer:
     size on the host), for parents that do not fit beside the output model. `dtype` is the
     dtype candidates are scored in (default: the recipe's out_dtype or dtype, as mergekit
     writes them). `produced`: parents that are earlier stages' resident outputs (see
-    merge/stages.py), read in place.
+    merge/multi_stage.py), read in place.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from mergekit.graph import Executor
 from mergekit.io.tasks import GatherTensors, LoaderCache
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from evomerge.merge.plan import PlanEntry, task_key
+from evomerge.merge.mergekit_tasks import PlanEntry, task_key
 
 Inputs = Dict[ModelReference, torch.Tensor]
 

@@ -20,9 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
+from evomerge.merge.multi_stage import located, materializer_for
 from evomerge.merge.noise import add_noise, layer_positions, relative_std
 from evomerge.merge.output_model import routed_out_config
-from evomerge.merge.stages import located, materializer_for
 from evomerge.recipe.candidate import Candidate
 
 RECIPE_FILE = "mergekit_config.yml"

@@ -24,7 +24,7 @@ from mergekit import merge_methods
 from evomerge.errors import EvomergeError
 from evomerge.merge.fingerprint import fingerprint, first_difference
 from evomerge.merge.materializer import Materializer, default_device
-from evomerge.merge.stages import materializer_for
+from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import RECIPE_FILE, save_resident
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import dtype_name, render_markdown

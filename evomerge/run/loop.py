@@ -3,7 +3,7 @@
 ask → store as pending → send to a free worker (merge in place, score with lm-eval, racing
 stage by stage) → store the result → tell. The parts each do one job: replay.py rebuilds the
 searcher from the store's log, schedule.py keeps the pool's slots busy (retries, lost workers),
-referee.py decides after each racing stage; this module wires them and is the only writer of
+pruner.py decides after each racing stage; this module wires them and is the only writer of
 the store. A run killed at any moment loses nothing stored and re-runs only what was in flight.
 """
 
@@ -25,10 +25,10 @@ from evomerge.merge.materializer import default_device
 from evomerge.recipe.loading import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.memory_plan import check_fits
 from evomerge.run.observers import observers, require_trackers
-from evomerge.run.plan import check_fits
 from evomerge.run.pool import LocalPool, Outcome, Pool
-from evomerge.run.referee import Referee
+from evomerge.run.pruner import make_pruner
 from evomerge.run.replay import replay, tell
 from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
@@ -215,13 +215,13 @@ class Search:
     def run(self) -> Evaluation:
         """Search until the budget is spent; returns the best evaluation."""
         evaluations = self.store.evaluations
-        self.searcher = replay(self.fresh_searcher(), self.store, self.space.from_unit, self.separate)
+        finished = evaluations.finished()
+        searcher = self.fresh_searcher()
+        self.pruner = make_pruner(self.recipe, self.store, searcher, finished)
+        self.searcher = replay(searcher, self.store, self.space.from_unit, self.separate, self.pruner)
         evaluations.requeue_running()
         self.store.views.rewrite()
-        finished = evaluations.finished()
         self._finished = len(finished)
-        racing = self.recipe.spec.eval.racing
-        self.referee = Referee(self.store, racing.rank, finished) if racing else None
         self._failures: List[str] = []  # errors of the failures in a row
         self._best = max((e.fitness for e in finished if e.ok), default=None)
         self.store.set_meta("status", "running")
@@ -232,7 +232,7 @@ class Search:
             with _sigterm_as_interrupt():
                 pool = self._pool()
                 schedule = Schedule(pool, self.store, evaluations.pending())
-                bar = [self.referee.bar] if self.referee else []
+                bar = [self.pruner.bar] if self.pruner else []
                 while True:
                     schedule.fill(lambda: self.budget - self._finished, lambda: self._ask(schedule), *bar)
                     if schedule.idle:
@@ -241,8 +241,8 @@ class Search:
                     if isinstance(event, Finished):
                         self._finish(event.evaluation, event.outcome, event.worker)
                     elif isinstance(event, Staged):
-                        stop, current = self.referee.judge(self.searcher, event.evaluation.id, event.step)
-                        schedule.go_on(event.slot, stop, current)
+                        stop = self.pruner.judge(event.evaluation.id, event.step)
+                        schedule.go_on(event.slot, stop, self.pruner.bar())
         except KeyboardInterrupt:
             self.store.set_meta("status", "interrupted")
             raise SearchInterrupted(str(self.store.directory)) from None
@@ -280,8 +280,8 @@ class Search:
         evaluation = replace(evaluation, **result, worker=worker, created=time.time())
         self.store.add_result(evaluation, scores, weights)
         self._finished += 1
-        if self.referee:
-            self.referee.finished(evaluation)
+        if self.pruner:
+            self.pruner.finished(evaluation)
         if evaluation.ok and (self._best is None or evaluation.fitness > self._best):
             self._best = evaluation.fitness
         tell(self.searcher, evaluation, self.separate)

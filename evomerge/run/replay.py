@@ -3,11 +3,12 @@ racing stages, tells, in order), so a resumed run goes on exactly where it stopp
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
 from evomerge.errors import EvomergeError
+from evomerge.run.pruner import Pruner
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.searchers import Fitness, Searcher
 
@@ -30,8 +31,9 @@ def tell(searcher: Searcher, evaluation: Evaluation, separate: bool) -> None:
 
 
 def replay(searcher: Searcher, store: RunStore, from_unit: Callable[[np.ndarray], np.ndarray],
-           separate: bool) -> Searcher:
-    """`searcher` (fresh) after every logged event; refuses a log it does not reproduce."""
+           separate: bool, pruner: Optional[Pruner] = None) -> Searcher:
+    """`searcher` (fresh) after every logged event, racing stages shown to `pruner` (made with it);
+    refuses a log it does not reproduce."""
     rows = {e.id: e for e in store.evaluations.everything()}
     for event in store.events.all():
         if event.kind == "ask":
@@ -43,7 +45,8 @@ def replay(searcher: Searcher, store: RunStore, from_unit: Callable[[np.ndarray]
                                     f"{event.data['ids']}); was the run made with other versions of evomerge, "
                                     "Optuna or pycma?", path=store.directory)
         elif event.kind == "stage":
-            searcher.prune(event.evaluation, event.data["stage"], event.data["estimate"])
+            if pruner is not None:
+                pruner.replayed(event.evaluation, event.data["stage"], event.data["estimate"])
         else:
             tell(searcher, rows[event.evaluation], separate)
     searcher.recorded = []

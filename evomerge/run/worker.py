@@ -20,7 +20,7 @@ import torch
 from evomerge.errors import SECTION, EvomergeError, mergekit_refusals
 from evomerge.merge.fingerprint import fingerprint
 from evomerge.merge.materializer import default_device
-from evomerge.merge.routing import search_materializer
+from evomerge.merge.routed_model import search_materializer
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.loading import Recipe

@@ -89,7 +89,7 @@ class Race:
 
     def stages_scored(self, custom: Optional[Dict[str, float]] = None) -> Iterator[RaceResult]:
         """The estimate after each stage (with the candidate's `custom` fitness terms), the last one
-        complete; the search loop's referee decides after each whether to go on."""
+        complete; the run's pruner decides after each whether to go on."""
         values: Documents = {}
         for number, stage in enumerate(self.stages, start=1):
             for task, found in self.scorer.score_documents(stage).items():
@@ -174,11 +174,11 @@ def _variance_of_mean(values: np.ndarray, low: float, high: float, total: int) -
     return spread / (n - 1) / n * (1 - n / total)
 
 
-def stops(decision: Optional[bool], bar: Optional[float], upper: float) -> bool:
-    """A searcher's own decision (a pruner) when it has one; else whether the candidate cannot beat the
-    bar: its bound is not above it. A tie cannot win (the earlier candidate ranks first), and a bound
-    meets the bar exactly only where what the candidate can still reach is all it can get."""
-    return decision if decision is not None else (bar is not None and upper <= bar + ROUNDING)
+def stops(bar: Optional[float], upper: float) -> bool:
+    """Whether a candidate cannot beat the bar: its bound is not above it (None: no bar, it goes on). A tie
+    cannot win (the earlier candidate ranks first), and a bound meets the bar exactly only where what the
+    candidate can still reach is all it can get."""
+    return bar is not None and upper <= bar + ROUNDING
 
 
 def check_averaged(objective: Objective, suite: TaskSuite) -> Optional[str]:

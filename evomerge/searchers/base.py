@@ -7,8 +7,8 @@ as `None`, which each searcher treats as the worst outcome in its own way. Propo
 numbered in the order they are made, so lineage can name parents by id.
 
 A searcher is never saved as an object (a pickle of code would run on `resume`): the run
-store logs every ask, racing stage and tell, and a fresh searcher with the same seed that
-replays the log is in the same state. What a searcher takes from outside the process (a
+store logs every ask and tell, and a fresh searcher with the same seed that replays the log
+is in the same state. What a searcher takes from outside the process (a
 language model's answers) goes through `external()`, whose values the log records and the
 replay hands back.
 """
@@ -86,11 +86,6 @@ class Searcher(ABC):
     @abstractmethod
     def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
         """Take one result in."""
-
-    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
-        """A raced candidate's estimate after a stage: True stops it, False lets it go on, None (the
-        default) leaves the decision to racing's own bar."""
-        return None
 
     def external(self, fetch: Callable[[], Any]) -> Any:
         """A value from outside (JSON data): fetched and recorded, or, in a replay, the recorded one."""

@@ -22,6 +22,7 @@ from evomerge.searchers.base import (
     SearcherOptions,
     scalar,
 )
+from evomerge.searchers.registry import register
 
 
 class CMAOptions(SearcherOptions):
@@ -39,8 +40,8 @@ class _Normal:
         return self.rng.standard_normal(shape)
 
 
+@register("cma")
 class CMAES(GenerationalSearcher):
-    name = "cma"
     Options = CMAOptions
 
     def __init__(self, *args, **kwargs):

@@ -43,6 +43,7 @@ from evomerge.searchers.operators import (
     UniformCrossover,
     units,
 )
+from evomerge.searchers.registry import register
 
 
 class DifferentialOptions(SearcherOptions):
@@ -77,8 +78,8 @@ class Individual:
     fitness: float = -np.inf  # -inf: failed, never selected while anything else lives
 
 
+@register("ga")
 class GeneticAlgorithm(GenerationalSearcher):
-    name = "ga"
     Options = GAOptions
 
     def __init__(self, *args, **kwargs):

@@ -27,6 +27,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
 from evomerge.searchers.operators import GaussianMutation
+from evomerge.searchers.registry import register
 
 CHARS_PER_TOKEN = 4  # the budget's estimate of a token, whatever the model's tokenizer
 SYSTEM = (
@@ -52,8 +53,8 @@ class LLMOptions(SearcherOptions):
     mutation_scale: PositiveFloat = 0.1  # of the fallback, in the unit cube
 
 
+@register("llm")
 class LLMSearch(Searcher):
-    name = "llm"
     Options = LLMOptions
 
     def __init__(self, *args, **kwargs):

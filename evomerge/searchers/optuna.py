@@ -17,6 +17,7 @@ from pydantic import Field, PositiveInt
 
 from evomerge import log_levels
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions
+from evomerge.searchers.registry import register
 
 
 class OptunaOptions(SearcherOptions):
@@ -27,8 +28,8 @@ class OptunaOptions(SearcherOptions):
         None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing)")
 
 
+@register("optuna")
 class OptunaSearch(Searcher):
-    name = "optuna"
     Options = OptunaOptions
     multi_objective = True
 
@@ -68,9 +69,9 @@ class OptunaSearch(Searcher):
             return optuna.pruners.HyperbandPruner()
         return optuna.pruners.NopPruner()
 
-    def prune(self, proposal_id: int, stage: int, estimate: float) -> Optional[bool]:
-        if self.options.pruner is None:
-            return None
+    def report(self, proposal_id: int, stage: int, estimate: float) -> bool:
+        """A racing stage's estimate, as an intermediate value of the proposal's trial: whether Optuna's
+        pruner stops it there (it is then told as pruned, valued at its last estimate)."""
         trial = self._trials[proposal_id]
         trial.report(estimate, stage)
         if trial.should_prune():
@@ -123,9 +124,9 @@ class RandomOptions(OptunaOptions):
     sampler: Literal["random"] = "random"
 
 
+@register("random")
 class RandomSearch(OptunaSearch):
     """Random search, the honest baseline: Optuna's RandomSampler, uniform in the unit cube
     (after the recipe's own point), under its own name."""
 
-    name = "random"
     Options = RandomOptions

@@ -84,7 +84,7 @@ class RunStore:
         self.views.added(evaluation)
 
     def add_stage(self, evaluation_id: int, stage: int, estimate: float) -> None:
-        """A racing stage's estimate, logged because the searcher is shown it (Optuna's pruners)."""
+        """A racing stage's estimate, logged because a pruner may learn from it (Optuna's) and relearn it on resume."""
         with self.db:
             self.events.append("stage", evaluation_id, {"stage": stage, "estimate": estimate})
 

@@ -13,9 +13,9 @@ from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.loading import load_recipe
-from evomerge.run import plan as plan_module
+from evomerge.run import memory_plan
 from evomerge.run.loop import SearchOptions, start_search
-from evomerge.run.plan import make_plan, parse_bytes
+from evomerge.run.memory_plan import make_plan, parse_bytes
 from evomerge.run.worker import Worker
 
 GIB = 1024 ** 3
@@ -126,11 +126,11 @@ def test_the_plan_command_prints_the_figures_and_refuses_too_little_memory_namin
 
 def test_a_search_that_cannot_fit_is_refused_before_anything_loads(demo_recipe, tmp_path, monkeypatch):
     at_16 = make_plan(load_recipe(demo_recipe())).device_bytes("device", batch=16)
-    monkeypatch.setattr(plan_module, "local_memory", lambda device_type, index=None: at_16)
+    monkeypatch.setattr(memory_plan, "local_memory", lambda device_type, index=None: at_16)
     plan = make_plan(load_recipe(demo_recipe()))
     assert plan.refusal() is None  # batch 64 does not fit, but scoring halves its batch to what fits
     assert plan.batch_advice().endswith("set a smaller batch, `eval: {batch_size: 16}`, to start there")
-    monkeypatch.setattr(plan_module, "local_memory", lambda device_type, index=None: 2 ** 20)
+    monkeypatch.setattr(memory_plan, "local_memory", lambda device_type, index=None: 2 ** 20)
     with pytest.raises(EvomergeError, match=r"evomerge.parents: needs [0-9.]+ MiB on cpu with parents: device at batch "
                                             r"size 1, more than the 1.00 MiB of this machine's cpu; even batch size 1 "
                                             r"and one worker need [0-9.]+ MiB$"):

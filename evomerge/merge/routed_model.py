@@ -31,10 +31,10 @@ from mergekit.io.tasks import LoaderCache
 from mergekit.options import MergeOptions
 
 from evomerge.merge.materializer import Materializer, MaterializeStats, default_device
+from evomerge.merge.mergekit_tasks import Planner, check_coverage, plan_entries
+from evomerge.merge.multi_stage import StagedMaterializer, materializer_for
 from evomerge.merge.output_model import output_config, output_tokenizer, resident_model
 from evomerge.merge.parent_cache import ParentCache
-from evomerge.merge.plan import Planner, check_coverage, plan_entries
-from evomerge.merge.stages import StagedMaterializer, materializer_for
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.route import Hop, per_layer_lists, to_merge
 from evomerge.recipe.routing import RoutingSpace
@@ -54,7 +54,7 @@ def search_materializer(space: SearchSpace, **options) -> Union[Materializer, St
 
 class RoutingMaterializer:
     """Materializes any passthrough recipe over the gallery's layers, up to `max_layers` deep. `produced`:
-    gallery models that are earlier stages' resident outputs (see merge/stages.py), read in place."""
+    gallery models that are earlier stages' resident outputs (see merge/multi_stage.py), read in place."""
 
     def __init__(self, gallery: MergeConfiguration, max_layers: int, *, device: Optional[Union[str, torch.device]] = None,
                  parents: Literal["device", "host"] = "device", dtype: Optional[str] = None,

@@ -7,7 +7,7 @@ stage as if mergekit-multi had written the earlier one, each earlier stage gets 
 tensors themselves are never read from there. When a stage rewrites tensors, the later stages
 recompute exactly the tensors merged from them, so a candidate that changes only the last stage's
 genes re-merges only the last stage. The final stage may be materialized otherwise (a route over
-earlier stages' outputs and the parents, merge/routing.py); an earlier stage that a candidate's
+earlier stages' outputs and the parents, merge/routed_model.py); an earlier stage that a candidate's
 final merge does not read is left as it is until a candidate reads it again.
 """
 

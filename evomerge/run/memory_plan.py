@@ -22,7 +22,7 @@ import torch
 from evomerge.errors import SECTION, EvomergeError
 from evomerge.merge.footprint import Footprint
 from evomerge.merge.materializer import default_device
-from evomerge.merge.stages import stages_footprint
+from evomerge.merge.multi_stage import stages_footprint
 from evomerge.recipe.device_defaults import batch_size, scoring_dtype
 from evomerge.recipe.loading import Recipe
 from evomerge.recipe.space_factory import build_space

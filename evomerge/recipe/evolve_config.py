@@ -3,7 +3,8 @@
 The recipe's mergekit keys are the genome's starting point (what `mergekit-yaml` merges);
 its `evomerge:` section holds the genome, the tasks and mergekit-evolve's defaults (CMA-ES
 with sigma0 1/6, 100 evaluations). `evomerge search` reads a config this way, and `evomerge
-convert` writes the same text to a file for editing.
+convert` writes the same text to a file for editing. Its defaults turn the chat template on: a
+config whose models' tokenizer has none is refused here, naming the config's key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from mergekit.config import ConfigYamlDumper
 from mergekit.evo.config import EvolMergeConfiguration
 
 from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
+from evomerge.recipe.chat_template import check_chat_template
 from evomerge.recipe.genome import genome_of, start_genotype
+from evomerge.recipe.layout import Stage
 from evomerge.recipe.model import GenomeSpec, map_model_references, resolve_model_path
 
 MAX_FEVALS = 100  # mergekit-evolve's --max-fevals default
@@ -41,6 +44,9 @@ def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None)
     spec = validated(GenomeSpec, resolved, path, "genome")
     mergekit_genome = genome_of(spec, path, "genome")
     start = mergekit_genome.genotype_merge_config(start_genotype(mergekit_genome, spec, SEED))
+    if config.apply_chat_template:
+        check_chat_template([Stage(None, start)], path, "apply_chat_template",
+                            "it is mergekit-evolve's default: set `apply_chat_template: false` in the config")
     written = {}
 
     def relative(reference: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, TypeVar
 
 from evomerge.errors import EvomergeError
+from evomerge.recipe.chat_template import check_chat_template
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.model import SECTION, Recipe
 from evomerge.recipe.parents import check_parents
@@ -82,6 +83,9 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
         space = attempt(lambda: SearchSpace.from_recipe(recipe))
     if space is not None and space.largest_merge() is not recipe.merge:  # a route: every model it may take
         attempt(lambda: _check_routed(space, recipe, allow_pickle))
+    if space is not None and spec.eval.apply_chat_template:
+        attempt(lambda: check_chat_template(space.largest_stages(), recipe.path, f"{SECTION}.eval.apply_chat_template",
+                                            "set `apply_chat_template: false`"))
     if len(problems) == 1:
         raise problems[0]
     if problems:

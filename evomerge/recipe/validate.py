@@ -77,6 +77,8 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     attempt(lambda: _check_pruner(recipe))
     objectives = len(spec.tasks) if spec.objectives == "separate" else 1
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
+    if searcher is not None:
+        attempt(lambda: searcher.probe(recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
     space = None
     if attempt(lambda: check_stage_parents(recipe.stages, recipe.path, allow_pickle=allow_pickle) or True):

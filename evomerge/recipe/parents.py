@@ -55,7 +55,8 @@ class _Checker:
         from huggingface_hub import HfApi, constants, try_to_load_from_cache
         from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-        if isinstance(try_to_load_from_cache(part.path, "config.json", revision=part.revision), str):
+        if any(isinstance(try_to_load_from_cache(part.path, name, revision=part.revision), str)
+               for name in ("config.json", "adapter_config.json")):  # a model's, a LoRA's
             return
         nowhere = f"no model folder {(self.source.parent / part.path).resolve()}, and {part.path!r}"
         if constants.is_offline_mode():

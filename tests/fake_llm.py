@@ -4,6 +4,8 @@ It plays a script of answers, one per request: a message content (valid JSON, pr
 JSON, anything), an HTTP error status, or a stall longer than the client's timeout. When
 the script runs out it answers with `default(request)`: for a real run, `LocalModel(folder)`
 answers with a local model (bench/searchers.py --llm-model). Every request body is recorded.
+The one-token probe a run sends before it starts is recorded apart and answered from its own
+script (then "OK"), so `requests` holds the searcher's asks only.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class FakeLLM:
     script: List[object] = field(default_factory=list)
     default: Optional[Callable[[dict], str]] = None
     requests: List[dict] = field(default_factory=list)
+    probes: List[dict] = field(default_factory=list)
+    probe_script: List[object] = field(default_factory=list)
 
     def prompt(self, index: int = -1) -> str:
         """The user message of a recorded request."""
@@ -42,6 +46,10 @@ class FakeLLM:
         if self.script:
             return self.script.pop(0)
         return self.default(body) if self.default else Status(503)
+
+    def probe(self, body: dict) -> object:
+        self.probes.append(body)
+        return self.probe_script.pop(0) if self.probe_script else "OK"
 
 
 class LocalModel:
@@ -78,7 +86,7 @@ def _handler(fake: FakeLLM):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if not self.path.endswith("/chat/completions"):
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
-            answer = fake.answer(body)
+            answer = fake.probe(body) if body.get("max_tokens") == 1 else fake.answer(body)
             if isinstance(answer, Stall):
                 time.sleep(answer.seconds)
                 return self._send(200, _completion(body, "{}"))

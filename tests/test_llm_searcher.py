@@ -9,8 +9,11 @@ import re
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from fake_llm import FakeLLM, Stall, Status, serve
 
+from evomerge.cli import main
+from evomerge.errors import EvomergeError
 from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.searchers import make_searcher
@@ -163,3 +166,42 @@ def test_the_prompt_keeps_within_its_token_budget_and_the_key_stays_out_of_the_r
     start_search(demo_recipe(eval={"limit": 5}, searcher=spec), tmp_path / "run",
                  SearchOptions(evaluations=3, quiet=True)).run()
     assert all(b"sk-secret-value" not in path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file())
+
+
+@pytest.mark.parametrize("status, expected", [(401, "evomerge.searcher.api_key_env: "), (403, "evomerge.searcher.api_key_env: "),
+                                              (404, "evomerge.searcher: ")])
+def test_a_refused_key_or_an_unknown_model_ends_the_run_before_the_first_candidate(status, expected, llm, demo_recipe,
+                                                                                   tmp_path):
+    fake, url = llm
+    fake.probe_script = [Status(status)]
+    recipe = demo_recipe(searcher={"name": "llm", "endpoint": url, "model": "fake-model", "retries": 3})
+    result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    [line] = result.output.strip().splitlines()
+    assert result.exit_code == 2 and line.startswith(f"error: {recipe}: {expected}") and f"HTTP {status}" in line
+    assert len(fake.probes) == 1 and not fake.requests and not (tmp_path / "run").exists()
+
+
+def test_an_endpoint_where_nothing_answers_is_refused_before_the_first_candidate(demo_recipe, tmp_path):
+    recipe = demo_recipe(searcher={"name": "llm", "endpoint": "http://127.0.0.1:9/v1", "model": "m"})  # discard port
+    result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    [line] = result.output.strip().splitlines()
+    assert result.exit_code == 2 and "evomerge.searcher.endpoint: nothing answers at http://127.0.0.1:9/v1" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_server_error_at_the_probe_is_a_passing_fault(llm, demo_recipe, tmp_path):
+    fake, url = llm
+    fake.probe_script, fake.default = [Status(500)], _any_valid_answer
+    recipe = demo_recipe(eval={"limit": 5}, searcher={"name": "llm", "endpoint": url, "model": "fake-model", "batch": 3})
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True)).run()
+    evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
+    assert len(fake.probes) == 1 and [e.operator for e in evaluations] == ["start", "llm", "llm"]
+
+
+def test_a_refused_key_during_the_run_is_not_retried_but_ends_it(llm):
+    fake, url = llm
+    fake.script = [Status(401)]
+    searcher = _searcher(url)  # one retry
+    with pytest.raises(EvomergeError, match=r"evomerge.searcher.api_key_env: .* refused the request \(HTTP 401"):
+        searcher.ask()
+    assert len(fake.requests) == 1

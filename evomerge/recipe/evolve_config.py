@@ -5,6 +5,8 @@ its `evomerge:` section holds the genome, the tasks and mergekit-evolve's defaul
 with sigma0 1/6, 100 evaluations). `evomerge search` reads a config this way, and `evomerge
 convert` writes the same text to a file for editing. mergekit's own genome (`genome_of`, `start_genotype`)
 is built here, below loading, and genome.py's search space decodes with it.
+Its defaults turn the chat template on: a config whose models' tokenizer has none is refused here,
+naming the config's key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from mergekit.evo.config import EvolMergeConfiguration
 from mergekit.evo.genome import ModelGenome
 
 from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
+from evomerge.recipe.chat_template import check_chat_template
+from evomerge.recipe.layout import Stage
 from evomerge.recipe.references import map_model_references, resolve_model_path
 from evomerge.recipe.schema import GenomeSpec
 
@@ -44,6 +48,9 @@ def recipe_text(raw: Dict[str, Any], path: Path, out_dir: Optional[Path] = None)
     spec = validated(GenomeSpec, resolved, path, "genome")
     mergekit_genome = genome_of(spec, path, "genome")
     start = mergekit_genome.genotype_merge_config(start_genotype(mergekit_genome, spec, SEED))
+    if config.apply_chat_template:
+        check_chat_template([Stage(None, start)], path, "apply_chat_template",
+                            "it is mergekit-evolve's default: set `apply_chat_template: false` in the config")
     written = {}
 
     def relative(reference: str) -> str:

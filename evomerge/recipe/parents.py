@@ -1,16 +1,19 @@
 """Checks the parents before a search starts: present, safe to load, and mergeable.
 
 Every problem names the recipe file and the key that references the model, and, for a
-mismatch, the tensor; nothing has been loaded yet when these errors are raised.
+mismatch, the tensor; nothing has been loaded yet when these errors are raised. A reference
+that is no folder is a Hub id: it must be in the Hub cache or on the Hub (one metadata call),
+else the error names the folder looked for beside the recipe and whether the Hub was offline.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Collection, Dict, Optional, Tuple
 
-from mergekit.common import ModelReference
+from mergekit.common import ModelPath, ModelReference
 from mergekit.config import MergeConfiguration
 from safetensors import safe_open
 
@@ -38,11 +41,41 @@ class _Checker:
             folder = Path(part.path)
             if not folder.exists():
                 if _is_hub_id(part.path):
+                    self.on_hub(part, key)
                     return None
                 raise self.error(f"model folder not found: {folder}", key)
             if not folder.is_dir():
                 raise self.error(f"expected a model folder, found a file: {folder}", key)
         return Path(reference.model.path) if reference.lora is None else None
+
+    def on_hub(self, part: ModelPath, key: str) -> None:
+        """A Hub id that mergekit and transformers can fetch (or find cached), else one line saying where
+        it was looked for: a relative path with no folder beside the recipe reads as a Hub id."""
+        import httpx2
+        from huggingface_hub import HfApi, constants, try_to_load_from_cache
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+        if any(isinstance(try_to_load_from_cache(part.path, name, revision=part.revision), str)
+               for name in ("config.json", "adapter_config.json")):  # a model's, a LoRA's
+            return
+        nowhere = f"no model folder {(self.source.parent / part.path).resolve()}, and {part.path!r}"
+        if constants.is_offline_mode():
+            raise self.error(f"{nowhere} is not in the Hub cache while the Hub is offline (HF_HUB_OFFLINE)", key)
+        api = HfApi(endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None)  # read now, as outputs/hub.py
+        try:
+            api.model_info(part.path, revision=part.revision)
+        except GatedRepoError:  # there; fetching it says what access it needs
+            return
+        except HfHubHTTPError as error:
+            if error.response is not None and error.response.status_code in (401, 404):  # the Hub hides private repos
+                at = f" at revision {part.revision}" if part.revision else ""
+                raise self.error(f"{nowhere} is not a model on the Hub ({api.endpoint}){at}, or not one this login "
+                                 "may read", key) from None
+            raise self.error(f"{nowhere} cannot be read from the Hub ({api.endpoint}): {' '.join(str(error).split())}",
+                             key) from None
+        except (httpx2.HTTPError, OSError) as error:  # no connection
+            raise self.error(f"{nowhere} could not be looked up: the Hub ({api.endpoint}) was not reachable "
+                             f"({' '.join(str(error).split())})", key) from None
 
     def config(self, folder: Path, key: str) -> dict:
         path = folder / "config.json"

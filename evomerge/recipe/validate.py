@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, TypeVar
 
 from evomerge.errors import SECTION, EvomergeError
+from evomerge.recipe.chat_template import check_chat_template
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.loading import Recipe
 from evomerge.recipe.parents import check_parents
@@ -77,12 +78,17 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     attempt(lambda: _check_pruner(recipe))
     objectives = len(spec.tasks) if spec.objectives == "separate" else 1
     searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
+    if searcher is not None:
+        attempt(lambda: searcher.probe(recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None
     space = None
     if attempt(lambda: check_stage_parents(recipe.stages, recipe.path, allow_pickle=allow_pickle) or True):
         space = attempt(lambda: build_space(recipe))
     if space is not None and space.largest_merge() is not recipe.merge:  # a route: every model it may take
         attempt(lambda: _check_routed(space, recipe, allow_pickle))
+    if space is not None and spec.eval.apply_chat_template:
+        attempt(lambda: check_chat_template(space.largest_stages(), recipe.path, f"{SECTION}.eval.apply_chat_template",
+                                            "set `apply_chat_template: false`"))
     if len(problems) == 1:
         raise problems[0]
     if problems:

@@ -23,7 +23,7 @@ from evomerge.recipe import layout
 from evomerge.recipe.custom_fitness import load_custom_fitness
 from evomerge.recipe.loading import Recipe
 from evomerge.recipe.space_factory import build_space
-from evomerge.scoring.tasks import TaskSuite
+from evomerge.scoring.tasks import TaskSuite, recipe_keys
 
 LIBRARIES = ("torch", "transformers", "mergekit", "lm_eval")
 Inputs = Dict[str, Dict[str, str]]  # kind -> name -> digest (or version)
@@ -97,7 +97,7 @@ def _safetensors_sample(file: Path, blocks: int = 64, block: int = 4096) -> List
 
 
 def _task_digests(recipe: Recipe, names: Sequence[str]) -> Dict[str, str]:
-    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path)
+    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path, keys=recipe_keys(recipe.spec))
     return {name: _digest(_canonical(task.dump_config()).encode(),
                           *(_canonical(doc).encode() for doc in task.eval_docs),
                           *(_canonical(doc).encode() for doc in (task.fewshot_docs() or [])))

@@ -186,7 +186,7 @@ def make_plan(recipe: Recipe, *, device: Optional[str] = None, memory: Optional[
 def _longest_request(recipe: Recipe, max_length: int) -> Tuple[int, str]:
     """The most tokens a sequence scored in this run holds (search, report and confirmation tasks),
     and where the figure comes from."""
-    from evomerge.scoring.tasks import TaskSuite
+    from evomerge.scoring.tasks import TaskSuite, recipe_keys
 
     spec = recipe.spec
     searched = [t.name for t in spec.tasks]
@@ -194,7 +194,8 @@ def _longest_request(recipe: Recipe, max_length: int) -> Tuple[int, str]:
     tokenizer = _tokenizer(recipe)
     if not names or tokenizer is None:
         return max_length, f"max_length{'' if names else ', no tasks'}{'' if tokenizer else ', no tokenizer found'}"
-    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path, options=spec.eval, seed=spec.seed)
+    suite = TaskSuite(names, recipe.task_paths(), source=recipe.path, keys=recipe_keys(spec), options=spec.eval,
+                      seed=spec.seed)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     longest = max(suite.longest_request(task, encode, spec.eval.limit if task in searched else None, max_length)
                   for task in suite.names)

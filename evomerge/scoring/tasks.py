@@ -13,12 +13,12 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from evomerge import log_levels
 from evomerge.errors import SECTION, EvomergeError, did_you_mean
 from evomerge.random_state import preserved_random_state
-from evomerge.recipe.schema import EvalSpec
+from evomerge.recipe.schema import EvalSpec, EvomergeSpec
 from evomerge.scoring import continuous
 
 HFLM_MAX_GEN_TOKS = 256  # what HFLM generates at most when a task's generation_kwargs do not say
@@ -63,22 +63,31 @@ def silenced(enabled: bool) -> Iterator[None]:
         yield
 
 
+def recipe_keys(spec: EvomergeSpec) -> Dict[str, str]:
+    """Where the recipe names each task that is not a search task, for a suite that loads them together."""
+    confirm = spec.confirm.tasks if spec.confirm else []
+    return {**{name: f"{SECTION}.confirm.tasks" for name in confirm},
+            **{name: f"{SECTION}.report_tasks" for name in spec.report_tasks}}
+
+
 class TaskSuite:
     """lm-eval tasks loaded once from the recipe's include paths (and lm-eval's own if needed),
-    with the recipe's `num_fewshot` and `gen_kwargs` applied as `simple_evaluate` applies them."""
+    with the recipe's `num_fewshot` and `gen_kwargs` applied as `simple_evaluate` applies them.
+    An unknown name is refused at `keys[name]` (default `key`), with a did-you-mean."""
 
     def __init__(self, names: Sequence[str], include_paths: Sequence[Path], *, source: Optional[Path] = None,
-                 key: str = f"{SECTION}.tasks", options: EvalSpec = EvalSpec(), seed: int = 0):
+                 key: str = f"{SECTION}.tasks", keys: Mapping[str, str] = {}, options: EvalSpec = EvalSpec(),
+                 seed: int = 0):
         self.names = list(dict.fromkeys(names))
         paths = [str(p) for p in include_paths]
         with log_levels.at_least("lm_eval", logging.ERROR):
-            self._load(names, paths, source, key)
+            self._load(names, paths, source, lambda name: keys.get(name, key))
             for task in self.tasks.values():
                 _configure(task, options, seed)
         for task in self.tasks.values():
             _reuse_requests(task)
 
-    def _load(self, names: Sequence[str], paths: List[str], source: Optional[Path], key: str) -> None:
+    def _load(self, names: Sequence[str], paths: List[str], source: Optional[Path], key: Callable[[str], str]) -> None:
         from lm_eval.tasks import TaskManager
 
         local = TaskManager(include_path=paths or None, include_defaults=False)
@@ -92,7 +101,7 @@ class TaskSuite:
                     f"unknown lm-eval task {name!r}{did_you_mean(name, manager.all_tasks)}"
                     + (f"; tasks in the include paths: {listed}" if listed else ""),
                     path=source,
-                    key=key,
+                    key=key(name),
                 )
         with preserved_random_state():
             loaded = manager.load(self.names)
@@ -102,7 +111,7 @@ class TaskSuite:
                 "task groups and tags are not supported here; name each task "
                 f"({', '.join(sorted(self.tasks))})",
                 path=source,
-                key=key,
+                key=key(next((n for n in self.names if n not in self.tasks), self.names[0])),  # the group's
             )
 
     def higher_is_better(self, task: str) -> Dict[str, bool]:

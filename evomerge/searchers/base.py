@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
@@ -39,6 +40,10 @@ class Proposal:
 
 class SearcherOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def probe(self, source: Optional[Path] = None) -> None:
+        """Before the run: refuse, with an EvomergeError naming `source` (the recipe), what would stop
+        every ask (a service that refuses to answer). Searchers that ask no one have nothing to probe."""
 
 
 class Searcher(ABC):

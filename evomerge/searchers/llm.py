@@ -8,9 +8,12 @@ executed: an answer that is not JSON, names unknown genes, is out of range or re
 point already proposed is repaired where it can be (clipped, completed from the best
 candidate) or replaced by a Gaussian mutation of a good candidate. Every proposal records
 its operator (`llm`, `llm-repaired`, `fallback`) and its rationale. A timeout, a refused
-connection or an HTTP error is retried with backoff, then that batch falls back: the run
-never stops for the endpoint. Every request's outcome goes through `external()`, so the run
-store's log keeps the model's answers and a resumed run replays them instead of asking again.
+connection or a server error is retried with backoff, then that batch falls back: the run does
+not stop for a passing fault. What no retry can mend ends the run in one line: one probe
+request before the first candidate finds an endpoint where nothing answers, a key it refuses
+(401, 403) or an endpoint or model it does not know (404); a 401, 403 or 404 later ends it too.
+Every request's outcome goes through `external()`, so the run store's log keeps the model's
+answers and a resumed run replays them instead of asking again.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from evomerge.errors import SECTION, EvomergeError
 from evomerge.searchers.base import Fitness, Proposal, Searcher, SearcherOptions, scalar
 from evomerge.searchers.operators import GaussianMutation
 from evomerge.searchers.registry import register
@@ -52,6 +57,23 @@ class LLMOptions(SearcherOptions):
     temperature: float = Field(0.7, ge=0, le=2)
     mutation_scale: PositiveFloat = 0.1  # of the fallback, in the unit cube
 
+    def probe(self, source: Optional[Path] = None) -> None:
+        """One request of one token: nothing answering, a refused key, an unknown endpoint or model end
+        the run before it starts; a timeout or a server error is left to the run's retries."""
+        openai = _openai()
+        try:
+            _client(self).chat.completions.create(model=self.model, messages=[{"role": "user", "content": "Say OK."}],
+                                                   max_tokens=1, temperature=0)
+        except openai.APITimeoutError:
+            return
+        except openai.APIConnectionError as error:
+            raise EvomergeError(f"nothing answers at {self.endpoint} ({_one_line(error.__cause__ or error)}); start "
+                                "the server or correct the URL", path=source, key=f"{SECTION}.searcher.endpoint") from None
+        except openai.APIError as error:
+            refusal = _refusal(error, self, source)
+            if refusal is not None:
+                raise refusal from None
+
 
 @register("llm")
 class LLMSearch(Searcher):
@@ -59,8 +81,7 @@ class LLMSearch(Searcher):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if importlib.util.find_spec("openai") is None:
-            raise ValueError("the llm searcher needs the openai package: pip install 'evomerge[llm]'")
+        _openai()
         if not self.genes:
             self.genes = [{"name": f"g{i}", "low": 0.0, "high": 1.0, "controls": "a number"} for i in range(self.dimension)]
         self.rng = np.random.default_rng(self.seed)
@@ -194,11 +215,9 @@ class LLMSearch(Searcher):
     def _request(self, messages: List[Dict[str, str]]) -> Dict[str, Any]:
         """The model's answer (None once every retry failed: that batch falls back) and how many
         requests it took, as plain data for the run store's log."""
-        import openai
-
+        openai = _openai()
         if self._client is None:
-            self._client = openai.OpenAI(base_url=self.options.endpoint, max_retries=0, timeout=self.options.timeout,
-                                         api_key=os.environ.get(self.options.api_key_env) or "not-needed")
+            self._client = _client(self.options)
         outcome: Dict[str, Any] = {"answer": None, "requested": 0, "unreachable": 0}
         for attempt in range(self.options.retries + 1):
             outcome["requested"] += 1
@@ -207,7 +226,10 @@ class LLMSearch(Searcher):
                     model=self.options.model, messages=messages, temperature=self.options.temperature)
                 outcome["answer"] = response.choices[0].message.content or ""
                 return outcome
-            except (openai.APIError, IndexError, AttributeError):  # timeouts, refused connections, HTTP errors
+            except (openai.APIError, IndexError, AttributeError) as error:  # timeouts, refused connections, HTTP errors
+                refusal = _refusal(error, self.options)
+                if refusal is not None:
+                    raise refusal from None
                 outcome["unreachable"] += 1
                 if attempt < self.options.retries:
                     time.sleep(self.options.backoff * 2 ** attempt)
@@ -218,6 +240,39 @@ class LLMSearch(Searcher):
         self.history.append({"id": proposal.id, "x": proposal.genotype.tolist(), "operator": proposal.operator,
                              "rationale": proposal.info.get("rationale", ""), "fitness": scalar(fitness),
                              "scores": scores})
+
+
+def _openai():
+    if importlib.util.find_spec("openai") is None:
+        raise EvomergeError("the llm searcher needs the openai package: pip install 'evomerge[llm]'",
+                            key=f"{SECTION}.searcher.name")
+    import openai
+
+    return openai
+
+
+def _client(options: LLMOptions):
+    return _openai().OpenAI(base_url=options.endpoint, max_retries=0, timeout=options.timeout,
+                            api_key=os.environ.get(options.api_key_env) or "not-needed")
+
+
+def _refusal(error: Exception, options: LLMOptions, source: Optional[Path] = None) -> Optional[EvomergeError]:
+    """What no retry mends: a refused key, an endpoint or a model the server does not know."""
+    openai = _openai()
+    if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        held = "holds a key it does not accept" if os.environ.get(options.api_key_env) else "is not set"
+        return EvomergeError(f"{options.endpoint} refused the request (HTTP {error.status_code}: "
+                             f"{_one_line(error)}); ${options.api_key_env} {held}", path=source,
+                             key=f"{SECTION}.searcher.api_key_env")
+    if isinstance(error, openai.NotFoundError):
+        return EvomergeError(f"{options.endpoint} does not know model {options.model!r} or this route (HTTP 404: "
+                             f"{_one_line(error)}); check `model` and `endpoint` (the base URL, often ending in /v1)",
+                             path=source, key=f"{SECTION}.searcher")
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _parse(answer: str) -> Tuple[Optional[str], List[Tuple[Any, str]]]:

@@ -219,6 +219,8 @@ class GenomeSpec(ModelGenomeDefinition):
 
 class BudgetSpec(_Strict):
     evaluations: PositiveInt
+    max_failures: Optional[PositiveInt] = None  # failed candidates a run may have; default: no limit
+    max_consecutive_failures: Optional[PositiveInt] = None  # in a row; default: a generation, at least 5 (run/failures.py)
 
 
 class ConfirmSpec(_Strict):
@@ -306,7 +308,8 @@ class Recipe:
         if seed is not None:
             update["seed"] = seed
         if evaluations is not None:
-            update["budget"] = BudgetSpec(evaluations=evaluations)
+            update["budget"] = BudgetSpec(**{**(self.spec.budget.model_dump() if self.spec.budget else {}),
+                                             "evaluations": evaluations})
         if searcher is not None and searcher != self.spec.searcher.name:
             update["searcher"] = SearcherSpec(name=searcher)
         if searcher_options:

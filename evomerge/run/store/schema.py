@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from evomerge.errors import EvomergeError
+from evomerge.run.run_lock import LOCK_FILE
 
 DATABASE = "run.db"
 FORMAT = 3  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column, no fingerprints
@@ -65,7 +66,7 @@ def check_new(directory: Path) -> None:
     if (directory / DATABASE).exists():
         raise EvomergeError("a run already exists here; pass --resume to continue it or choose another --out",
                             path=directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and (not directory.is_dir() or any(p.name != LOCK_FILE for p in directory.iterdir())):
         raise EvomergeError("expected an empty or new folder for the run", path=directory)
 
 

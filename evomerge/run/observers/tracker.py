@@ -9,11 +9,11 @@ the store's: finish time, then id). Delete it to log the whole run again to new 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from evomerge.files import write_atomically
 from evomerge.recipe.model import Recipe
 from evomerge.run.store import Evaluation, RunStore
 
@@ -74,9 +74,7 @@ class Ledger:
     def put(self, tracker: str, entry: Dict[str, Any]) -> None:
         entries = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         entries[tracker] = entry
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, self.path)
+        write_atomically(self.path, json.dumps(entries, indent=1) + "\n")
 
 
 class Tracker:

@@ -3,7 +3,7 @@ finished them, at step = how many had finished (so the best-so-far curve is over
 
 A resumed run continues the same tracker run and logs only what it has not logged:
 RUN/trackers.json keeps each tracker's run id and how many evaluations it has logged (the order is
-the store's: finish time, then id). Delete it to log the whole run again to new tracker runs.
+the store's event log's, in which each result was told). Delete it to log the whole run again to new tracker runs.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Tracker:
         self.best: Optional[float] = None
 
     def rewrite(self, finished: Sequence[Evaluation]) -> None:
-        order = sorted(finished, key=lambda e: (e.created, e.id))
+        order = list(finished)  # as the run finished them (its log's order)
         self._opened()
         self.best = max((e.fitness for e in order[:self.logged] if e.ok), default=None)
         for evaluation in order[self.logged:]:

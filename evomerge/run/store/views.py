@@ -31,7 +31,7 @@ class Observer(Protocol):
     name: str
 
     def rewrite(self, finished: Sequence[Evaluation]) -> None:
-        """The run's finished evaluations, by id: catch up on what this observer has not seen."""
+        """The run's finished evaluations, in the order it finished them: catch up on what this observer has not seen."""
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation, stored."""
@@ -64,7 +64,8 @@ class Views:
         if standings:
             self._new_best(standings[0])
         self._failed.clear()
-        self._tell(lambda observer: observer.rewrite(finished))
+        in_order = self.evaluations.in_finish_order()
+        self._tell(lambda observer: observer.rewrite(in_order))
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation: a line, and best.yaml if it is the new best (a tie goes to the earlier)."""

@@ -46,4 +46,5 @@ class Confirmations:
         order = {e.id: index for index, e in enumerate(ranked)}
         finalists = sorted((e for e in ranked[:json.loads(top[0]) if top else None] if e.id in confirmed),
                            key=lambda e: (-confirmed[e.id].fitness, order[e.id]))
-        return finalists + [e for e in ranked if e.id not in confirmed]
+        chosen = {e.id for e in finalists}
+        return finalists + [e for e in ranked if e.id not in chosen]

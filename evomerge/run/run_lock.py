@@ -27,11 +27,13 @@ _held: "weakref.WeakValueDictionary[Path, RunLock]" = weakref.WeakValueDictionar
 
 
 class RunLock:
-    """Held from `hold` until this object is gone (its file closes) or the process ends."""
+    """Held from `hold` until each holder has released it or this object is gone (its file closes), or
+    the process ends."""
 
     def __init__(self, directory: Path, handle: Any):
         self.directory = directory
         self._handle = handle
+        self._holders = 1
 
     @classmethod
     def hold(cls, directory: Path) -> "RunLock":
@@ -39,6 +41,7 @@ class RunLock:
         directory = Path(directory).resolve()
         held = _held.get(directory)
         if held is not None:
+            held._holders += 1
             return held
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # "a+": a refused open must not erase the holder
@@ -59,9 +62,14 @@ class RunLock:
         return lock
 
     def release(self) -> None:
-        """Let go now (for every holder in this process)."""
-        _held.pop(self.directory, None)
-        self._handle.close()
+        """This holder lets go; the lock goes when no holder in this process is left."""
+        self._holders -= 1
+        if self._holders == 0:
+            _held.pop(self.directory, None)
+            self._handle.close()
+
+    def __del__(self) -> None:
+        self._handle.close()  # the OS lock goes with its file
 
     def __enter__(self) -> "RunLock":
         return self
@@ -73,7 +81,7 @@ class RunLock:
     def refuse_held(cls, directory: Path) -> None:
         """One line naming the holder if another process holds `directory`; nothing is kept or made."""
         if (Path(directory) / LOCK_FILE).is_file():
-            cls.hold(directory)
+            cls.hold(directory).release()
 
 
 def _holder(text: str) -> str:

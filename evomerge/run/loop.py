@@ -66,7 +66,7 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
                  worker_factory: Optional[Callable[..., Any]] = None) -> "Search":
     """Validate and load everything first; the run directory is created only for a search that can start."""
     recipe = _amended(load_recipe(recipe_path), options)
-    RunLock.refuse_held(run_dir)
+    RunLock.refuse_held(run_dir)  # a run another process searches is refused naming it, first
     RunStore.check_new(run_dir)
     search = Search(recipe, options, worker_factory)
     lock = RunLock.hold(run_dir)

@@ -369,16 +369,18 @@ def report(run_dir):
 def study(run_dir):
     """Rebuild RUN_DIR's Optuna study (study.db) from its run store and say how to open it."""
     from evomerge.run.observers.study import Study, storage_url, study_name
+    from evomerge.run.run_lock import RunLock
     from evomerge.run.store import RunStore
 
     store = RunStore.open(run_dir)
     try:
-        if store.meta_or("genes", None) is None:
-            raise EvomergeError("the run has no genes stored (it never started searching)", path=run_dir)
-        observer = Study(store)
-        trials = len(observer.rebuild().trials)
-        observer.close()
-        url, name = storage_url(store), study_name(store)
+        with RunLock.hold(run_dir):  # a live search writes the study too
+            if store.meta_or("genes", None) is None:
+                raise EvomergeError("the run has no genes stored (it never started searching)", path=run_dir)
+            observer = Study(store)
+            trials = len(observer.rebuild().trials)
+            observer.close()
+            url, name = storage_url(store), study_name(store)
     finally:
         store.close()
     click.echo(f"{trials} trials in study {name!r}: optuna.load_study(study_name={name!r}, storage={url!r})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -116,6 +117,65 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(demo_recipe, tmp_path):
     assert store.evaluations.count() == 8 and store.meta("status") == "done"
 
 
+def _evomerge(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evomerge.cli", *arguments], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_running_run_is_refused_naming_the_holder_and_resumes_after_a_kill_9(
+        demo_recipe, tmp_path):
+    recipe = _recipe(demo_recipe, tmp_path, BLOCKING_FITNESS)
+    run_dir = tmp_path / "run"
+    first = _start_cli(recipe, run_dir, 8, block_at=3)  # searching: inside its 3rd candidate, 2 stored
+    for second in (_evomerge("resume", str(run_dir), "--quiet"),
+                   _evomerge("search", str(recipe), "--out", str(run_dir), "--quiet"),
+                   _evomerge("study", str(run_dir))):
+        assert second.returncode == 2, second.stderr
+        line = second.stderr.strip().splitlines()[-1]
+        assert [line] == [x for x in second.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith(f"error: {run_dir.resolve()}: process {first.pid} on {socket.gethostname()} (`")
+        assert "holds this run; wait for it to end or stop it" in line
+    assert _evomerge("report", str(run_dir)).returncode == 0  # a reader works beside it
+    store = RunStore.open(run_dir)
+    assert store.evaluations.count() == 2 and len(store.events.all()) == 3  # nothing written by the others
+
+    first.send_signal(signal.SIGKILL)  # the OS lets go of its lock
+    first.wait()
+    resumed = _evomerge("resume", str(run_dir), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    store = RunStore.open(run_dir)
+    assert store.evaluations.count() == 8 and store.meta("status") == "done"
+
+
+def _searched(demo_recipe, tmp_path) -> Path:
+    recipe = demo_recipe(eval={"limit": 5}, searcher={"name": "cma", "popsize": 4}, confirm=None)
+    start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True)).run()
+    return tmp_path / "run"
+
+
+def test_a_result_logged_twice_by_two_processes_is_heard_once_on_resume(demo_recipe, tmp_path):
+    run_dir = _searched(demo_recipe, tmp_path)
+    store = RunStore.open(run_dir)
+    with store.db:  # what two processes on one run left before runs were locked: a result told twice
+        store.events.append("tell", 1, {})
+    best = resume_search(run_dir, evaluations=8, quiet=True).run()
+    assert best.ok and RunStore.open(run_dir).evaluations.count() == 8
+
+
+def test_a_log_that_cannot_be_replayed_is_refused_in_one_line_that_says_what_to_do(demo_recipe, tmp_path):
+    run_dir = _searched(demo_recipe, tmp_path)
+    store = RunStore.open(run_dir)
+    with store.db:
+        store.events.append("tell", 99, {})
+    result = CliRunner().invoke(main, ["resume", str(run_dir), "--evaluations", "8", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output == (f"error: {run_dir}: the run's log has a tell of evaluation 99, which the searcher never "
+                             "asked (did two processes write this run at once?); it cannot be resumed: `evomerge "
+                             "report` and `evomerge export` still read it; start a new run to search further (its "
+                             "best.yaml is a recipe to start from)\n")
+
+
 def test_a_second_search_into_a_run_directory_is_refused(demo_recipe, tmp_path):
     recipe = demo_recipe(eval={"limit": 5})
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=1, quiet=True)).run()
@@ -194,11 +254,15 @@ def test_a_merge_that_fails_is_stored_with_mergekits_error(demo_recipe, tmp_path
 
 def test_a_generation_where_every_candidate_fails_stops_with_the_first_error(demo_recipe, tmp_path):
     recipe = _recipe(demo_recipe, tmp_path, "def score(model, tokenizer):\n    raise ValueError('boom')\n")
-    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
-    with pytest.raises(EvomergeError, match="the last 4 candidates \(a generation\) all failed; the first of them: ValueError: boom"):
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=16, quiet=True))
+    with pytest.raises(EvomergeError, match="candidates failed in a row \(by default a generation, at least 5; .*\); "
+                                            "the first of them, candidate 0: ValueError: boom") as error:
         search.run()
+    # a generation (CMA-ES restarts with twice the population after a generation that all failed), at least 5
+    failed = max(search.searcher.generation_size, 5)
+    assert f": {failed} candidates failed in a row" in str(error.value)
     store = RunStore.open(tmp_path / "run")
-    assert store.evaluations.count() == 4 and store.meta("status") == "failed"
+    assert store.evaluations.count() == failed < 16 and store.meta("status") == "failed"
 
 
 def _resaved(source: Path, target: Path, **config_changes) -> Path:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from evomerge.recipe.schema import TaskSpec
 from evomerge.run.store import Confirmation
+from evomerge.run.store.confirmations import TOP
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
@@ -32,6 +33,7 @@ def confirm_finalists(search: "Search") -> None:
     if spec.confirm is None:
         return
     store = search.store
+    store.set_meta(TOP, spec.confirm.top)  # the standings' finalists are the confirmed among the top, as here
     confirmed = store.confirmations.all()
     finalists = [e for e in store.evaluations.ranked()[:spec.confirm.top] if e.id not in confirmed]
     if not finalists:
@@ -55,6 +57,8 @@ def rankings(search: "Search") -> Optional[Dict[str, Any]]:
     confirmed = search.store.confirmations.all()
     if not confirmed:
         return None
+    top = {e.id for e in search.store.evaluations.ranked()[:search.recipe.spec.confirm.top]}
+    confirmed = {id_: c for id_, c in confirmed.items() if id_ in top}  # the finalists, as the standings have them
     standings = search.store.confirmations.standings()
     entry = {e.id: {"id": e.id, "fitness": e.fitness, "confirmation": confirmed[e.id].fitness}
              for e in standings if e.id in confirmed}

@@ -8,6 +8,7 @@ canvas, never through pyplot, so nothing leaks between calls or into a caller's 
 from __future__ import annotations
 
 import html
+import io
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evomerge.files import write_atomically
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.scoreboard import confirmed, rankings_table, scored_on, summary, table, verdict
 from evomerge.recipe.candidate import NOISE, Gene
@@ -68,7 +70,7 @@ def write_report(run_dir: Path) -> List[Path]:
         if winner is not None and any(e.parents for e in evaluations):
             plots.append(plot_lineage(evaluations, winner.id, directory / LINEAGE_PNG))
         page = directory / REPORT_HTML
-        page.write_text(render_html(directory.name, store.meta("status"), report, plots), encoding="utf-8")
+        write_atomically(page, render_html(directory.name, store.meta("status"), report, plots))
     finally:
         store.close()
     return [p.path for p in plots] + [page]
@@ -76,7 +78,9 @@ def write_report(run_dir: Path) -> List[Path]:
 
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, metadata={"Software": None})
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=DPI, metadata={"Software": None})
+    write_atomically(path, image.getvalue())
 
 
 def plot_fitness(evaluations: Sequence[Evaluation], winner: Optional[Evaluation], path: Path) -> Plot:

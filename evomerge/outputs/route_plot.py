@@ -7,6 +7,7 @@ ends say where the embeddings and the final norm and head come from.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import List, Tuple
 
@@ -17,6 +18,7 @@ from matplotlib.patches import Patch
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
+from evomerge.files import write_atomically
 from evomerge.recipe.route import Hop, from_merge
 
 
@@ -33,7 +35,9 @@ def route_of(recipe_text: str) -> Tuple[List[Hop], str]:
 def save_route(hops: List[Hop], ends: str, title: str, path: Path) -> None:
     figure = draw_route(hops, ends, title)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120, metadata={"Software": None})
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120, metadata={"Software": None})
+    write_atomically(path, image.getvalue())
 
 
 def draw_route(hops: List[Hop], ends: str, title: str) -> Figure:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evomerge.errors import SECTION
+from evomerge.files import write_atomically
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe import layout
@@ -255,10 +256,10 @@ def scored_on(report: Dict[str, Any]) -> str:
 
 
 def write_report_files(directory: Path, report: Dict[str, Any]) -> None:
-    (directory / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (directory / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
+    write_atomically(directory / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    write_atomically(directory / REPORT_MD, render_markdown(report))
     if "front" in report:
-        (directory / FRONT_JSON).write_text(json.dumps(report["front"], indent=2) + "\n", encoding="utf-8")
+        write_atomically(directory / FRONT_JSON, json.dumps(report["front"], indent=2) + "\n")
 
 
 def finish_run(search: "Search") -> Dict[str, Any]:

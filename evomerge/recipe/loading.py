@@ -61,7 +61,8 @@ class Recipe:
         if seed is not None:
             update["seed"] = seed
         if evaluations is not None:
-            update["budget"] = BudgetSpec(evaluations=evaluations)
+            update["budget"] = BudgetSpec(**{**(self.spec.budget.model_dump() if self.spec.budget else {}),
+                                             "evaluations": evaluations})
         if searcher is not None and searcher != self.spec.searcher.name:
             update["searcher"] = SearcherSpec(name=searcher)
         if searcher_options:

@@ -207,6 +207,8 @@ class GenomeSpec(ModelGenomeDefinition):
 
 class BudgetSpec(_Strict):
     evaluations: PositiveInt
+    max_failures: Optional[PositiveInt] = None  # failed candidates a run may have; default: no limit
+    max_consecutive_failures: Optional[PositiveInt] = None  # in a row; default: a generation, at least 5 (run/failures.py)
 
 
 class ConfirmSpec(_Strict):

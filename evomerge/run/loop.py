@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -25,11 +25,13 @@ from evomerge.merge.materializer import default_device
 from evomerge.recipe.loading import Recipe, load_recipe
 from evomerge.recipe.validate import check_search
 from evomerge.run import inputs
+from evomerge.run.failures import FailurePolicy
 from evomerge.run.memory_plan import check_fits
 from evomerge.run.observers import observers, require_trackers
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.pruner import make_pruner
 from evomerge.run.replay import replay, tell
+from evomerge.run.run_lock import RunLock
 from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.run.worker import Worker, scoring
@@ -64,14 +66,16 @@ def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = Sear
                  worker_factory: Optional[Callable[..., Any]] = None) -> "Search":
     """Validate and load everything first; the run directory is created only for a search that can start."""
     recipe = _amended(load_recipe(recipe_path), options)
+    RunLock.refuse_held(run_dir)  # a run another process searches is refused naming it, first
     RunStore.check_new(run_dir)
     search = Search(recipe, options, worker_factory)
+    lock = RunLock.hold(run_dir)
     store = RunStore.create(run_dir, {
         "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
         "inputs": inputs.fingerprint(recipe),
     })
     (Path(run_dir) / RECIPE_COPY).write_text(recipe.text, encoding="utf-8")
-    return search.bind(store)
+    return search.bind(store, lock)
 
 
 def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
@@ -82,6 +86,7 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     fitness module or library is refused before anything loads, or with `allow_changed`
     recorded in the run (`input_changes`) and taken as the new inputs."""
     store = RunStore.open(run_dir)
+    lock = RunLock.hold(run_dir)
     stored = SearchOptions(**store.meta("options"))
     options = replace(stored, device=device or stored.device, quiet=quiet,
                       evaluations=evaluations or stored.evaluations,
@@ -93,7 +98,7 @@ def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Opti
     search = Search(recipe, options)
     if options != replace(stored, quiet=quiet):
         store.set_meta("options", asdict(replace(options, quiet=stored.quiet)))
-    return search.bind(store)
+    return search.bind(store, lock)
 
 
 def _amended(recipe: Recipe, options: SearchOptions) -> Recipe:
@@ -178,8 +183,8 @@ class Search:
         else:
             self._local = self._factory()
 
-    def bind(self, store: RunStore) -> "Search":
-        self.store = store
+    def bind(self, store: RunStore, lock: RunLock) -> "Search":
+        self.store, self.lock = store, lock  # the lock is held while the search lives
         store.set_meta("genes", [asdict(g) for g in self.space.genes])
         store.set_meta("objectives", [f"{t.name}.{t.metric}" for t in self.recipe.spec.tasks]
                        if self.separate else ["fitness"])
@@ -222,7 +227,8 @@ class Search:
         evaluations.requeue_running()
         self.store.views.rewrite()
         self._finished = len(finished)
-        self._failures: List[str] = []  # errors of the failures in a row
+        budget = self.recipe.spec.budget
+        self._failures = FailurePolicy(budget.max_failures, budget.max_consecutive_failures, finished)
         self._best = max((e.fitness for e in finished if e.ok), default=None)
         self.store.set_meta("status", "running")
         self._progress = tqdm(total=self.budget, initial=min(self._finished, self.budget), desc="search",
@@ -288,8 +294,7 @@ class Search:
         self._progress.set_postfix(best=f"{self._best:.4f}" if self._best is not None else "-",
                                    s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
         self._progress.update(1)
-        self._failures = self._failures + [evaluation.error] if evaluation.failed else []
-        if len(self._failures) >= self.searcher.generation_size:
+        stop = self._failures.stop(evaluation, self.searcher.generation_size)
+        if stop:
             self.store.set_meta("status", "failed")
-            raise EvomergeError(f"the last {len(self._failures)} candidates (a generation) all failed; "
-                                f"the first of them: {self._failures[0]}", path=self.store.directory)
+            raise EvomergeError(stop, path=self.store.directory)

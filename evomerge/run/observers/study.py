@@ -52,12 +52,12 @@ class Study:
         self.close()
         for suffix in ("", "-wal", "-shm"):  # SQLite's write-ahead log and its index go with the file
             (self.store.directory / (STUDY_DB + suffix)).unlink(missing_ok=True)
-        self.rewrite(self.store.evaluations.finished())
+        self.rewrite(self.store.evaluations.in_finish_order())
         return self._study
 
     def rewrite(self, finished: Sequence[Evaluation]) -> None:
-        """Add the trials the study lacks, in the order the run finished them (a study whose trials the
-        store does not hold, or hold otherwise, is rebuilt)."""
+        """Add the trials the study lacks, in the order the run finished them, as given (a study whose
+        trials the store does not hold, or hold otherwise, is rebuilt)."""
         study = self._opened()
         have = {t.user_attrs.get("evaluation_id"): t.state for t in study.get_trials(deepcopy=False)}
         states = {e.id: STATES[e.status] for e in finished}
@@ -67,7 +67,7 @@ class Study:
         stages = self.store.events.stages()
         with log_levels.at_least("optuna", logging.WARNING):
             study.add_trials([self.trial(e, stages.get(e.id, {}))
-                              for e in sorted(finished, key=lambda e: (e.created, e.id)) if e.id not in have])
+                              for e in finished if e.id not in have])
 
     def added(self, evaluation: Evaluation) -> None:
         stages = self.store.events.stages(evaluation.id).get(evaluation.id, {})

@@ -3,17 +3,17 @@ finished them, at step = how many had finished (so the best-so-far curve is over
 
 A resumed run continues the same tracker run and logs only what it has not logged:
 RUN/trackers.json keeps each tracker's run id and how many evaluations it has logged (the order is
-the store's: finish time, then id). Delete it to log the whole run again to new tracker runs.
+the store's event log's, in which each result was told). Delete it to log the whole run again to new tracker runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from evomerge.files import write_atomically
 from evomerge.recipe.loading import Recipe
 from evomerge.run.store import Evaluation, RunStore
 
@@ -74,9 +74,7 @@ class Ledger:
     def put(self, tracker: str, entry: Dict[str, Any]) -> None:
         entries = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
         entries[tracker] = entry
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, self.path)
+        write_atomically(self.path, json.dumps(entries, indent=1) + "\n")
 
 
 class Tracker:
@@ -93,7 +91,7 @@ class Tracker:
         self.best: Optional[float] = None
 
     def rewrite(self, finished: Sequence[Evaluation]) -> None:
-        order = sorted(finished, key=lambda e: (e.created, e.id))
+        order = list(finished)  # as the run finished them (its log's order)
         self._opened()
         self.best = max((e.fitness for e in order[:self.logged] if e.ok), default=None)
         for evaluation in order[self.logged:]:

@@ -10,6 +10,8 @@ from typing import Dict, List
 
 from evomerge.run.store.evaluations import Evaluation, Evaluations
 
+TOP = "confirm_top"  # the meta key of the recipe's confirm.top, stored when finalists are confirmed
+
 
 @dataclass(frozen=True)
 class Confirmation:
@@ -34,12 +36,15 @@ class Confirmations:
                 for row in self.db.execute("SELECT evaluation, fitness, metrics FROM confirmations")}
 
     def standings(self) -> List[Evaluation]:
-        """Successful evaluations, the winner first: the confirmed ones by their confirmation fitness
-        (ties: the better search rank), then the rest in search order. Without confirmations this is
-        the search order."""
+        """Successful evaluations, the winner first: the finalists (the confirmed ones still among the
+        search's top `confirm.top`) by their confirmation fitness (ties: the better search rank), then
+        the rest in search order. Without finalists this is the search order: one confirmed before a
+        resume that has since dropped out of the top is not a finalist, until it is back in it."""
         ranked = self.evaluations.ranked()
         confirmed = self.all()
+        top = self.db.execute("SELECT value FROM meta WHERE key = ?", (TOP,)).fetchone()
         order = {e.id: index for index, e in enumerate(ranked)}
-        finalists = sorted((e for e in ranked if e.id in confirmed),
+        finalists = sorted((e for e in ranked[:json.loads(top[0]) if top else None] if e.id in confirmed),
                            key=lambda e: (-confirmed[e.id].fitness, order[e.id]))
-        return finalists + [e for e in ranked if e.id not in confirmed]
+        chosen = {e.id for e in finalists}
+        return finalists + [e for e in ranked if e.id not in chosen]

@@ -100,9 +100,11 @@ class Evaluations:
             self.db.execute("UPDATE evaluations SET status = 'pending' WHERE id = ?", (evaluation_id,))
 
     def requeue_running(self) -> None:
-        """What was in flight when the run stopped goes back in the queue, attempts reset."""
+        """What the process that stopped (or died) left in flight or queued goes back in the queue, its
+        attempts reset: the workers that died with it did not fail them."""
         with self.db:
-            self.db.execute("UPDATE evaluations SET status = 'pending', attempts = 0 WHERE status = 'running'")
+            self.db.execute("UPDATE evaluations SET status = 'pending', attempts = 0 "
+                            "WHERE status IN ('running', 'pending')")
 
     def _select(self, where: str = "", parameters: Sequence[Any] = ()) -> List[Evaluation]:
         cursor = self.db.execute(f"SELECT * FROM evaluations {where} ORDER BY id", tuple(parameters))
@@ -118,6 +120,14 @@ class Evaluations:
     def finished(self) -> List[Evaluation]:
         """Finished evaluations by id."""
         return self._select(f"WHERE {_FINISHED_SQL}")
+
+    def in_finish_order(self) -> List[Evaluation]:
+        """Finished evaluations in the order the run finished them: their tells' in the event log (wall
+        clocks can go back, and differ between the machines of a resumed run)."""
+        told = [row[0] for row in self.db.execute(
+            "SELECT evaluation FROM events WHERE kind = 'tell' GROUP BY evaluation ORDER BY MIN(seq)")]
+        finished = {e.id: e for e in self.finished()}
+        return [finished[i] for i in told if i in finished]
 
     def pending(self) -> List[Evaluation]:
         return self._select("WHERE status = 'pending'")

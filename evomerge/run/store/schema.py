@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from evomerge.errors import EvomergeError
+from evomerge.files import full_disk_said, is_full_disk
+from evomerge.run.run_lock import LOCK_FILE
 
 DATABASE = "run.db"
 FORMAT = 3  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column, no fingerprints
@@ -65,7 +67,7 @@ def check_new(directory: Path) -> None:
     if (directory / DATABASE).exists():
         raise EvomergeError("a run already exists here; pass --resume to continue it or choose another --out",
                             path=directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and (not directory.is_dir() or any(p.name != LOCK_FILE for p in directory.iterdir())):
         raise EvomergeError("expected an empty or new folder for the run", path=directory)
 
 
@@ -116,9 +118,23 @@ def _from_format_2(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (json.dumps(FORMAT),))
 
 
+class _Connection(sqlite3.Connection):
+    """Each transaction (`with db:`) that fills the disk ends the run in one line naming its directory."""
+
+    directory: Path
+
+    def __exit__(self, kind, error, traceback):
+        with full_disk_said(self.directory):
+            super().__exit__(kind, error, traceback)  # commits, or rolls back after an error
+            if error is not None and is_full_disk(error):
+                raise error
+        return False
+
+
 def _connect(directory: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(directory / DATABASE)
+    db = sqlite3.connect(directory / DATABASE, factory=_Connection)
+    db.directory = directory
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power loss too (cost: README)
     db.executescript(SCHEMA)
     return db

@@ -1,6 +1,6 @@
 """The files beside the database, written when they change: `evaluations.jsonl` gains one line per
-finished evaluation (per-document scores stay in the database), `best.yaml` (a plain mergekit
-recipe) is rewritten only when a new best arrives, and follows the confirmed winner once the
+finished evaluation (per-document scores stay in the database; the whole file is replaced when a
+process opens the run), `best.yaml` (a plain mergekit recipe) is replaced only when a new best arrives, and follows the confirmed winner once the
 finalists are confirmed.
 
 Observers (the run's Optuna study, experiment trackers: run/observers/) hear of the same events:
@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
+from evomerge.files import full_disk_said, write_atomically
 from evomerge.run.store.confirmations import Confirmations
 from evomerge.run.store.evaluations import Evaluation, Evaluations
 
@@ -30,7 +31,7 @@ class Observer(Protocol):
     name: str
 
     def rewrite(self, finished: Sequence[Evaluation]) -> None:
-        """The run's finished evaluations, by id: catch up on what this observer has not seen."""
+        """The run's finished evaluations, in the order it finished them: catch up on what this observer has not seen."""
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation, stored."""
@@ -57,19 +58,19 @@ class Views:
     def rewrite(self) -> None:
         """Both files from the database, whole, and every observer caught up: when a process opens the run."""
         finished = self.evaluations.finished()
-        (self.directory / EVALUATIONS).write_text("".join(json.dumps(asdict(e)) + "\n" for e in finished),
-                                                  encoding="utf-8")
+        write_atomically(self.directory / EVALUATIONS, "".join(json.dumps(asdict(e)) + "\n" for e in finished))
         standings = self.confirmations.standings()
         self._best = None
         if standings:
             self._new_best(standings[0])
         self._failed.clear()
-        self._tell(lambda observer: observer.rewrite(finished))
+        in_order = self.evaluations.in_finish_order()
+        self._tell(lambda observer: observer.rewrite(in_order))
 
     def added(self, evaluation: Evaluation) -> None:
         """One more finished evaluation: a line, and best.yaml if it is the new best (a tie goes to the earlier)."""
-        with (self.directory / EVALUATIONS).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(evaluation)) + "\n")
+        with full_disk_said(self.directory), (self.directory / EVALUATIONS).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(evaluation)) + "\n")  # a torn last line is mended by the next `rewrite`
         best = self._best
         if evaluation.ok and (best is None or (-evaluation.fitness, evaluation.id) < (-best.fitness, best.id)):
             self._new_best(evaluation)
@@ -94,5 +95,5 @@ class Views:
                             observer.name)
 
     def _new_best(self, evaluation: Evaluation) -> None:
-        (self.directory / BEST_RECIPE).write_text(evaluation.recipe, encoding="utf-8")
+        write_atomically(self.directory / BEST_RECIPE, evaluation.recipe)
         self._best = evaluation

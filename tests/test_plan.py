@@ -141,3 +141,11 @@ def test_a_search_that_cannot_fit_is_refused_before_anything_loads(demo_recipe, 
 @pytest.mark.parametrize("text, size", [("80GiB", 80 * GIB), ("24 GB", 24e9), ("1e9", 1e9), ("512MiB", 2 ** 29)])
 def test_memory_sizes_parse(text, size):
     assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("size", ["1.2.3GiB", "1..5GB", ".GiB", "80 GiBs"])
+def test_a_malformed_device_memory_is_refused_in_one_line_naming_the_option(shaped_7b, size):
+    path, _ = shaped_7b
+    result = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", size])
+    assert result.exit_code == 2, result.output  # not a traceback (exit code 1)
+    assert result.output.splitlines()[-1] == f"error: --device-memory: expected a size like 80GiB or 24GB, got {size!r}"

@@ -1,7 +1,8 @@
 """The GPU steps of bench/gpu.sh, on whichever device is there (cuda when available).
 
-    python bench/gpu.py search --out RUN [--evaluations 16] [--parents host]   the demo search on the zoo:
-                                                    per-candidate merge and scoring times, peak device memory
+    python bench/gpu.py search --out RUN [--evaluations 16] [--parents host]
+                                                    the demo search on the zoo: per-candidate merge and
+                                                    scoring times, peak device memory
     python bench/gpu.py same FOLDER FOLDER          whether two model folders hold identical tensors
     python bench/gpu.py plan RECIPE                 `evomerge plan`'s estimate for RECIPE against the peak
                                                     measured while one candidate is merged and scored

@@ -181,13 +181,16 @@ def test_the_winners_gain_over_the_start_is_paired_on_the_same_documents():
     assert paired_gain(suite, start, start) == {"value": 0.0, "stderr": 0.0, "tasks": suite.names}
 
 
+NOTHING_BETTER = "; within two standard errors: the search found nothing better than the start on the {} tasks."
+
+
 @pytest.mark.parametrize("held_out, value, stderr, ending", [
-    (True, 0.01, 0.02, "; within two standard errors: the search found nothing better than the start on the report tasks."),
-    (True, -0.04, 0.02, "; within two standard errors: the search found nothing better than the start on the report tasks."),
+    (True, 0.01, 0.02, NOTHING_BETTER.format("report")),
+    (True, -0.04, 0.02, NOTHING_BETTER.format("report")),
     (True, 0.1, 0.02, "(paired on the same documents)."),
     (True, -0.1, 0.02, "; the winner is worse than the start on the report tasks."),
     (False, 0.1, 0.0, "(paired on the same documents)."),
-    (False, 0.0, 0.0, "; within two standard errors: the search found nothing better than the start on the search tasks."),
+    (False, 0.0, 0.0, NOTHING_BETTER.format("search")),
 ])
 def test_a_gain_within_two_standard_errors_is_said_plainly(held_out, value, stderr, ending):
     said = verdict({"held_out": held_out, "gain": {"value": value, "stderr": stderr, "tasks": ["t"]}})

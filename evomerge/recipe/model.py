@@ -419,7 +419,7 @@ def parse_merge_config(raw: Dict[str, Any], path: Path, stages: Sequence[str] = 
     for key in raw:
         if key not in known:
             raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
-    entry_keys = set(InputModelDefinition.model_fields)  # mergekit ignores others: a misspelt `parameters` would be lost
+    entry_keys = set(InputModelDefinition.model_fields)  # mergekit ignores others: a misspelt `parameters` is lost
     models = raw.get("models")
     for index, entry in enumerate(models if isinstance(models, list) else []):
         for key in entry if isinstance(entry, dict) else ():

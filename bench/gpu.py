@@ -33,7 +33,8 @@ def search(run: Path, evaluations: int, parents: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     best = start_search(recipe, run, SearchOptions(device=device, evaluations=evaluations, quiet=True)).run()
     finished = RunStore.open(run).evaluations.finished()
-    print(f"search on {device} (parents: {parents}): {len(finished)} evaluations, {sum(e.failed for e in finished)} failed, "
+    print(f"search on {device} (parents: {parents}): {len(finished)} evaluations, "
+          f"{sum(e.failed for e in finished)} failed, "
           f"best fitness {best.fitness:.4f} (#{best.id})")
     print("candidate  merge s  scoring s  status")
     for e in finished:

@@ -1,7 +1,8 @@
 """The GPU steps of bench/gpu.sh, on whichever device is there (cuda when available).
 
-    python bench/gpu.py search --out RUN [--evaluations 16]   the demo search on the zoo: per-candidate
-                                                              merge and scoring times, peak device memory
+    python bench/gpu.py search --out RUN [--evaluations 16] [--parents host]
+                                                    the demo search on the zoo: per-candidate merge and
+                                                    scoring times, peak device memory
     python bench/gpu.py same FOLDER FOLDER          whether two model folders hold identical tensors
     python bench/gpu.py plan RECIPE                 `evomerge plan`'s estimate for RECIPE against the peak
                                                     measured while one candidate is merged and scored
@@ -24,15 +25,16 @@ from evomerge.run.store import RunStore
 from evomerge.zoo.recipe import write_demo_recipe
 
 
-def search(run: Path, evaluations: int) -> None:
+def search(run: Path, evaluations: int, parents: str) -> None:
     device = default_device()
     run.parent.mkdir(parents=True, exist_ok=True)
-    recipe = write_demo_recipe(run.parent, DEFAULT_ZOO_DIR)
+    recipe = write_demo_recipe(run.parent, DEFAULT_ZOO_DIR, parents=parents)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     best = start_search(recipe, run, SearchOptions(device=device, evaluations=evaluations, quiet=True)).run()
     finished = RunStore.open(run).evaluations.finished()
-    print(f"search on {device}: {len(finished)} evaluations, {sum(e.failed for e in finished)} failed, "
+    print(f"search on {device} (parents: {parents}): {len(finished)} evaluations, "
+          f"{sum(e.failed for e in finished)} failed, "
           f"best fitness {best.fitness:.4f} (#{best.id})")
     print("candidate  merge s  scoring s  status")
     for e in finished:
@@ -96,13 +98,15 @@ if __name__ == "__main__":
     searching = commands.add_parser("search")
     searching.add_argument("--out", type=Path, required=True, help="A new run directory.")
     searching.add_argument("--evaluations", type=int, default=16)
+    searching.add_argument("--parents", choices=["device", "host"], default="device",
+                           help="Where the parents are kept (the recipe's `parents:`).")
     compare = commands.add_parser("same")
     compare.add_argument("folders", type=Path, nargs=2)
     planning = commands.add_parser("plan")
     planning.add_argument("recipe", type=Path)
     args = parser.parse_args()
     if args.command == "search":
-        search(args.out, args.evaluations)
+        search(args.out, args.evaluations, args.parents)
     elif args.command == "same":
         same(*args.folders)
     else:

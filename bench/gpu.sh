@@ -3,11 +3,13 @@
 #   bench/gpu.sh
 # 1. the parity tests with both sides merging on the device (tests/test_parity.py, EVOMERGE_TEST_DEVICE), and a
 #    float32 merge scored in bfloat16 there (tests/test_fast_merge.py),
-# 2. a 16-evaluation demo search on the zoo: per-candidate merge and scoring times, peak device memory,
+# 2. a 16-evaluation demo search on the zoo: per-candidate merge and scoring times, peak device memory; then
+#    8 evaluations with `parents: host` (parents in host memory, each tensor's inputs prefetched to the device),
 # 3. `evomerge merge --in-memory` against `mergekit-yaml --cuda` on the demo recipe, tensor by tensor,
 # plus `evomerge plan` for the demo recipe, and its estimate against the peak measured for one candidate
 # (on the real-model zoo when it was built). Without CUDA every step runs on the CPU (parity on a few
 # methods, to spare shared cores) and the CUDA-only parts say they were skipped, so CI can run it too.
+# From a fresh clone after README's install it first builds the zoo (recipes/zoo) that the demo recipe names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -24,6 +26,11 @@ else
   echo "device: cpu. No CUDA here: skipping the CUDA-only steps (parity on cuda, mergekit-yaml --cuda, peak device memory); running the rest on the CPU"
 fi
 
+if [ ! -f recipes/zoo/manifest.json ]; then
+  echo "== evomerge zoo build (recipes/zoo, which recipes/demo.yaml names)"
+  "$BIN/evomerge" zoo build | tail -1
+fi
+
 echo "== evomerge plan recipes/demo.yaml (device $DEVICE)"
 "$BIN/evomerge" plan recipes/demo.yaml --device "$DEVICE" 2>&1 | grep -v torch_dtype
 
@@ -35,6 +42,9 @@ EVOMERGE_TEST_DEVICE=$DEVICE "$PYTHON" -m pytest -q -p no:cacheprovider tests/te
 
 echo "== 16-evaluation demo search on $DEVICE"
 "$PYTHON" bench/gpu.py search --evaluations 16 --out "$WORK/run" 2>&1 | grep -v torch_dtype
+
+echo "== 8-evaluation demo search on $DEVICE with parents: host"
+"$PYTHON" bench/gpu.py search --evaluations 8 --parents host --out "$WORK/host/run" 2>&1 | grep -v torch_dtype
 
 # the search's copy of the demo recipe names the zoo by absolute paths, which mergekit's card does not look up on the Hub
 echo "== evomerge merge --in-memory vs mergekit-yaml ${CUDA_FLAG:-(cpu)} on the demo recipe"

@@ -31,6 +31,14 @@ def _recipe(method: str, base_model: str, specialists: list, **extra) -> dict:
 
 
 @pytest.fixture
+def whole_tensor_merges(monkeypatch):
+    """The tensors written by mergekit's task rather than a pieced kernel, by name, as they are written."""
+    names = []
+    monkeypatch.setattr(apply, "merged", lambda item, device: names.append(item.name) or mergekit_merged(item, device))
+    return names
+
+
+@pytest.fixture
 def torch_threads():
     """Two torch threads (the materializer merges tensors on as many), restored afterwards."""
     before = torch.get_num_threads()
@@ -42,8 +50,9 @@ def torch_threads():
 @pytest.mark.parametrize("method, parameters", [("task_arithmetic", {}),
                                                 ("task_arithmetic", {"normalize": True, "lambda": 0.7}),
                                                 ("linear", {}), ("linear", {"normalize": False})])
-def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe, tmp_path, monkeypatch):
-    """Pieces of 96 values split every matrix of the zoo, with a short last piece."""
+def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe, whole_tensor_merges, tmp_path,
+                                      monkeypatch):
+    """Pieces of 96 values split every matrix of the zoo, with a short last piece; every tensor is pieced."""
     monkeypatch.setattr(kernels, "PIECE", 96)
     base = str(any_zoo["dir"] / "base")
     models = [str(any_zoo["dir"] / m["path"]) for m in any_zoo["models"] if m["skill"]]
@@ -51,7 +60,8 @@ def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(0).uniform(space.lower, space.upper))
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
-    materializer.materialize(candidate)
+    stats = materializer.materialize(candidate)
+    assert stats.recomputed == stats.total and whole_tensor_merges == []  # each tensor written, none by mergekit's task
     write_with_mergekit(candidate, tmp_path / "mergekit")
     assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
 
@@ -59,7 +69,8 @@ def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe
 @pytest.mark.parametrize("method, stored, merged", [(m, torch.bfloat16, "float32") for m in ("task_arithmetic", "linear")]
                          + [(m, torch.float32, "bfloat16") for m in ("task_arithmetic", "linear")])
 def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, stored, merged, base_model, specialists,
-                                                                     write_recipe, tmp_path, monkeypatch):
+                                                                     write_recipe, whole_tensor_merges, tmp_path,
+                                                                     monkeypatch):
     """bfloat16 parents of a float32 merge are widened piece by piece; a bfloat16 merge's float32
     parents are cast at load, and linear's float32 sum is cast back to bfloat16."""
     monkeypatch.setattr(kernels, "PIECE", 96)
@@ -69,7 +80,8 @@ def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, sto
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(2).uniform(space.lower, space.upper))
     materializer = Materializer(candidate.merge, device="cpu", quiet=True)
-    materializer.materialize(candidate)
+    stats = materializer.materialize(candidate)
+    assert stats.recomputed == stats.total and whole_tensor_merges == []  # each tensor written, none by mergekit's task
     write_with_mergekit(candidate, tmp_path / "mergekit")
     assert_same_as_resident(load_file(tmp_path / "mergekit" / "model.safetensors"), materializer.model)
 
@@ -77,7 +89,8 @@ def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, sto
 @pytest.mark.parametrize("noise", [False, True], ids=["plain", "noise"])
 @pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
 def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(method, noise, any_zoo, write_recipe,
-                                                                               tmp_path, monkeypatch):
+                                                                               whole_tensor_merges, tmp_path,
+                                                                               monkeypatch):
     """CUDA's default: the resident model is bfloat16, the merge float32. The pieced kernels cast
     mergekit's result once as they write it; with noise, which is added before the cast, mergekit's
     task runs. Either way every weight is the float32 candidate's, cast once. On EVOMERGE_TEST_DEVICE,
@@ -89,9 +102,6 @@ def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(m
         recipe["evomerge"]["noise"] = {"range": [0.01, 0.02]}
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(4).uniform(space.lower, space.upper))
-    whole_tensor_merges = []
-    monkeypatch.setattr(apply, "merged", lambda item, device: whole_tensor_merges.append(item.name)
-                        or mergekit_merged(item, device))
     scored = Materializer(candidate.merge, device=DEVICE, dtype="bfloat16", quiet=True)
     written = scored.materialize(candidate).recomputed
     assert len(whole_tensor_merges) == (written if noise else 0)

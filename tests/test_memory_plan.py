@@ -4,6 +4,9 @@ refused in one line naming the cheapest fix, by the command and before a search.
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -15,7 +18,7 @@ from evomerge.paths import TASKS_DIR
 from evomerge.recipe.loading import load_recipe
 from evomerge.run import memory_plan
 from evomerge.run.loop import SearchOptions, start_search
-from evomerge.run.memory_plan import make_plan, parse_bytes
+from evomerge.run.memory_plan import gib, make_plan, parse_bytes
 from evomerge.run.worker import Worker
 
 GIB = 1024 ** 3
@@ -76,25 +79,38 @@ def test_scoring_is_sized_for_the_longest_sequence_lm_eval_feeds_the_model(demo_
     assert f"x {plan.sequence} tokens, the longest request of the tasks" in "\n".join(plan.lines())
 
 
-def test_a_7b_shaped_recipe_is_planned_from_its_headers_as_arithmetic_says(shaped_7b):
+def _header_bytes(folder) -> dict:
+    """Each tensor's bytes as its safetensors header places them (data_offsets), read here without evomerge."""
+    found = {}
+    for file in folder.glob("*.safetensors"):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        found.update({name: entry["data_offsets"][1] - entry["data_offsets"][0]
+                      for name, entry in header.items() if name != "__metadata__"})
+    return found
+
+
+def test_a_7b_shaped_recipe_is_planned_from_its_headers(shaped_7b):
     path, parameters = shaped_7b
     assert parameters == 6_738_415_616  # Llama-2-7B's count
     recipe = load_recipe(path)
     on_gpu = make_plan(recipe, device="cuda", memory=parse_bytes("80GiB"))
     weights = on_gpu.weights
-    assert list(weights.parents.values()) == [2 * parameters] * 3
-    assert weights.parents[str(path.parent / "base")] == pytest.approx(13.5e9, rel=0.01)  # bf16: ≈ 13.5 GB each
-    assert weights.resident_parents == 3 * 2 * parameters  # kept in bfloat16 under a float32 merge
-    assert (on_gpu.scoring_dtype, weights.output) == ("bfloat16", 2 * parameters)  # float32 merge, scored in bf16
-    assert weights.largest == ("model.embed_tokens.weight", 32000 * 4096)
-    assert weights.workspace == 4 * 32000 * 4096 * 4  # 3 inputs + the result, float32
+    measured = {str(path.parent / name): _header_bytes(path.parent / name) for name in ("base", "math", "code")}
+    assert weights.parents == {model: sum(sizes.values()) for model, sizes in measured.items()}
+    assert weights.resident_parents == sum(weights.parents.values())  # kept in bfloat16 under a float32 merge
+    sizes = measured[str(path.parent / "base")]
+    largest = max(sizes.values())
+    assert sizes[weights.largest[0]] == largest == 2 * weights.largest[1]  # elements, from bfloat16 bytes
+    assert (on_gpu.scoring_dtype, weights.output) == ("bfloat16", sum(sizes.values()))  # float32 merge, scored in bf16
+    assert weights.workspace >= len(weights.parents) * largest * 2  # each input widened to float32
     assert on_gpu.batch_size == "auto" and on_gpu.max_length == 4096
-    assert on_gpu.activations() == 4096 * (2 * 32000 * 4 + (4 * 4096 + 3 * 11008) * 2)
-    assert on_gpu.device_bytes("device") == 4 * 2 * parameters + weights.workspace + on_gpu.activations()
-    assert on_gpu.device_bytes("host") == 2 * parameters + weights.workspace + on_gpu.activations()
-    assert on_gpu.host_bytes("host") == 3 * 2 * parameters and on_gpu.refusal() is None
+    assert on_gpu.activations(batch=4) == 4 * on_gpu.activations(batch=1) > 0
+    # parents: host keeps exactly the resident parents off the device, in host memory
+    assert on_gpu.device_bytes("device") - on_gpu.device_bytes("host") == weights.resident_parents
+    assert on_gpu.host_bytes("host") == weights.resident_parents and on_gpu.refusal() is None
     on_cpu = make_plan(recipe, device="cpu", memory=parse_bytes("1TiB"))
-    assert (on_cpu.scoring_dtype, on_cpu.weights.output, on_cpu.batch_size) == ("float32", 4 * parameters, 64)
+    assert (on_cpu.scoring_dtype, on_cpu.weights.output, on_cpu.batch_size) == ("float32", 2 * weights.output, 64)
     assert on_cpu.device_bytes("host") == on_cpu.device_bytes("device")  # one memory on a CPU machine
 
 
@@ -102,17 +118,22 @@ def test_the_plan_command_prints_the_figures_and_refuses_too_little_memory_namin
     path, _ = shaped_7b
     fits = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", "80GiB"])
     assert fits.exit_code == 0, fits.output
+    planned = make_plan(load_recipe(path), device="cuda", memory=parse_bytes("80GiB"))
+    on_device, on_host = gib(planned.device_bytes("device")), gib(planned.device_bytes("host"))
     for line in ("merged architecture: llama, 32 layers, hidden size 4096, vocabulary 32000",
-                 "/base: 12.55 GiB", "output model (bfloat16, scored on cuda): 12.55 GiB",
-                 "parents: device (the recipe's): 53.51 GiB on the device, fits in the 80.00 GiB of --device-memory",
-                 "parents: host: 15.86 GiB on the device, fits in the 80.00 GiB of --device-memory; 37.65 GiB in host",
+                 f"/base: {gib(planned.weights.parents[str(path.parent / 'base')])}",
+                 f"output model (bfloat16, scored on cuda): {gib(planned.weights.output)}",
+                 f"parents: device (the recipe's): {on_device} on the device, fits in the 80.00 GiB of --device-memory",
+                 f"parents: host: {on_host} on the device, fits in the 80.00 GiB of --device-memory; "
+                 f"{gib(planned.host_bytes('host'))} in host",
                  "genes: 8", "documents: 150 per evaluation, 9600 per run"):
         assert line in fits.output
+    assert planned.device_bytes("host") <= parse_bytes("24GiB") < planned.device_bytes("device")
     small = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", "24GiB"])
     assert small.exit_code == 2
     assert small.output.splitlines()[-1] == (
-        f"error: {path}: evomerge.parents: needs 53.51 GiB on cuda with parents: device, more than the 24.00 GiB "
-        "of --device-memory; set `parents: host` (15.86 GiB on the device)")
+        f"error: {path}: evomerge.parents: needs {on_device} on cuda with parents: device, more than the 24.00 GiB "
+        f"of --device-memory; set `parents: host` ({on_host} on the device)")
     batch = CliRunner().invoke(main, ["plan", str(path), "--device", "cpu", "--device-memory", "100GiB"])
     assert batch.exit_code == 0, batch.output  # batch 64 does not fit, a halved one does: a retry, not a refusal
     assert "set a smaller batch, `eval: {batch_size: 16}`, to start there" in batch.output
@@ -141,3 +162,11 @@ def test_a_search_that_cannot_fit_is_refused_before_anything_loads(demo_recipe, 
 @pytest.mark.parametrize("text, size", [("80GiB", 80 * GIB), ("24 GB", 24e9), ("1e9", 1e9), ("512MiB", 2 ** 29)])
 def test_memory_sizes_parse(text, size):
     assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("size", ["1.2.3GiB", "1..5GB", ".GiB", "80 GiBs"])
+def test_a_malformed_device_memory_is_refused_in_one_line_naming_the_option(shaped_7b, size):
+    path, _ = shaped_7b
+    result = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", size])
+    assert result.exit_code == 2, result.output  # not a traceback (exit code 1)
+    assert result.output.splitlines()[-1] == f"error: --device-memory: expected a size like 80GiB or 24GB, got {size!r}"

@@ -34,6 +34,15 @@ FLAKY = textwrap.dedent('''
 ''')
 
 
+def _wait_for(condition, what: str, timeout: float = 300.0) -> None:
+    """Return once `condition()` holds; fail naming `what` if it does not within `timeout` seconds (a bound
+    for a hung process on a loaded machine, not a guess at how long it takes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.1)
+
+
 class Dashboard:
     """`optuna-dashboard STORAGE` on 127.0.0.1 and a free port, as a user starts it; its HTTP API."""
 
@@ -44,14 +53,15 @@ class Dashboard:
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
                                          "--host", "127.0.0.1", "--port", str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                [self.study] = self.get("/api/studies")["study_summaries"]
-                return
-            except OSError:
-                assert self.process.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
-                time.sleep(0.2)
+        _wait_for(self._started, "optuna-dashboard to serve the study")
+
+    def _started(self) -> bool:
+        assert self.process.poll() is None, "optuna-dashboard exited"
+        try:
+            [self.study] = self.get("/api/studies")["study_summaries"]
+        except OSError:
+            return False
+        return True
 
     def get(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
@@ -85,10 +95,9 @@ class TrialsSeen:
         self.seen.append((evaluation.id, [t.user_attrs["evaluation_id"] for t in trials]))
         if len(self.seen) == 3:
             self.dashboard = Dashboard(self.storage)
-        if len(self.seen) in (3, 8, 12):  # the dashboard re-reads a study's trials every 2 s
-            deadline = time.monotonic() + 15
-            while len(self.dashboard.trials()) < len(self.seen) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        if len(self.seen) in (3, 8, 12):  # the search waits here, so no trial is written meanwhile
+            _wait_for(lambda: len(self.dashboard.trials()) >= len(self.seen),  # it re-reads trials every 2 s
+                      f"optuna-dashboard to serve {len(self.seen)} trials")
             self.served.append((len(self.seen), len(self.dashboard.trials())))
 
     def finished(self, report, files):

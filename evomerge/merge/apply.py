@@ -52,11 +52,11 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
         with torch.no_grad():  # grad mode is per thread
             return write(item, parameters[item.name], device, seed, scratch)
 
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), device=device)  # float32: not every accelerator has float64 (MPS)
     with preserved_random_state(device), torch.no_grad():
         transformers.trainer_utils.set_seed(seed)  # as `mergekit-yaml --random-seed`
         if pool is None:
-            for item in _on_device(work, device):
+            for item in on_device(work, device):
                 total += one(item)
         else:
             futures = [pool.submit(one, item) for item in work]
@@ -74,16 +74,12 @@ def apply(work: Sequence[Work], parameters: Mapping[str, torch.Tensor], device: 
             raise FloatingPointError(f"the merge gave non-finite weights in {bad}")
 
 
-def _on_device(work: Sequence[Work], device: torch.device) -> Iterable[Work]:
-    """`work` as it is when its inputs are on the device, else with each tensor's inputs moved there one
-    tensor ahead, while the previous one merges (the threaded path runs on the CPU, where they are)."""
-    if all(_there(tensor.device, device) for item in work[:1] for tensor in item.inputs.values()):
-        return work
-    return (replace(item, inputs=inputs) for item, inputs in prefetched(((i, i.inputs) for i in work), device))
-
-
-def _there(where: torch.device, device: torch.device) -> bool:
-    return where.type == device.type and (device.index is None or where.index == device.index)
+def on_device(work: Sequence[Work], device: torch.device) -> Iterable[Work]:
+    """`work` with every tensor's inputs on the device: a tensor's inputs kept elsewhere (`parents: host`) are
+    moved there one tensor ahead, while the previous one merges. Decided per tensor: in a multi-stage recipe,
+    host parents and an earlier stage's output, already on the device, meet in one candidate."""
+    moved = prefetched(((item, item.inputs) for item in work), device)
+    return (item if inputs is item.inputs else replace(item, inputs=inputs) for item, inputs in moved)
 
 
 def write(item: Work, target: torch.Tensor, device: torch.device, seed: int, scratch: Scratch) -> torch.Tensor:

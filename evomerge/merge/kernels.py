@@ -115,7 +115,7 @@ def task_arithmetic(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Ten
     normalize, scale = task.parameters["normalize"], task.parameters["lambda"]
     rows = scratch.get(out.device, dtype, len(others) + 2)
     target = out.view(-1)
-    probe = torch.zeros((), dtype=torch.float64, device=out.device)
+    probe = torch.zeros((), device=out.device)  # float32: MPS has no float64
     for start, stop in _pieces(target.numel()):
         size = stop - start
         stacked = rows[: len(others), :size] if size == PIECE else rows.view(-1)[: len(others) * size].view(-1, size)
@@ -155,7 +155,7 @@ def linear(task: ExecuteMergeMethodTask, inputs: Inputs, out: torch.Tensor, out_
     staging = scratch.get(out.device, dtype, 2)  # an input cast to `dtype`; the result cast back
     sources = [inputs[m].view(-1) for m in models]
     target = out.view(-1)
-    probe = torch.zeros((), dtype=torch.float64, device=out.device)
+    probe = torch.zeros((), device=out.device)  # float32: MPS has no float64
     for start, stop in _pieces(target.numel()):
         size = stop - start
         result = result_rows[0, :size].zero_()

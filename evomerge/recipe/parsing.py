@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import yaml
 from mergekit import merge_methods
 from mergekit.common import dtype_from_name
-from mergekit.config import MergeConfiguration
+from mergekit.config import InputModelDefinition, MergeConfiguration
+from mergekit.merge_methods.base import BasePolicy
 
 from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
 from evomerge.recipe.references import map_model_references, resolver, stage_name
@@ -51,6 +52,13 @@ def parse_merge_config(raw: Dict[str, Any], path: Path, stages: Sequence[str] = 
     for key in raw:
         if key not in known:
             raise EvomergeError(f"unknown key{did_you_mean(str(key), known)}", path=path, key=str(key))
+    entry_keys = set(InputModelDefinition.model_fields)  # mergekit ignores others: a misspelt `parameters` is lost
+    models = raw.get("models")
+    for index, entry in enumerate(models if isinstance(models, list) else []):
+        for key in entry if isinstance(entry, dict) else ():
+            if key not in entry_keys:
+                raise EvomergeError(f"unknown key{did_you_mean(str(key), entry_keys)}", path=path,
+                                    key=f"models[{index}].{key}")
     resolve = resolver(path.parent)
     raw = map_model_references(raw, lambda reference: reference if stage_name(reference) in stages else resolve(reference))
     config = validated(MergeConfiguration, raw, path, None)
@@ -61,7 +69,7 @@ def parse_merge_config(raw: Dict[str, Any], path: Path, stages: Sequence[str] = 
             raise EvomergeError(f"expected a dtype such as float32, bfloat16 or float16, got {getattr(config, key)!r}",
                                 path=path, key=key) from None
     try:
-        merge_methods.get(config.merge_method)
+        method = merge_methods.get(config.merge_method)
     except RuntimeError:
         names = [m.spec.name for m in merge_methods.registered_methods()]
         raise EvomergeError(
@@ -69,6 +77,9 @@ def parse_merge_config(raw: Dict[str, Any], path: Path, stages: Sequence[str] = 
             f"expected one of {', '.join(sorted(names))}",
             path=path, key="merge_method",
         ) from None
+    if config.models and config.base_model is None and method.spec.contract.base == BasePolicy.REQUIRED:
+        # mergekit finds it out only once it merges, after its progress bars
+        raise EvomergeError(f"the {config.merge_method} merge needs a base_model", path=path, key="base_model")
     return config
 
 

@@ -34,7 +34,7 @@ UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
 
 def parse_bytes(text: str) -> int:
     """'80GiB', '24 GB', '1e9' -> bytes."""
-    found = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    found = re.fullmatch(r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not found or found.group(2).lower() not in UNITS:
         raise EvomergeError(f"expected a size like 80GiB or 24GB, got {text!r}", key="--device-memory")
     return int(float(found.group(1)) * UNITS[found.group(2).lower()])

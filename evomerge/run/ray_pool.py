@@ -88,8 +88,8 @@ def _authenticate(address: str) -> None:
     `ray start --head` turns Ray's token authentication on when its machine has a token
     (~/.ray/auth_token, which any local `ray.init()` writes), but a driver given an address sends
     one only under RAY_AUTH_MODE=token: without it Ray retries for 20 s and ends in a traceback.
-    So the cluster is asked first (at once, without a token); one that refuses gets the token Ray
-    finds here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), as Ray itself does for a
+    So the cluster is asked first (a probe answered at once); one that refuses a driver without a
+    token gets the token Ray finds here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), as Ray itself does for a
     cluster it finds without an address. Never the other way round: the workers of a cluster
     without authentication cannot answer a driver that asks them for a token."""
     try:

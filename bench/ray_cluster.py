@@ -3,8 +3,8 @@
 The cluster is made as a user makes one (tests/local_cluster.py): `ray start --head` with token
 authentication on, `ray start --address` for the second node, one CPU each, so that each node
 holds one of the two workers. `evomerge search --workers 2 --ray-address` runs on the demo recipe
-from a shell without RAY_AUTH_MODE; once `--kill-after` evaluations are stored, the second node's
-raylet is killed with SIGKILL. Printed: each evaluation as stored (when, on which worker, attempts,
+from a shell without RAY_AUTH_MODE; once `--kill-after` evaluations are stored, the second node goes
+down: its raylet, then its other processes, are killed with SIGKILL. Printed: each evaluation as stored (when, on which worker, attempts,
 what was lost), whether the budget was stored in full with nothing redone, and the cluster's
 processes left after it is shut down. Exits 1 if anything was lost or redone.
 
@@ -14,8 +14,6 @@ processes left after it is shut down. Exits 1 if anything was lost or redone.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,10 +53,9 @@ def main() -> int:
                                   stderr=subprocess.PIPE, text=True)
         while len(stored(run_dir)) < args.kill_after and search.poll() is None:
             time.sleep(0.2)
-        raylet = cluster.raylet(1)
-        os.kill(raylet, signal.SIGKILL)
+        raylet = cluster.kill_node(1)
         before = stored(run_dir)
-        say(f"{len(before)} evaluations stored; killed node 2's raylet (pid {raylet})")
+        say(f"{len(before)} evaluations stored; killed node 2: its raylet (pid {raylet}), then its other processes")
         try:
             code = search.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:

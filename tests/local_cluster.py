@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,6 +113,8 @@ def local_cluster(cpus: Sequence[int], folder: Path, seconds: float = 180) -> It
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
+        for temp_dir in cluster.temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def stored(run_dir: Path) -> Dict[int, Evaluation]:

@@ -102,6 +102,27 @@ def test_a_slot_whose_new_worker_dies_while_loading_twice_stops_the_run(store):
         schedule.next()
 
 
+def test_a_new_worker_that_never_loads_is_waited_for_only_while_the_budget_has_room(store):
+    pool = FakePool(2)  # slot 0's node is gone: its new worker never loads
+    schedule = Schedule(pool, store, _pending(store, 2))
+    schedule.fill(lambda: 2, lambda: None)
+    pool.answer(0, WorkerLost("its node died"))
+    schedule.next()
+    pool.answer(1, Step(outcome=Outcome("ok", fitness=0.1)))
+    schedule.next()
+    schedule.fill(lambda: 1, lambda: None)
+    assert pool.sent[-1][:2] == (1, "begin") and not schedule.idle  # the lost candidate, on the other slot
+    pool.answer(1, Step(outcome=Outcome("ok", fitness=0.2)))
+    schedule.next()
+    schedule.fill(lambda: 0, lambda: None)
+    assert schedule.idle  # the budget is spent: the run ends without slot 0
+
+    alone = Schedule(FakePool(1), store, [])
+    alone.slots[0].state = "starting"
+    alone.fill(lambda: 1, lambda: None)
+    assert not alone.idle  # the only slot's new worker is the run's one way on
+
+
 def test_a_racing_stage_comes_back_to_the_loop_and_goes_on_or_stops(store):
     pool = FakePool(1)
     schedule = Schedule(pool, store, _pending(store, 1))

@@ -2,18 +2,15 @@
 winner as in process for a generational searcher, racing decided by the driver between stages,
 a killed worker replaced and its candidate retried, a candidate that kills its worker twice
 stored as failed, a driver killed with SIGKILL that resumes to exactly its budget and leaves no
-Ray process behind, and a search that joins a running cluster (`ray start`) and leaves it running."""
+Ray process behind; and on clusters made by `ray start` (tests/local_cluster.py): a search that
+joins one with its token and leaves it running, and one that loses a node mid-run."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -21,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from local_cluster import local_cluster, stored
 
 from evomerge.cli import main
 from evomerge.run.loop import SearchOptions, start_search
@@ -162,41 +160,49 @@ def test_the_driver_killed_with_sigkill_resumes_to_exactly_its_budget_and_leaves
         time.sleep(1)
 
 
-def test_a_search_joins_a_running_ray_cluster_and_leaves_it_running(demo_recipe, tmp_path):
-    # The cluster and the driver share one token, as Ray 2.60's token authentication asks.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    ray_command = str(Path(sys.executable).with_name("ray"))
-    temp_dir = tempfile.mkdtemp(prefix="evomerge-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    head = subprocess.Popen([ray_command, "start", "--head", "--block", "--port", address.split(":")[1],
-                             "--num-cpus", "2", "--temp-dir", temp_dir, "--include-dashboard", "false",
-                             "--disable-usage-stats"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray cluster did not start"
-            time.sleep(1)
-        recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random"}, confirm=None)
-        search = subprocess.run([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out",
-                                 str(tmp_path / "run"), "--evaluations", "4", "--workers", "2", "--ray-address",
-                                 address, "--quiet"], env=env, capture_output=True, text=True, timeout=600)
-        assert search.returncode == 0, search.stderr[-2000:]
+def _search(recipe: Path, run_dir: Path, evaluations: int, address: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evomerge.cli", "search", str(recipe), "--out", str(run_dir),
+                             "--evaluations", str(evaluations), "--workers", "2", "--ray-address", address, "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_search_joins_a_running_ray_cluster_with_its_token_and_leaves_it_running(demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 10}, searcher={"name": "random"}, confirm=None)
+    with local_cluster([2], tmp_path) as cluster:  # token authentication on, RAY_AUTH_MODE unset: a user's shell
+        wrong = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
+        refused = _search(recipe, tmp_path / "refused", 4, cluster.address, wrong).communicate(timeout=120)[1]
+        assert refused.strip() == (f"error: --ray-address: the Ray cluster at {cluster.address} refused this "
+                                   "machine's Ray token: set RAY_AUTH_TOKEN to the one `ray get-auth-token` prints "
+                                   "on its head node")
+        search = _search(recipe, tmp_path / "run", 4, cluster.address, cluster.env)
+        assert search.wait(timeout=600) == 0, search.communicate()[1][-2000:]
         evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
         assert len(evaluations) == 4 and {e.worker for e in evaluations} == {"ray-0", "ray-1"}
-        status = subprocess.run([ray_command, "status", "--address", address], env=env, capture_output=True, text=True)
-        assert status.returncode == 0 and head.poll() is None, status.stderr  # evomerge left the cluster running
-    finally:  # that cluster only: its processes are in the head's session or name its temp dir
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
-            if temp_dir in line:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(line.split()[0]), signal.SIGKILL)
+        assert cluster.alive() == 1 and cluster.nodes[0].poll() is None  # evomerge left the cluster running
+    assert not cluster.processes()
+
+
+def test_a_node_lost_mid_run_has_its_candidate_retried_on_the_other_and_the_run_ends_with_its_budget(
+        demo_recipe, tmp_path):
+    recipe = demo_recipe(eval={"limit": 40}, searcher={"name": "random"}, confirm=None)
+    run_dir = tmp_path / "run"
+    with local_cluster([1, 1], tmp_path) as cluster:  # one worker on each node
+        search = _search(recipe, run_dir, 16, cluster.address, cluster.env)
+        deadline = time.monotonic() + 300
+        while len(stored(run_dir)) < 2:  # both workers are busy from their first candidate to the budget's end
+            assert search.poll() is None and time.monotonic() < deadline, search.communicate()[1][-2000:]
+            time.sleep(0.2)
+        cluster.kill_node(1)
+        before = {i: e.created for i, e in stored(run_dir).items()}
+        assert search.wait(timeout=600) == 0, search.communicate()[1][-2000:]
+    assert not cluster.processes()
+    evaluations = RunStore.open(run_dir).evaluations.finished()
+    assert [e.id for e in evaluations] == list(range(16)) and all(e.ok for e in evaluations)
+    assert all(e.created == before[e.id] for e in evaluations if e.id in before), "a stored evaluation was redone"
+    [retried] = [e for e in evaluations if e.info.get("lost")]  # the lost node's candidate
+    [lost] = retried.info["lost"]
+    assert retried.attempts == 2 and lost["worker"] != retried.worker
+    assert all(e.worker == retried.worker for e in evaluations if e.created > retried.created)  # its slot stays empty
 
 
 def test_workers_without_ray_installed_is_a_one_line_error(demo_recipe, tmp_path, monkeypatch):

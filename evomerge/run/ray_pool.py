@@ -8,7 +8,7 @@ are placed together in one placement group: a cluster that cannot hold them is r
 line, at once when its totals fall short, after `placement_timeout` seconds when they do not fit
 on its nodes, instead of waiting forever. Without an address evomerge starts a local Ray and shuts
 it down when the search ends (Ray's reaper ends it if the search is killed); with one it joins
-that cluster and leaves it running.
+that cluster (with this machine's Ray token when the cluster asks for one) and leaves it running.
 """
 
 from __future__ import annotations
@@ -71,6 +71,61 @@ def worker_share(resources: Dict[str, float], size: int, device: Optional[str],
 
 
 @contextlib.contextmanager
+def _stderr_to_null() -> Iterator[None]:
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _authenticate(address: str) -> None:
+    """Send this machine's Ray token to a cluster that asks for one, or refuse in one line.
+
+    `ray start --head` turns Ray's token authentication on when its machine has a token
+    (~/.ray/auth_token, which any local `ray.init()` writes), but a driver given an address sends
+    one only under RAY_AUTH_MODE=token: without it Ray retries for 20 s and ends in a traceback.
+    So the cluster is asked first (a probe answered at once); one that refuses a driver without a
+    token gets the token Ray finds here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), as Ray itself does for a
+    cluster it finds without an address. Never the other way round: the workers of a cluster
+    without authentication cannot answer a driver that asks them for a token."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, GcsClient, get_authentication_mode
+        from ray.exceptions import AuthenticationError, RpcError
+    except ImportError:  # a Ray before token authentication
+        return
+
+    def refused() -> bool:
+        try:
+            with _stderr_to_null():  # Ray's C++ client logs each refusal there; the answer is told in one line
+                GcsClient(address=address)
+        except AuthenticationError:
+            return True
+        except RpcError as error:
+            raise EvomergeError(f"no Ray cluster answers at {address} ({error.message}): check the address that "
+                                "`ray start --head` printed", key="--ray-address") from None
+        return False
+
+    has_token = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    if not refused():
+        return
+    if os.environ.get("RAY_AUTH_MODE") is None and has_token:
+        _enable_token_auth()  # RAY_AUTH_MODE=token, for this process and the ones it starts
+        if not refused():
+            return
+    head = "`ray get-auth-token` prints on its head node"
+    if get_authentication_mode() == AuthenticationMode.TOKEN and has_token:
+        raise EvomergeError(f"the Ray cluster at {address} refused this machine's Ray token: set RAY_AUTH_TOKEN to "
+                            f"the one {head}", key="--ray-address")
+    raise EvomergeError(f"the Ray cluster at {address} asks for a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                        f"to the one {head}", key="--ray-address")
+
+
+@contextlib.contextmanager
 def _signal_handlers_kept() -> Iterator[None]:
     """`ray.init` replaces the process's SIGTERM handler with one that exits; the process keeps its own
     (the search's, which stops cleanly). Left in place, Ray's would also run in every process forked
@@ -95,6 +150,7 @@ class RayPool:
         if self.started:
             with _signal_handlers_kept():
                 if address:
+                    _authenticate(address)
                     ray.init(address=address, log_to_driver=False)
                 else:
                     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -64,10 +64,13 @@ class Schedule:
         self.store = store
         self.queue = Queue(waiting)
         self.slots = [Slot() for _ in pool.names]
+        self._spent = False
 
     @property
     def idle(self) -> bool:
-        return all(slot.state == "idle" for slot in self.slots)
+        """Nothing to wait for: no candidate in flight, and no new worker loading while the budget has room
+        for it (one whose node is gone may never load)."""
+        return self.busy == 0 and (self._spent or all(slot.state == "idle" for slot in self.slots))
 
     @property
     def busy(self) -> int:
@@ -76,6 +79,7 @@ class Schedule:
     def fill(self, room: Callable[[], int], ask: Callable[[], Optional[Evaluation]], *extra: Callable[[], Any]) -> None:
         """Send a candidate to every idle slot while `room()` (what the budget leaves beyond the busy
         slots) allows: a stored one first, else `ask()`; `extra` gives begin's further arguments."""
+        self._spent = room() <= 0
         for index, slot in enumerate(self.slots):
             if slot.state != "idle":
                 continue

@@ -33,6 +33,7 @@ from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR, RECIPES_DIR, TASKS_DIR
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
+from evomerge.run_options import RunOptions
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo.build import build_zoo
@@ -50,7 +51,7 @@ def main() -> None:
     candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
     tasks = [t.name for t in recipe.spec.tasks]
 
-    materializer = Materializer(space.starting_point().merge, quiet=True)
+    materializer = Materializer(space.starting_point().merge, options=RunOptions(quiet=True))
     scorer = LMEvalScorer(TaskSuite(tasks, [TASKS_DIR]), materializer.model, materializer.tokenizer,
                           limit=args.limit)
     resident, resident_scores = [], []

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 
 from evomerge.merge.materializer import default_device
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 from evomerge.zoo.recipe import write_demo_recipe
 
 
@@ -70,7 +71,7 @@ def plan(recipe_path: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     else:
         before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-    worker = Worker(recipe, device=device)
+    worker = Worker(recipe, RunOptions(device=device))
     step = worker.begin(worker.space.x0.tolist())
     while step.outcome is None:  # racing stages
         step = worker.advance()

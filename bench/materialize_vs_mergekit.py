@@ -25,6 +25,7 @@ from evomerge.merge.write import write_with_mergekit
 from evomerge.paths import DEFAULT_ZOO_DIR
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
+from evomerge.run_options import RunOptions
 from evomerge.zoo.build import build_zoo
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     candidate = points[0]
     (work / "candidate.yaml").write_text(candidate.to_yaml())
 
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(quiet=True))
     cycle = iter(points * 2)
     full = _timed(lambda: materializer.materialize(next(cycle)), args.repeats)
     x = space.x0.copy()

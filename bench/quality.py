@@ -38,7 +38,8 @@ from evomerge.merge import Materializer
 from evomerge.outputs.confirmation import confirm_finalists
 from evomerge.outputs.scoreboard import paired_gain
 from evomerge.recipe import build_space, load_recipe
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
+from evomerge.run_options import RunOptions
 from evomerge.scoring import LMEvalScorer, TaskSuite
 
 SEARCHERS = {
@@ -109,7 +110,7 @@ def main() -> None:
     recipe = load_recipe(start_recipe)
     space = build_space(recipe)
     start = space.starting_point()
-    materializer = Materializer(start.merge, quiet=True)
+    materializer = Materializer(start.merge, options=RunOptions(quiet=True))
     parents, parent_scores = {}, {}
     for reference in sorted(start.merge.referenced_models(), key=str):
         materializer.load_parent(reference)
@@ -142,7 +143,8 @@ def main() -> None:
                                   SearchOptions(seed=seed, quiet=True))
             search.run()
             if args.confirm:
-                confirm_finalists(search)
+                confirm_finalists(search.store, search.recipe, search.space, search.worker.materializer,
+                                  search.confirmation, quiet=True)
             finished = search.store.evaluations.finished()
             for budget, row in rows.items():
                 if args.confirm:

@@ -25,10 +25,11 @@ from typing import Dict, Optional
 
 import torch
 
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.paths import DEFAULT_ZOO_DIR
 from evomerge.recipe.loading import load_recipe
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.start import SearchOptions, resume_search, start_search
+from evomerge.run_options import RunOptions
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe
 
@@ -60,7 +61,7 @@ def _run(recipe: Path, run_dir: Path, evaluations: int) -> dict:
     search.run()
     seconds = time.perf_counter() - started
     evaluations_ = search.store.evaluations.finished()
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     winner = next(r for r in report["rows"] if r["role"] == "winner")
     # Wall time of an evaluation: when it was stored, from the first one's start.
     first = evaluations_[0].created - (evaluations_[0].materialize_seconds or 0) - (evaluations_[0].evaluate_seconds or 0)
@@ -74,7 +75,7 @@ def _extend(run: dict, run_dir: Path, target: float, step: int, cap: int) -> Non
     or `cap` evaluations are spent; its evaluations then include the extension."""
     count = len(run["evaluations"])
     while _reach(run, target) is None and count < cap:
-        search = resume_search(run_dir, evaluations=count + step, quiet=True)
+        search = resume_search(run_dir, RunOptions(quiet=True), evaluations=count + step)
         search.run()
         run["evaluations"] = search.store.evaluations.finished()
         count = len(run["evaluations"])

@@ -46,9 +46,10 @@ from evomerge.recipe import device_defaults
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.schema import EvalSpec
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.pool import Outcome, Step
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.worker import scoring
+from evomerge.run_options import RunOptions
 from evomerge.scoring.scorer import LMEvalScorer, task_metrics
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo.real import (
@@ -84,9 +85,9 @@ def _peak_memory(recipe: Path, parents: str) -> float:
     """Peak RSS (GiB) of a fresh process that loads the parents and merges one candidate."""
     code = (f"import resource, torch; torch.set_num_threads(1)\n"
             f"from evomerge.recipe import build_space, load_recipe\n"
-            f"from evomerge.merge.materializer import Materializer\n"
+            f"from evomerge.merge.materializer import Materializer\nfrom evomerge.run_options import RunOptions\n"
             f"space = build_space(load_recipe({str(recipe)!r}))\n"
-            f"m = Materializer(space.starting_point().merge, parents={parents!r}, quiet=True)\n"
+            f"m = Materializer(space.starting_point().merge, options=RunOptions(quiet=True), parents={parents!r})\n"
             f"m.materialize(space.starting_point())\n"
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -272,7 +273,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     candidates = [space.decode(space.from_unit(rng.uniform(size=space.dimension))) for _ in range(args.candidates)]
 
-    materializer = Materializer(space.starting_point().merge, dtype=args.dtype, quiet=True)
+    materializer = Materializer(space.starting_point().merge, options=RunOptions(quiet=True), dtype=args.dtype)
     scorer = LMEvalScorer(TaskSuite(SEARCH_TASKS, [TASKS_DIR]), materializer.model, materializer.tokenizer,
                           options=EvalSpec(batch_size=args.batch_size), limit=args.limit)
     if args.profile:

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.layered import build_layered_zoo
 from evomerge.zoo.recipe import write_demo_recipe
@@ -120,7 +120,7 @@ def _compare(searchers: dict, args) -> None:
             search = start_search(recipe, work / f"run-{label.replace(' ', '-')}-{seed}",
                                   SearchOptions(evaluations=args.evaluations, quiet=True))
             search.run()
-            report = finish_run(search)
+            report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
             fitness = [e.fitness if e.ok else float("-inf") for e in search.store.evaluations.finished()]
             best_so_far = [max(fitness[: i + 1]) for i in range(len(fitness))]
             winner = next(r for r in report["rows"] if r["role"] == "winner")

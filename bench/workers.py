@@ -27,8 +27,8 @@ from typing import List
 import numpy as np
 
 from evomerge.paths import DEFAULT_ZOO_DIR
-from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.pool import Outcome, Step
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.zoo.build import build_zoo
 from evomerge.zoo.recipe import write_demo_recipe

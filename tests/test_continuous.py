@@ -15,10 +15,10 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import EvomergeError
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.schema import TaskSpec
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
@@ -137,5 +137,5 @@ def test_a_search_on_p_gold_runs_end_to_end(racing, demo_recipe, tmp_path):
         assert evaluation.fitness == pytest.approx(0.5 * sum(p_gold))
         assert all(0 < p < 1 for p in p_gold) and evaluation.metrics[tasks[0]]["p_gold_stderr"] > 0
     assert best.ok and best.fitness == max(e.fitness for e in search.store.evaluations.finished() if e.ok)
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     assert report["gain"]["tasks"] == ["zoo_rev_report", "zoo_sort_report"]

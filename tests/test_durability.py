@@ -14,9 +14,10 @@ from evomerge.errors import EvomergeError
 from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe.loading import load_recipe
 from evomerge.run import loop
-from evomerge.run.loop import SearchOptions, resume_search, start_search
 from evomerge.run.observers.tracker import RunInfo, Tracker
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 BETTER_EACH_CALL = textwrap.dedent('''
     from pathlib import Path
@@ -120,7 +121,7 @@ def test_a_finalist_confirmed_before_a_resume_does_not_outrank_the_new_top(demo_
     confirm_finalists(search)  # each candidate scores better than the one before: 2 and 1 are the finalists
     assert set(search.store.confirmations.all()) == {1, 2}
 
-    resumed = resume_search(run, evaluations=5, quiet=True)
+    resumed = resume_search(run, RunOptions(quiet=True), evaluations=5)
     resumed.run()  # 3 and 4 are the top 2 now, not yet confirmed
     store = resumed.store
     assert [e.id for e in store.confirmations.standings()] == [4, 3, 2, 1, 0]  # the search's order

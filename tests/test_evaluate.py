@@ -9,12 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.merge.materializer import Materializer
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.schema import EvalSpec
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
+from evomerge.run_options import RunOptions
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
@@ -99,7 +100,7 @@ def test_a_generation_task_is_the_fitness_and_its_report_split_the_table(demo_re
                          searcher={"name": "random", "batch": 3}, confirm=None)
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=3, quiet=True))
     search.run()
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     for evaluation in RunStore.open(tmp_path / "run").evaluations.finished():
         assert evaluation.fitness == evaluation.metrics["zoo_rev_gen_search"]["exact_match,first_word"]
     rev = next(r for r in report["rows"] if r["name"] == "rev")
@@ -120,7 +121,7 @@ def test_reused_requests_score_every_candidate_as_a_fresh_simple_evaluate_does(d
     recipe = load_recipe(demo_recipe())
     space = build_space(recipe)
     tasks = ["zoo_rev_search", "zoo_rev_gen_search"]
-    materializer = Materializer(space.starting_point().merge, quiet=True)
+    materializer = Materializer(space.starting_point().merge, options=RunOptions(quiet=True))
     scorer = LMEvalScorer(TaskSuite(tasks, recipe.task_paths()), materializer.model, materializer.tokenizer, limit=12)
     rng = np.random.default_rng(0)
     for _ in range(2):

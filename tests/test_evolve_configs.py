@@ -25,6 +25,7 @@ from evomerge.merge.materializer import Materializer
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 GENOMES = {  # each method with the genome options that change its recipe
     "linear": {"layer_granularity": 2, "filters": ["self_attn"], "normalize": False},
@@ -63,7 +64,7 @@ def test_every_genotype_merges_to_what_mergekit_evolve_merges(method, zoo, write
     for draw in range(2):
         genotype = rng.uniform(space.lower, space.upper)
         candidate = space.decode(genotype)
-        materializer = materializer or Materializer(candidate.merge, quiet=True)
+        materializer = materializer or Materializer(candidate.merge, options=RunOptions(quiet=True))
         materializer.materialize(candidate)
         out = tmp_path / f"mergekit-{draw}"
         options = MergeOptions(quiet=True, random_seed=candidate.seed)

@@ -21,6 +21,7 @@ from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
+from evomerge.run_options import RunOptions
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.yaml"))
 
@@ -31,7 +32,7 @@ def test_an_example_starts_at_its_own_values_with_mergekits_weights(path, zoo, t
     space = build_space(recipe)
     assert space.dimension > 0
     as_written = Candidate.written(recipe)
-    materializer = materializer_for(as_written, quiet=True)
+    materializer = materializer_for(as_written, options=RunOptions(quiet=True))
     materializer.materialize(as_written)
     recomputed = materializer.materialize(space.decode(space.x0)).recomputed
     if not any(draws_random(s.merge.merge_method) for s in recipe.stages):  # the recipe's own parameters everywhere

@@ -18,10 +18,11 @@ from weights import assert_same_as_resident, same_tensors
 from evomerge.cli import main
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.export import candidate_of, model_card
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.recipe.candidate import Candidate
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 from evomerge.zoo.recipe import write_demo_recipe
 
 pytestmark = pytest.mark.slow  # each test merges through mergekit on disk; the module runs two searches
@@ -32,7 +33,7 @@ def _finished_run(directory: Path, zoo: dict, **evomerge) -> Path:
                                searcher={"name": "ga", "population": 4, "elitism": 1}, **evomerge)
     search = start_search(recipe, directory / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
-    finish_run(search)
+    finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     return directory / "run"
 
 
@@ -62,7 +63,7 @@ def _in_memory(run_dir: Path, rank: int = 1) -> torch.nn.Module:
     """The resident model of the run's candidate of that rank."""
     store = RunStore.open(run_dir)
     candidate = candidate_of(store, store.confirmations.standings()[rank - 1])
-    materializer = Materializer(candidate.merge, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(quiet=True))
     materializer.materialize(candidate)
     return materializer.model
 

@@ -20,6 +20,7 @@ from evomerge.merge.materializer import Materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
+from evomerge.run_options import RunOptions
 
 
 def _recipe(method: str, base_model: str, specialists: list, **extra) -> dict:
@@ -59,7 +60,7 @@ def test_pieced_kernels_equal_mergekit(method, parameters, any_zoo, write_recipe
     recipe = _recipe(method, base, models, **({"parameters": parameters} if parameters else {}))
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(0).uniform(space.lower, space.upper))
-    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device="cpu", quiet=True))
     stats = materializer.materialize(candidate)
     assert stats.recomputed == stats.total and whole_tensor_merges == []  # each tensor written, none by mergekit's task
     write_with_mergekit(candidate, tmp_path / "mergekit")
@@ -79,7 +80,7 @@ def test_pieced_kernels_with_parents_in_another_dtype_equal_mergekit(method, sto
     recipe["dtype"] = merged
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(2).uniform(space.lower, space.upper))
-    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device="cpu", quiet=True))
     stats = materializer.materialize(candidate)
     assert stats.recomputed == stats.total and whole_tensor_merges == []  # each tensor written, none by mergekit's task
     write_with_mergekit(candidate, tmp_path / "mergekit")
@@ -102,11 +103,11 @@ def test_a_float32_merge_scored_in_bfloat16_is_the_float32_candidate_cast_once(m
         recipe["evomerge"]["noise"] = {"range": [0.01, 0.02]}
     space = build_space(load_recipe(write_recipe(recipe)))
     candidate = space.decode(np.random.default_rng(4).uniform(space.lower, space.upper))
-    scored = Materializer(candidate.merge, device=DEVICE, dtype="bfloat16", quiet=True)
+    scored = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True), dtype="bfloat16")
     written = scored.materialize(candidate).recomputed
     assert len(whole_tensor_merges) == (written if noise else 0)
 
-    merged = Materializer(candidate.merge, device=DEVICE, quiet=True)  # in the recipe's float32
+    merged = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))  # in the recipe's float32
     merged.materialize(candidate)
     as_merged = merged.model.state_dict()
     assert all(tensor.dtype == torch.bfloat16 and torch.equal(tensor, as_merged[name].to(torch.bfloat16))
@@ -129,13 +130,13 @@ def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(metho
     space = build_space(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(1)
     x = rng.uniform(space.lower, space.upper)
-    resident = Materializer(space.decode(x).merge, device="cpu", quiet=True)
+    resident = Materializer(space.decode(x).merge, options=RunOptions(device="cpu", quiet=True))
     for step in range(4):
         gene = step % space.dimension
         x[gene] = rng.uniform(space.lower[gene], space.upper[gene])
         resident.materialize(space.decode(x))
         torch.set_num_threads(1)
-        fresh = Materializer(space.decode(x).merge, device="cpu", quiet=True)
+        fresh = Materializer(space.decode(x).merge, options=RunOptions(device="cpu", quiet=True))
         fresh.materialize(space.decode(x))
         torch.set_num_threads(2)
         now = resident.model.state_dict()
@@ -145,7 +146,7 @@ def test_a_run_of_incremental_candidates_on_threads_equals_full_recomputes(metho
 
 def test_candidates_are_not_planned_again(base_model, specialists, write_recipe, monkeypatch):
     space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
-    materializer = Materializer(space.starting_point().merge, device="cpu", quiet=True)
+    materializer = Materializer(space.starting_point().merge, options=RunOptions(device="cpu", quiet=True))
 
     def refuse(*args, **kwargs):
         raise AssertionError("a candidate of the run's structure was planned again")
@@ -159,12 +160,12 @@ def test_a_candidate_of_another_shape_is_planned_anew_and_matches(base_model, sp
     """Another output dtype is a new structure: planned again, every tensor rewritten, as a fresh merge."""
     space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
     start = space.starting_point()
-    materializer = Materializer(start.merge, device="cpu", quiet=True)
+    materializer = Materializer(start.merge, options=RunOptions(device="cpu", quiet=True))
     materializer.materialize(start)
     other = type(start)(merge=start.merge.model_copy(update={"out_dtype": "bfloat16"}), seed=start.seed)
     stats = materializer.materialize(other)
     assert stats.recomputed == stats.total
-    fresh = Materializer(other.merge, device="cpu", dtype="float32", quiet=True)  # the first's resident dtype
+    fresh = Materializer(other.merge, options=RunOptions(device="cpu", quiet=True), dtype="float32")  # the first's resident dtype
     fresh.materialize(other)
     assert all(torch.equal(t, fresh.model.state_dict()[n]) for n, t in materializer.model.state_dict().items())
 
@@ -172,7 +173,7 @@ def test_a_candidate_of_another_shape_is_planned_anew_and_matches(base_model, sp
 def test_non_finite_weights_from_the_pieced_path_fail_naming_the_tensor(base_model, specialists, write_recipe):
     space = build_space(load_recipe(write_recipe(_recipe("task_arithmetic", base_model, specialists))))
     candidate = space.starting_point()
-    materializer = Materializer(candidate.merge, device="cpu", quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device="cpu", quiet=True))
     name = "model.layers.2.mlp.up_proj.weight"
     inputs = materializer._parents.inputs(name)
     parent = next(model for model in inputs if model != candidate.merge.base_model)

@@ -8,6 +8,7 @@ import pytest
 from evomerge.merge import Materializer
 from evomerge.recipe import build_space, load_recipe
 from evomerge.recipe.schema import EvalSpec, RacingSpec, TaskSpec
+from evomerge.run_options import RunOptions
 from evomerge.scoring import LMEvalScorer, Objective, Race, TaskSuite
 
 TASKS = ["zoo_rev_search", "zoo_rev_gen_search"]  # a loglikelihood task and a generate_until task
@@ -20,7 +21,7 @@ def resident(zoo, tmp_path_factory):
 
     recipe = load_recipe(write_demo_recipe(tmp_path_factory.mktemp("fewshot"), zoo["dir"]))
     start = build_space(recipe).starting_point()
-    materializer = Materializer(start.merge, quiet=True)
+    materializer = Materializer(start.merge, options=RunOptions(quiet=True))
     materializer.materialize(start)
     return recipe, materializer
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import grimp
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,8 +46,6 @@ def test_a_base_space_that_imports_its_subclass_breaks_the_recipe_contract(tmp_p
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "evomerge.recipe.space -> evomerge.recipe.genome" in result.stdout
-
-
 def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[Dict[str, List[str]]]:
     """Every import cycle between the package's modules, lazy imports included (grimp reads every import
     statement, in functions too): per strongly connected group of modules, its `modules` and one closed
@@ -60,7 +57,6 @@ def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[
     low: Dict[str, int] = {}
     stack: List[str] = []
     groups: List[List[str]] = []
-
     def visit(module: str) -> None:  # Tarjan's strongly connected components
         index[module] = low[module] = len(index)
         stack.append(module)
@@ -76,7 +72,6 @@ def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[
                 group.append(stack.pop())
             if len(group) > 1:
                 groups.append(sorted(group))
-
     for module in imports:
         if module not in index:
             visit(module)
@@ -86,18 +81,11 @@ def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[
         back = next(m for m in imports[first] if m in group)
         chains.append({"modules": group, "chain": [first, *graph.find_shortest_chain(importer=back, imported=first)]})
     return chains
-
-
 def _described(cycles: List[Dict[str, List[str]]]) -> str:
     return "\n".join(f"{', '.join(c['modules'])} (e.g. {' -> '.join(c['chain'])})" for c in cycles)
-
-
-@pytest.mark.xfail(strict=False, reason="cycles in recipe/ and outputs/ removed by #39 items 1-2")
 def test_no_import_cycle_between_modules_lazy_imports_included():
     cycles = import_cycles()
     assert not cycles, "import cycles:\n" + _described(cycles)
-
-
 def test_a_lazy_import_of_a_subclass_by_its_base_class_is_a_cycle(tmp_path):
     """A copy of the package where the searchers' base class imports CMA-ES inside a function."""
     shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
@@ -112,3 +100,21 @@ def test_a_lazy_import_of_a_subclass_by_its_base_class_is_a_cycle(tmp_path):
     [cycle] = json.loads(found.stdout)
     assert {"evomerge.searchers.base", "evomerge.searchers.cma"} <= set(cycle["modules"])
     assert cycle["chain"][0] == cycle["chain"][-1] and set(cycle["chain"]) <= set(cycle["modules"])
+def test_a_back_import_inside_outputs_breaks_its_contract(tmp_path):
+    """outputs/ has its own layers: a copy where the text rendering imports the plots (which draw on it)
+    must fail the lint, which names the arrow; the contract between subpackages alone would not see it."""
+    shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    text = tmp_path / "evomerge" / "outputs" / "text.py"
+    text.write_text(text.read_text() + "\nfrom evomerge.outputs import report  # noqa: E402,F401\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "evomerge.outputs.text -> evomerge.outputs.report" in result.stdout
+def test_drawing_a_runs_plots_loads_neither_the_merge_nor_the_scorer():
+    """report.py reads the store and renders text: a run's plots need no materializer, scorer or lm-eval."""
+    code = ("import sys, evomerge.outputs.report; "
+            "print(sorted(m for m in sys.modules if m.startswith(('evomerge.merge', 'evomerge.scoring', 'lm_eval'))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

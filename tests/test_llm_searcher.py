@@ -14,8 +14,9 @@ from fake_llm import FakeLLM, Stall, Status, serve
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 from evomerge.searchers import make_searcher
 from evomerge.searchers.spec import SearcherSpec
 
@@ -120,7 +121,7 @@ def test_a_search_against_the_endpoint_spends_its_budget_and_resumes(llm, demo_r
     recipe = demo_recipe(eval={"limit": 20}, searcher=searcher)
     start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True)).run()
     asked = len(fake.requests)
-    resume_search(tmp_path / "run", evaluations=10, quiet=True).run()
+    resume_search(tmp_path / "run", RunOptions(quiet=True), evaluations=10).run()
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     assert [e.id for e in evaluations] == list(range(10)) and all(e.ok for e in evaluations)
     assert len(fake.requests) == asked + 1  # the interrupted generation was not asked again

@@ -17,9 +17,10 @@ from evomerge.errors import EvomergeError
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.loading import load_recipe
 from evomerge.run import memory_plan
-from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.memory_plan import gib, make_plan, parse_bytes
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.worker import Worker
+from evomerge.run_options import RunOptions
 
 GIB = 1024 ** 3
 
@@ -32,7 +33,7 @@ def _bytes(tensors) -> int:
 def test_the_estimate_is_within_a_quarter_of_a_zoo_merge_and_scores_measured_tensors(demo_recipe):
     recipe = load_recipe(demo_recipe(eval={"limit": 5}))
     estimate = make_plan(recipe, device="cpu").weights
-    worker = Worker(recipe, device="cpu")
+    worker = Worker(recipe, RunOptions(device="cpu"))
     assert worker.begin(worker.space.x0.tolist()).outcome.status == "ok"  # merged and scored
     materializer = worker.materializer
     parents = _bytes(t for inputs in materializer._parents._inputs.values() for t in inputs.values())
@@ -68,7 +69,7 @@ def _with(path, tmp_path, **evomerge):
 def test_scoring_is_sized_for_the_longest_sequence_lm_eval_feeds_the_model(demo_recipe):
     recipe = load_recipe(demo_recipe(eval={"limit": 5}, report_tasks=[], confirm=None))
     plan = make_plan(recipe, device="cpu")
-    worker = Worker(recipe, device="cpu")
+    worker = Worker(recipe, RunOptions(device="cpu"))
     fed = []
     worker.materializer.model.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append((args[0] if args else kwargs["input_ids"]).shape[1]), with_kwargs=True)

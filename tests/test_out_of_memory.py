@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evomerge.merge.materializer import Materializer
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.scoring.scorer import _hflm
 

@@ -34,6 +34,7 @@ from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
+from evomerge.run_options import RunOptions
 
 RANGES = {
     "weight": (0.0, 1.0), "density": (0.3, 0.8), "gamma": (0.0, 0.05), "epsilon": (0.01, 0.1),
@@ -94,7 +95,7 @@ def test_every_numeric_parameter_of_every_method_is_searched_here():
 @pytest.mark.parametrize("method_name", METHODS)
 def test_in_memory_merge_equals_mergekit(method_name, any_zoo, write_recipe, tmp_path):
     candidate = _random_candidate(write_recipe(_searched_recipe(method_name, *_parents(any_zoo))))
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
@@ -109,12 +110,12 @@ def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name
     space = build_space(load_recipe(write_recipe(recipe)))
     rng = np.random.default_rng(3)
     x = rng.uniform(space.lower, space.upper)
-    materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
+    materializer = Materializer(space.decode(x).merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(space.decode(x))
     changed = next(i for i, g in enumerate(space.genes) if g.group == 0 and g.filter in ("self_attn", None))
     x[changed] = space.lower[changed] + space.upper[changed] - x[changed]  # the other side of its range
     materializer.materialize(space.decode(x))
-    fresh = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
+    fresh = Materializer(space.decode(x).merge, options=RunOptions(device=DEVICE, quiet=True))
     fresh.materialize(space.decode(x))
     incremental = materializer.model.state_dict()
     different = [name for name, tensor in fresh.model.state_dict().items() if not torch.equal(tensor, incremental[name])]
@@ -124,7 +125,7 @@ def test_incremental_recompute_gives_the_weights_of_a_full_recompute(method_name
 def test_randomized_methods_depend_on_the_seed(base_model, specialists, write_recipe):
     assert draws_random("dare_ties") and draws_random("della") and not draws_random("ties")
     candidate = _random_candidate(write_recipe(_searched_recipe("dare_ties", base_model, specialists)))
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     first = {k: v.clone() for k, v in materializer.model.state_dict().items()}
     materializer.materialize(type(candidate)(merge=candidate.merge, seed=candidate.seed + 1))
@@ -141,7 +142,7 @@ def test_the_mergekit_yaml_command_gives_the_same_weights(method_name, base_mode
     subprocess.run([str(mergekit_yaml), str(decoded), str(tmp_path / "cli"), "--random-seed", str(candidate.seed)]
                    + (["--cuda"] if DEVICE.startswith("cuda") else []),
                    check=True, capture_output=True)
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     _assert_same_weights(tmp_path / "cli", materializer.model)
 
@@ -162,7 +163,7 @@ def test_slices_recipes_and_tokenizer_source_match_too(base_model, specialists, 
     }
     candidate = _random_candidate(write_recipe(recipe))
     assert candidate.merge.slices[1].sources[1].parameters["weight"] != candidate.merge.slices[0].sources[1].parameters["weight"]
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
@@ -176,7 +177,7 @@ def test_randomized_methods_with_a_merged_tokenizer_draw_in_mergekit_yaml_order(
     recipe = _searched_recipe(method_name, *_parents(any_zoo))
     recipe["tokenizer_source"] = "base"
     candidate = _random_candidate(write_recipe(recipe))
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
@@ -185,7 +186,7 @@ def test_randomized_methods_with_a_merged_tokenizer_draw_in_mergekit_yaml_order(
 def test_a_candidate_that_reads_other_tensors_than_the_start_is_refused(base_model, specialists, write_recipe):
     recipe = _searched_recipe("task_arithmetic", base_model, specialists[:2])
     start = build_space(load_recipe(write_recipe(recipe))).starting_point()
-    materializer = Materializer(start.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(start.merge, options=RunOptions(device=DEVICE, quiet=True))
     other = start.merge.model_copy(deep=True)
     other.models[1] = other.models[1].model_copy(update={"model": ModelReference.parse(specialists[2])})
     with pytest.raises(ValueError, match="other tensors or models than the starting recipe"):
@@ -196,7 +197,7 @@ def test_only_tensors_whose_parameters_changed_are_recomputed(base_model, specia
     path = write_recipe(_searched_recipe("ties", base_model, specialists))
     space = build_space(load_recipe(path))
     x = np.random.default_rng(0).uniform(space.lower, space.upper)
-    materializer = Materializer(space.decode(x).merge, device=DEVICE, quiet=True)
+    materializer = Materializer(space.decode(x).merge, options=RunOptions(device=DEVICE, quiet=True))
     every_tensor = len(materializer.model.state_dict())
     first = materializer.materialize(space.decode(x))
     assert first.recomputed == first.total == every_tensor
@@ -216,7 +217,7 @@ def test_explicit_layer_ranges_match_too(base_model, specialists, write_recipe, 
     candidate = _random_candidate(write_recipe(recipe))
     fallback = candidate.merge.models[0].parameters["weight"][-1].value
     assert len(fallback) == 4 and fallback[0] != fallback[1] and fallback[1] == fallback[2] == fallback[3]
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     materializer.materialize(candidate)
     write_with_mergekit(candidate, tmp_path / "mergekit", MERGEKIT)
     _assert_same_weights(tmp_path / "mergekit", materializer.model)
@@ -241,7 +242,7 @@ def test_parents_stay_in_their_checkpoint_dtype_or_narrower_and_still_match(meth
     recipe = _searched_recipe(method_name, copies[0], copies[1:])
     recipe["dtype"] = merged
     candidate = _random_candidate(write_recipe(recipe))
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     resident = {tensor.dtype for name, _ in materializer.model.named_parameters()
                 for tensor in materializer._parents.inputs(name).values()}
     assert resident == {torch.bfloat16}
@@ -258,7 +259,7 @@ def test_inputs_aligned_to_a_merged_tokenizer_are_cast_at_load_and_still_match(b
     recipe = _searched_recipe("ties", copies[0], copies[1:])
     recipe["tokenizer_source"] = "union"
     candidate = _random_candidate(write_recipe(recipe))
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     resident = {name: {t.dtype for t in materializer._parents.inputs(name).values()}
                 for name, _ in materializer.model.named_parameters()}
     assert resident["model.embed_tokens.weight"] == {torch.float32}
@@ -280,7 +281,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        materializer = Materializer(first.merge, device=DEVICE, quiet=True)
+        materializer = Materializer(first.merge, options=RunOptions(device=DEVICE, quiet=True))
         materializer.materialize(first)
         name = "model.layers.1.mlp.down_proj.weight"
         execute = ExecuteMergeMethodTask.execute
@@ -292,7 +293,7 @@ def test_a_merge_that_gives_no_tensor_fails_instead_of_leaving_the_previous_one(
         materializer.materialize(second)
     finally:
         torch.set_num_threads(before)
-    fresh = Materializer(second.merge, device=DEVICE, quiet=True)
+    fresh = Materializer(second.merge, options=RunOptions(device=DEVICE, quiet=True))
     fresh.materialize(second)
     assert all(torch.equal(t, fresh.model.state_dict()[n]) for n, t in materializer.model.state_dict().items())
 
@@ -301,7 +302,7 @@ def test_non_finite_weights_fail_naming_the_first_bad_tensor(base_model, special
     """Checked once per candidate, after every tensor is written; the tensors are recomputed next time."""
     space = build_space(load_recipe(write_recipe(_searched_recipe("ties", base_model, specialists))))
     candidate = space.starting_point()
-    materializer = Materializer(candidate.merge, device=DEVICE, quiet=True)
+    materializer = Materializer(candidate.merge, options=RunOptions(device=DEVICE, quiet=True))
     bad = ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
     execute = ExecuteMergeMethodTask.execute
 

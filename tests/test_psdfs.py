@@ -20,17 +20,18 @@ from weights import assert_same_as_resident, same_tensors
 from evomerge.errors import EvomergeError
 from evomerge.merge.routed_model import search_materializer
 from evomerge.outputs.export import export_run
+from evomerge.outputs.finish import finish_run
 from evomerge.outputs.route_plot import route_of
-from evomerge.outputs.scoreboard import finish_run
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.route import Hop
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space_factory import build_space
 from evomerge.recipe.validate import check_search
-from evomerge.run.loop import SearchOptions, start_search
 from evomerge.run.memory_plan import make_plan
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 torch.set_num_threads(1)
 
@@ -107,7 +108,7 @@ def test_a_route_that_reads_no_earlier_stage_is_a_one_stage_recipe(zoo, tmp_path
 
 def test_drawn_candidates_of_several_depths_have_mergekit_multis_weights(zoo, tmp_path):
     space = _space(tmp_path, zoo)
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     rng = np.random.default_rng(4)
     depths = set()
     count = len(space.slots)
@@ -130,7 +131,7 @@ def test_drawn_candidates_of_several_depths_have_mergekit_multis_weights(zoo, tm
 def test_changing_only_route_genes_does_not_re_merge_the_first_stage(zoo, tmp_path):
     space = _space(tmp_path, zoo)
     pair, rev = str(zoo["dir"] / "pair"), str(zoo["dir"] / "rev")
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     x = _with(space, space.x0, [("blend", 0), ("blend", 1), (rev, 2), ("blend", 3)])
     first = materializer.materialize(space.decode(x))
     assert first.stages["blend"].recomputed == first.stages["blend"].total
@@ -156,7 +157,7 @@ def test_changing_only_route_genes_does_not_re_merge_the_first_stage(zoo, tmp_pa
     names = materializer.model.state_dict().keys()
     assert set(stats.stages[None].written) == {name for name in names if source(name) in rewritten}
 
-    fresh = search_materializer(space, device="cpu", quiet=True)
+    fresh = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     fresh.materialize(space.decode(x))
     incremental = materializer.model.state_dict()
     assert all(torch.equal(tensor, incremental[name]) for name, tensor in fresh.model.state_dict().items())
@@ -206,14 +207,16 @@ def test_a_joint_search_exports_a_best_yaml_that_mergekit_multi_merges_to_the_sc
     search = start_search(write_documents(tmp_path / "psdfs.yaml", blend(zoo), final), tmp_path / "run",
                           SearchOptions(evaluations=6, quiet=True))
     search.run()
-    report = finish_run(search)  # the parents, the starting point and the winner scored on the resident model
+    # the parents, the starting point and the winner scored on the resident model
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     assert [row["role"] for row in report["rows"]].count("parent") == 2
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     assert [e.status for e in evaluations] == ["ok"] * 6
     assert any(len(list(yaml.safe_load_all(e.recipe))) == 2 for e in evaluations)  # routes through the blend
     assert len({tuple(e.genotype[:4]) for e in evaluations}) > 1  # the blend's genes searched with the route's
     best = tmp_path / "run" / "best.yaml"
-    exported = export_run(tmp_path / "run", tmp_path / "exported", quiet=True)  # refuses weights other than the scored
+    # refuses weights other than the scored
+    exported = export_run(tmp_path / "run", tmp_path / "exported", options=RunOptions(quiet=True))
     assert (exported / "mergekit_config.yml").read_text() == best.read_text()
     hops, _ = route_of(best.read_text())  # the final document's route, however many documents
     assert 1 <= len(hops) <= 6 and (exported / "route.png").is_file()

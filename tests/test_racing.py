@@ -15,13 +15,14 @@ from lm_eval.tasks import TaskManager
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.materializer import Materializer
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.schema import RacingSpec, TaskSpec
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
 from evomerge.run.worker import Worker
+from evomerge.run_options import RunOptions
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.racing import Bar, Race, RaceResult, stops
 from evomerge.scoring.scorer import LMEvalScorer
@@ -35,7 +36,7 @@ def resident(demo_recipe):
     """The demo's starting point, resident, with a scorer on two search tasks."""
     recipe = load_recipe(demo_recipe())
     space = build_space(recipe)
-    materializer = Materializer(space.starting_point().merge, quiet=True)
+    materializer = Materializer(space.starting_point().merge, options=RunOptions(quiet=True))
     materializer.materialize(space.starting_point())
     suite = TaskSuite(TASKS, recipe.task_paths())
     scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer)
@@ -122,7 +123,7 @@ def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winn
     assert raced and all(0 < e.documents < full and e.fitness is not None for e in raced)
     assert all(e.documents == full for e in evaluations if e.ok)
     assert best.ok and best.fitness == max(e.fitness for e in evaluations if e.ok)
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     rows = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
     assert [r["documents"] for r in rows] == [e.documents for e in evaluations]
     assert report["raced"] == len(raced) and report["documents"] == sum(e.documents for e in evaluations)
@@ -157,7 +158,7 @@ def test_a_run_with_optunas_pruner_resumes_as_it_would_have_gone_on(demo_recipe,
                                    "pruner": "median"})
     start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=12, quiet=True)).run()
     start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=7, quiet=True)).run()
-    resumed = resume_search(tmp_path / "stopped", evaluations=12, quiet=True)
+    resumed = resume_search(tmp_path / "stopped", RunOptions(quiet=True), evaluations=12)
     resumed.run()
     whole = RunStore.open(tmp_path / "whole").evaluations.finished()
     assert [(e.genotype, e.fitness, e.status) for e in resumed.store.evaluations.finished()] == \

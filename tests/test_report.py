@@ -13,16 +13,14 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from evomerge.cli import main
-from evomerge.outputs.report import (
-    ancestry,
-    heatmap_panels,
-    lineage_layout,
-    write_report,
-)
-from evomerge.outputs.scoreboard import finish_run, paired_gain, verdict
+from evomerge.outputs.finish import finish_run
+from evomerge.outputs.lineage import ancestry, lineage_layout
+from evomerge.outputs.report import heatmap_panels, write_report
+from evomerge.outputs.scoreboard import paired_gain
+from evomerge.outputs.text import verdict
 from evomerge.paths import TASKS_DIR
 from evomerge.recipe.candidate import Gene
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.scoring.tasks import TaskSuite
 
@@ -69,7 +67,7 @@ def test_the_report_command_draws_every_plot_and_a_page_that_shows_them(demo_rec
     search = start_search(demo_recipe(eval={"limit": 20}, searcher={"name": "cma", "popsize": 4}), run_dir,
                           SearchOptions(evaluations=8, quiet=True))
     search.run()
-    finish_run(search)
+    finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
 
     result = CliRunner().invoke(main, ["report", str(run_dir)])
 
@@ -97,7 +95,7 @@ def test_a_recipe_scored_only_by_its_own_function_gets_a_report_of_that_function
     search = start_search(recipe, run_dir, SearchOptions(evaluations=4, quiet=True))
     search.run()
 
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
 
     assert [r["role"] for r in report["rows"]] == ["parent"] * 5 + ["start", "winner"]
     assert all(list(r["scores"]) == ["custom.sharpness"] for r in report["rows"])
@@ -205,7 +203,7 @@ def test_the_report_states_the_winners_gain_and_whether_it_is_real(demo_recipe, 
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
 
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
 
     rows = {r["role"]: r for r in report["rows"] if r["role"] != "parent"}
     gain = report["gain"]

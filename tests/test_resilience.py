@@ -20,8 +20,9 @@ from transformers import AutoModelForCausalLM
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.merge import apply, kernels
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 BLOCKING_FITNESS = textwrap.dedent('''
     import os
@@ -92,7 +93,7 @@ def test_kill_9_inside_a_generation_then_resume_ends_like_an_uninterrupted_run(d
     assert [e.id for e in stored] == [0, 1, 2, 3, 4]
     stored_at = {e.id: e.created for e in stored}
 
-    resumed = resume_search(tmp_path / "killed", quiet=True)
+    resumed = resume_search(tmp_path / "killed", RunOptions(quiet=True))
     best = resumed.run()
     assert _history(tmp_path / "killed") == _history(tmp_path / "reference")
     assert (best.id, best.genotype, best.fitness) == (reference_best.id, reference_best.genotype, reference_best.fitness)
@@ -159,7 +160,7 @@ def test_a_result_logged_twice_by_two_processes_is_heard_once_on_resume(demo_rec
     store = RunStore.open(run_dir)
     with store.db:  # what two processes on one run left before runs were locked: a result told twice
         store.events.append("tell", 1, {})
-    best = resume_search(run_dir, evaluations=8, quiet=True).run()
+    best = resume_search(run_dir, RunOptions(quiet=True), evaluations=8).run()
     assert best.ok and RunStore.open(run_dir).evaluations.count() == 8
 
 

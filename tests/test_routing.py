@@ -22,6 +22,7 @@ from evomerge.recipe.route import Hop, from_merge, to_merge
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space_factory import build_space
 from evomerge.run.memory_plan import make_plan
+from evomerge.run_options import RunOptions
 
 MERGEKIT = MergeOptions(device="cpu", quiet=True)
 
@@ -92,7 +93,7 @@ def test_every_drawn_shape_has_mergekits_weights(family, zoo, tied_zoo, write_re
     space = _space(write_recipe, _routing(chosen, repeats=2, max_layers=7, scale=[0.5, 1.5],
                                           embeddings_from=str(chosen["dir"] / "rev")) | {
         "models": [{"model": str(chosen["dir"] / "rev")}]})
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     depths = set()
     for k, x in enumerate(_draws(space, 6)):
         candidate = space.decode(x)
@@ -108,7 +109,7 @@ def test_every_drawn_shape_has_mergekits_weights(family, zoo, tied_zoo, write_re
 
 def test_a_shallower_candidate_after_a_deeper_one_scores_as_its_merged_folder(zoo, write_recipe, tmp_path):
     space = _space(write_recipe, _routing(zoo, repeats=2, max_layers=8, scale=[0.5, 1.5]))
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     deep, shallow = np.array(space.x0), np.array(space.x0)
     deep[:8] = 1.0  # both models' layers
     shallow[:16] = -1.0
@@ -127,7 +128,7 @@ def test_a_shallower_candidate_after_a_deeper_one_scores_as_its_merged_folder(zo
 
 def test_only_what_changed_is_copied_and_the_model_is_never_reallocated(zoo, write_recipe):
     space = _space(write_recipe, _routing(zoo, repeats=2, max_layers=8, scale=[0.5, 1.5]))
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     storages = {p.data_ptr() for p in materializer.model.parameters()}
     x = np.array(space.x0)
     first = materializer.materialize(space.decode(x))
@@ -151,7 +152,7 @@ def test_a_parent_routes_only_through_its_own_layers(zoo, write_recipe):
     from mergekit.common import ModelReference
 
     space = _space(write_recipe, _routing(zoo, repeats=2, max_layers=8))
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     assert isinstance(materializer, RoutingMaterializer)
     materializer.load_parent(ModelReference.parse(str(zoo["dir"] / "pair")))
     own = load_file(zoo["dir"] / "pair" / "model.safetensors")
@@ -213,7 +214,7 @@ def test_scaled_layers_merged_in_bfloat16_have_mergekits_bits(zoo, write_recipe,
     """Parents narrowed to the recipe's dtype at load, the scale applied there, the result cast to out_dtype."""
     recipe = _routing(zoo, repeats=2, max_layers=6, scale=[0.5, 1.5]) | {"dtype": "bfloat16", "out_dtype": "float32"}
     space = _space(write_recipe, recipe)
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     for k, x in enumerate(_draws(space, 3, seed=2)):
         candidate = space.decode(x)
         materializer.materialize(candidate)

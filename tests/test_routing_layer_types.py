@@ -22,12 +22,13 @@ from evomerge.errors import EvomergeError
 from evomerge.merge.routed_model import RoutingMaterializer, search_materializer
 from evomerge.merge.write import write_with_mergekit
 from evomerge.outputs.export import export_run
+from evomerge.outputs.finish import finish_run
 from evomerge.outputs.route_plot import route_of
-from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.route import Hop, to_merge
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
+from evomerge.run_options import RunOptions
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -63,11 +64,11 @@ def test_a_routed_search_over_qwen2_exports_a_model_whose_layer_types_follow_its
                      "search": [{"routing": {"models": [a, b], "repeats": 2, "max_layers": 7, "scale": [0.5, 1.5]}}]}})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=6, quiet=True))
     search.run()
-    finish_run(search)
+    finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     scored = search.store.evaluations.finished()
     assert len(scored) == 6 and all(evaluation.ok for evaluation in scored), [e.error for e in scored]
     assert len({len(route_of(evaluation.recipe)[0]) for evaluation in scored}) >= 2
-    exported = export_run(tmp_path / "run", tmp_path / "exported", quiet=True)  # refuses weights other than the scored
+    exported = export_run(tmp_path / "run", tmp_path / "exported", options=RunOptions(quiet=True))  # refuses weights other than the scored
     _merge(tmp_path / "run" / "best.yaml", tmp_path / "merged")
     hops, _ = route_of((tmp_path / "run" / "best.yaml").read_text())
     for folder in (exported, tmp_path / "merged"):
@@ -114,7 +115,7 @@ def test_the_resident_models_config_is_the_written_one_at_every_depth(qwen, writ
     space = build_space(load_recipe(write_recipe({
         "merge_method": "passthrough", "models": [{"model": a}], "dtype": "float32",
         "evomerge": {"search": [{"routing": {"models": [a, b], "repeats": 2, "max_layers": 7}}]}})))
-    materializer = search_materializer(space, device="cpu", quiet=True)
+    materializer = search_materializer(space, options=RunOptions(device="cpu", quiet=True))
     rng = np.random.default_rng(0)
     depths = set()
     for k, share in enumerate([0.2, 0.5, 0.8, 0.3]):
@@ -133,4 +134,4 @@ def test_a_resident_model_is_not_built_over_layers_of_different_layer_types(qwen
     a, sliding = qwen["a"], qwen["sliding"]
     gallery = to_merge([Hop(a, i) for i in range(4)] + [Hop(sliding, i) for i in range(4)], a, dtype="float32")
     with pytest.raises(ValueError, match="`layer_types` differs"):
-        RoutingMaterializer(gallery, 6, device="cpu", quiet=True)
+        RoutingMaterializer(gallery, 6, options=RunOptions(device="cpu", quiet=True))

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 from weights import same_tensors
 
 from evomerge.outputs.export import export_run
+from evomerge.outputs.finish import finish_run
 from evomerge.outputs.route_plot import describe_route, route_of
-from evomerge.outputs.scoreboard import finish_run
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
+from evomerge.run_options import RunOptions
 from evomerge.searchers import make_searcher
 from evomerge.searchers.operators import SplitPointCrossover, units
 from evomerge.searchers.spec import SearcherSpec
@@ -109,10 +110,11 @@ def test_a_routed_search_exports_a_best_yaml_that_mergekit_yaml_merges_to_the_sc
                                                              "crossover": "split"}))
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     best = yaml.safe_load((tmp_path / "run" / "best.yaml").read_text())
     assert best["merge_method"] == "passthrough" and "slices" in best and report["rows"]
-    exported = export_run(tmp_path / "run", tmp_path / "exported", quiet=True)  # refuses weights other than the scored
+    # refuses weights other than the scored
+    exported = export_run(tmp_path / "run", tmp_path / "exported", options=RunOptions(quiet=True))
     hops, _ = route_of((tmp_path / "run" / "best.yaml").read_text())
     page = (tmp_path / "run" / "report.html").read_text()  # written by the export, for the card's fitness plot
     assert (tmp_path / "run" / "route.png").is_file() and describe_route(hops) in page and "merge_method: passthrough" in page

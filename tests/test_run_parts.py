@@ -70,6 +70,24 @@ def test_the_schedule_fills_every_slot_then_stops_at_the_budget(store):
     schedule.fill(lambda: 1, lambda: pytest.fail("the budget is spent"))
 
 
+def test_what_one_ask_stores_beyond_the_first_waits_for_the_next_slot(store):
+    pool = FakePool(2)
+    schedule = Schedule(pool, store, [])
+    asks = []
+
+    def ask() -> List[Evaluation]:  # a whole generation at once, as the loop stores it
+        asks.append(len(asks))
+        return _pending(store, 3) if len(asks) == 1 else []
+
+    schedule.fill(lambda: 3, ask)
+    assert [args[0] for _, _, args in pool.sent] == [[0.5], [0.5]] and len(asks) == 1  # the second slot asked nothing
+    assert [store.evaluations.get(i).status for i in range(3)] == ["running", "running", "pending"]
+    pool.answer(0, Step(outcome=Outcome("ok", fitness=0.5)))
+    schedule.next()
+    schedule.fill(lambda: 3, ask)
+    assert store.evaluations.get(2).status == "running" and len(asks) == 1
+
+
 def test_a_lost_worker_is_replaced_and_its_candidate_retried_elsewhere_then_failed(store):
     pool = FakePool(2)
     schedule = Schedule(pool, store, _pending(store, 2))

@@ -14,9 +14,9 @@ from mergekit.config import MergeConfiguration
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.recipe.loading import load_recipe
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
@@ -34,7 +34,7 @@ def _search(recipe, run_dir, evaluations=8, **options):
 @pytest.mark.slow
 def test_shortened_demo_winner_beats_the_starting_point_and_every_parent(demo_recipe, tmp_path):
     search = _search(demo_recipe(), tmp_path / "run", evaluations=16)
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     rows = {r["role"]: r for r in report["rows"] if r["role"] != "parent"}
     parents = [r for r in report["rows"] if r["role"] == "parent"]
     winner = rows["winner"]
@@ -49,7 +49,7 @@ def test_the_run_directory_holds_every_evaluation_and_a_plain_best_recipe(demo_r
     # Without confirmation, so the winner is the search's best (tests/test_confirm.py has the other case).
     search = start_search(demo_recipe(**FAST, confirm=None), run, SearchOptions(evaluations=8, quiet=True))
     returned = search.run()
-    finish_run(search)
+    finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     assert (run / "recipe.yaml").read_text() == (tmp_path / "demo.yaml").read_text()
     rows = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(8))

@@ -11,9 +11,10 @@ import optuna
 import pytest
 
 from evomerge.errors import EvomergeError
-from evomerge.outputs.scoreboard import finish_run
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.outputs.finish import finish_run
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 from evomerge.searchers import SEARCHERS, Proposal, Searcher, SearcherOptions, make_searcher, register
 from evomerge.searchers.spec import SearcherSpec
 
@@ -122,7 +123,7 @@ def test_each_searcher_runs_a_real_search_and_resumes_after_a_truncated_generati
     recipe = demo_recipe(eval={"limit": 20}, searcher=CONFIGS[config], noise={"range": [0.0, 0.02]})
     start_search(recipe, tmp_path / "whole", SearchOptions(evaluations=10, quiet=True)).run()
     start_search(recipe, tmp_path / "stopped", SearchOptions(evaluations=6, quiet=True)).run()
-    resume_search(tmp_path / "stopped", evaluations=10, quiet=True).run()
+    resume_search(tmp_path / "stopped", RunOptions(quiet=True), evaluations=10).run()
     whole = RunStore.open(tmp_path / "whole").evaluations.finished()
     resumed = RunStore.open(tmp_path / "stopped").evaluations.finished()
     assert [(e.genotype, e.fitness, e.parents, e.operator) for e in resumed] == \
@@ -178,7 +179,7 @@ def test_a_multi_objective_run_writes_the_pareto_front_of_its_evaluations(demo_r
                          searcher={"name": "optuna", "sampler": "nsga2", "batch": 4})
     search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=8, quiet=True))
     search.run()
-    report = finish_run(search)
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     front = json.loads((tmp_path / "run" / "front.json").read_text())
     assert front == report["front"] and front
     evaluations = [e for e in RunStore.open(tmp_path / "run").evaluations.finished() if e.ok]

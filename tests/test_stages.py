@@ -24,8 +24,9 @@ from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import write_with_mergekit
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.space_factory import build_space
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 torch.set_num_threads(1)
 
@@ -70,7 +71,7 @@ def test_genes_sit_in_any_stage_and_a_candidate_is_mergekit_multis_recipe(zoo, t
 def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights(zoo, tmp_path):
     path = write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))
     space = build_space(load_recipe(path))
-    materializer = materializer_for(space.starting_point(), quiet=True)
+    materializer = materializer_for(space.starting_point(), options=RunOptions(quiet=True))
     materializer.materialize(space.starting_point())
     _mergekit_multi(path, tmp_path / "start", seed=3)  # the recipe file as it is, `evomerge:` section and all
     assert_same_as_resident(load_file(tmp_path / "start" / "model.safetensors"), materializer.model)
@@ -86,7 +87,7 @@ def test_mergekit_multi_runs_the_recipe_and_a_candidate_to_the_in_memory_weights
 def test_a_stage_is_re_merged_only_when_its_genes_or_what_it_reads_change(zoo, tmp_path):
     space = build_space(load_recipe(write_documents(tmp_path / "stages.yaml", blend(zoo), _final(zoo))))
     x = space.x0.copy()
-    materializer = materializer_for(space.decode(x), quiet=True)
+    materializer = materializer_for(space.decode(x), options=RunOptions(quiet=True))
     materializer.materialize(space.decode(x))
 
     x[5] = 0.9  # weight[sort]: the final stage only
@@ -100,7 +101,7 @@ def test_a_stage_is_re_merged_only_when_its_genes_or_what_it_reads_change(zoo, t
     assert 0 < len(rewritten) < stats.stages["blend"].total
     assert set(stats.stages[None].written) == rewritten  # each final tensor reads the blend's tensor of its name
 
-    fresh = materializer_for(space.decode(x), quiet=True)
+    fresh = materializer_for(space.decode(x), options=RunOptions(quiet=True))
     fresh.materialize(space.decode(x))
     incremental = materializer.model.state_dict()
     assert all(torch.equal(tensor, incremental[name]) for name, tensor in fresh.model.state_dict().items())
@@ -124,7 +125,7 @@ def test_frankenmerged_stages_feed_a_slerp_on_the_tied_zoo(tied_zoo, tmp_path):
     assert [s.name for s in recipe.stages] == ["tall", "wide", None]  # merge order: what a stage reads comes first
     space = build_space(recipe)
     candidate = space.decode([0.2, 0.9])
-    materializer = materializer_for(candidate, quiet=True)
+    materializer = materializer_for(candidate, options=RunOptions(quiet=True))
     materializer.materialize(candidate)
     assert materializer.model.config.num_hidden_layers == 6
     write_with_mergekit(candidate, tmp_path / "mergekit")  # mergekit-multi's own loading and task graph

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from evomerge.cli import main
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 from evomerge.zoo.recipe import write_demo_recipe
 

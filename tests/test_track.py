@@ -12,10 +12,11 @@ from mlflow import MlflowClient
 from wandb_records import offline_run, runs
 
 from evomerge.errors import EvomergeError
-from evomerge.outputs.scoreboard import finish_run
+from evomerge.outputs.finish import finish_run
 from evomerge.recipe.loading import load_recipe
-from evomerge.run.loop import SearchOptions, resume_search, start_search
+from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run_options import RunOptions
 
 # One search task and one report task keep the search and the report table quick.
 FAST = {"eval": {"limit": 20}, "searcher": {"name": "cma", "popsize": 4}, "confirm": None,
@@ -39,9 +40,9 @@ def test_every_evaluation_is_logged_once_across_a_resume_and_the_report_at_the_e
     first = start_search(demo_recipe(**FAST, track=offline), run, SearchOptions(evaluations=4, quiet=True))
     first.run()
     first.store.close()  # as when its process ends: W&B's run is let go
-    search = resume_search(run, evaluations=6, quiet=True)  # the same tracker runs go on
+    search = resume_search(run, RunOptions(quiet=True), evaluations=6)  # the same tracker runs go on
     search.run()
-    finish_run(search)
+    finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
     stored = sorted(RunStore.open(run).evaluations.finished(), key=lambda e: (e.created, e.id))
     assert len(stored) == 6
     study = optuna.load_study(study_name="run", storage=f"sqlite:///{run / 'study.db'}")  # caught up on resume too

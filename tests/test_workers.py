@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from local_cluster import local_cluster, stored
 
 from evomerge.cli import main
-from evomerge.run.loop import SearchOptions, start_search
+from evomerge.run.start import SearchOptions, start_search
 from evomerge.run.store import RunStore
 
 pytest.importorskip("ray")

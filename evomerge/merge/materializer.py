@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Literal, Mapping, Optional, Tuple
 
 import torch
 from mergekit.common import ModelReference, dtype_from_name
@@ -35,6 +35,7 @@ from evomerge.merge.output_model import output_config, output_tokenizer, residen
 from evomerge.merge.parent_cache import ParentCache
 from evomerge.recipe import layout
 from evomerge.recipe.candidate import Candidate
+from evomerge.run_options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,25 @@ class Materializer:
         self,
         start: MergeConfiguration,
         *,
-        device: Optional[Union[str, torch.device]] = None,
+        options: RunOptions = RunOptions(),
         parents: Literal["device", "host"] = "device",
         dtype: Optional[str] = None,
-        trust_remote_code: bool = False,
-        quiet: bool = False,
         produced: Mapping[ModelReference, Mapping[str, torch.Tensor]] = {},
     ):
-        self.device = torch.device(device or default_device())
-        options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
-        LoaderCache().setup(options)
-        arch, out_config = output_config(start, options)
-        self._planner = Planner(arch, options, out_config)
+        self.device = torch.device(options.device or default_device())
+        merge_options = MergeOptions(device=str(self.device), trust_remote_code=options.trust_remote_code, quiet=True)
+        LoaderCache().setup(merge_options)
+        arch, out_config = output_config(start, merge_options)
+        self._planner = Planner(arch, merge_options, out_config)
         self._schedule = self._planner.schedule(start)
-        self.tokenizer = output_tokenizer(start, self._schedule.tasks, out_config, arch, options)
+        self.tokenizer = output_tokenizer(start, self._schedule.tasks, out_config, arch, merge_options)
         self.model = resident_model(out_config, self.device, dtype or start.out_dtype or start.dtype,
-                                    trust_remote_code=trust_remote_code)
+                                    trust_remote_code=options.trust_remote_code)
         self._parameters = dict(self.model.state_dict(keep_vars=True))
         plan = self._schedule.entries()
         check_coverage(plan, self.model)
         storage = self.device if parents == "device" else torch.device("cpu")
-        self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
+        self._parents = ParentCache(plan, self.device, storage, quiet=options.quiet, produced=produced)
         self._ledger = Ledger()
         self._scratch = Scratch()
         self._threads: Optional[ThreadPoolExecutor] = None

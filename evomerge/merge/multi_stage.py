@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
@@ -30,6 +29,7 @@ from evomerge.merge.materializer import Materializer, MaterializeStats
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.layout import Stage
 from evomerge.recipe.references import map_model_references, stage_name
+from evomerge.run_options import RunOptions
 
 INDEX = "model.safetensors.index.json"  # mergekit's loader finds a model's tensor names here
 
@@ -67,8 +67,8 @@ class StagedMaterializer:
     final stage's materializer (as Materializer's signature; by default a Materializer)."""
 
     def __init__(self, stages: Sequence[Stage], *, final: Callable[..., object] = Materializer,
-                 device: Optional[Union[str, torch.device]] = None, parents: Literal["device", "host"] = "device",
-                 dtype: Optional[str] = None, trust_remote_code: bool = False, quiet: bool = False):
+                 options: RunOptions = RunOptions(), parents: Literal["device", "host"] = "device",
+                 dtype: Optional[str] = None):
         self._scratch = tempfile.TemporaryDirectory(prefix="evomerge-stages-")  # removed with this object
         self._folders: Dict[str, str] = {}
         self._stages: List[Tuple[Stage, Materializer]] = []
@@ -78,8 +78,8 @@ class StagedMaterializer:
             produced = {ModelReference.model_validate(self._folders[name]): earlier[name].merged
                         for name in stage.reads}
             materializer = (final if last else Materializer)(
-                located(stage.merge, self._folders), device=device, parents=parents, dtype=dtype if last else None,
-                trust_remote_code=trust_remote_code, quiet=quiet, produced=produced)
+                located(stage.merge, self._folders), options=options, parents=parents, dtype=dtype if last else None,
+                produced=produced)
             if not last:
                 folder = Path(self._scratch.name) / f"stage-{index}"
                 _stand_in(folder, materializer.model.config, materializer.tokenizer, list(materializer.merged))
@@ -113,9 +113,9 @@ class StagedMaterializer:
         self._stages[-1][1].load_parent(reference)
 
 
-def materializer_for(start: Candidate, **options) -> Union[Materializer, StagedMaterializer]:
+def materializer_for(start: Candidate, **settings) -> Union[Materializer, StagedMaterializer]:
     """The materializer for the candidate's recipe: one stage, or several merged stage after stage."""
-    return StagedMaterializer(start.stages, **options) if start.before else Materializer(start.merge, **options)
+    return StagedMaterializer(start.stages, **settings) if start.before else Materializer(start.merge, **settings)
 
 
 def stages_footprint(stages: Sequence[Stage], scoring_dtype: Optional[str],

@@ -39,30 +39,30 @@ from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.route import Hop, per_layer_lists, to_merge
 from evomerge.recipe.routing import RoutingSpace
 from evomerge.recipe.space import SearchSpace
+from evomerge.run_options import RunOptions
 
 
-def search_materializer(space: SearchSpace, **options) -> Union[Materializer, StagedMaterializer, "RoutingMaterializer"]:
+def search_materializer(space: SearchSpace, **settings) -> Union[Materializer, StagedMaterializer, "RoutingMaterializer"]:
     """What a search over `space` keeps resident: the routing materializer for a routing space, else the
     one for the starting point's recipe (one stage, or several merged stage after stage)."""
     if isinstance(space, RoutingSpace) and space.earlier is not None:  # PS+DFS: a route over earlier stages
         return StagedMaterializer(space.with_final(space.gallery()),
-                                  final=functools.partial(RoutingMaterializer, max_layers=space.max_layers), **options)
+                                  final=functools.partial(RoutingMaterializer, max_layers=space.max_layers), **settings)
     if isinstance(space, RoutingSpace):
-        return RoutingMaterializer(space.gallery(), space.max_layers, **options)
-    return materializer_for(space.starting_point(), **options)
+        return RoutingMaterializer(space.gallery(), space.max_layers, **settings)
+    return materializer_for(space.starting_point(), **settings)
 
 
 class RoutingMaterializer:
     """Materializes any passthrough recipe over the gallery's layers, up to `max_layers` deep. `produced`:
     gallery models that are earlier stages' resident outputs (see merge/multi_stage.py), read in place."""
 
-    def __init__(self, gallery: MergeConfiguration, max_layers: int, *, device: Optional[Union[str, torch.device]] = None,
+    def __init__(self, gallery: MergeConfiguration, max_layers: int, *, options: RunOptions = RunOptions(),
                  parents: Literal["device", "host"] = "device", dtype: Optional[str] = None,
-                 trust_remote_code: bool = False, quiet: bool = False,
                  produced: Mapping[ModelReference, Mapping[str, torch.Tensor]] = {}):
-        self.device = torch.device(device or default_device())
+        self.device = torch.device(options.device or default_device())
         self.max_layers = max_layers
-        self._options = MergeOptions(device=str(self.device), trust_remote_code=trust_remote_code, quiet=True)
+        self._options = MergeOptions(device=str(self.device), trust_remote_code=options.trust_remote_code, quiet=True)
         LoaderCache().setup(self._options)
         self._arch, config = output_config(gallery, self._options)
         self._module = next(iter(self._arch.modules.values())).architecture
@@ -70,7 +70,7 @@ class RoutingMaterializer:
         self.tokenizer = output_tokenizer(gallery, planned, config, self._arch, self._options)
         plan = plan_entries(planned)
         storage = self.device if parents == "device" else torch.device("cpu")
-        self._parents = ParentCache(plan, self.device, storage, quiet=quiet, produced=produced)
+        self._parents = ParentCache(plan, self.device, storage, quiet=options.quiet, produced=produced)
         self._source = {(model, weight.name): name for name, task, _ in plan
                         for model, weight in task.gather_tensors.weight_info.items()}
         self._loads = {(model, weight.name): weight.force_dtype or task.gather_tensors.dtype for _, task, _ in plan
@@ -84,7 +84,7 @@ class RoutingMaterializer:
                 raise ValueError(f"`{name}` differs between the routed layers; the resident layers are built for one")
             set_config_value(config, name, values[:1] * max_layers)
         self.model = resident_model(config, self.device, dtype or gallery.out_dtype or gallery.dtype,
-                                    trust_remote_code=trust_remote_code)
+                                    trust_remote_code=options.trust_remote_code)
         self._parameters = dict(self.model.state_dict(keep_vars=True))  # every layer's, however deep the candidate
         self._holder, self._attribute = _layer_list(self.model, self._module.layer_weights(0, config)[0].name)
         self._layers = list(getattr(self._holder, self._attribute))

@@ -24,6 +24,7 @@ from evomerge.merge.multi_stage import located, materializer_for
 from evomerge.merge.noise import add_noise, layer_positions, relative_std
 from evomerge.merge.output_model import routed_out_config
 from evomerge.recipe.candidate import Candidate
+from evomerge.run_options import RunOptions
 
 RECIPE_FILE = "mergekit_config.yml"
 
@@ -84,9 +85,9 @@ def _add_noise_to_folder(candidate: Candidate, merge: MergeConfiguration, out: P
         save_file(tensors, shard, metadata=metadata)
 
 
-def write_in_memory(candidate: Candidate, out: Path, device: Optional[str] = None, trust_remote_code: bool = False) -> None:
+def write_in_memory(candidate: Candidate, out: Path, options: RunOptions = RunOptions()) -> None:
     """The resident-model path: materialize in memory, then save the resident model."""
-    materializer = materializer_for(candidate, device=device, trust_remote_code=trust_remote_code)
+    materializer = materializer_for(candidate, options=options)
     materializer.materialize(candidate)
     save_resident(materializer, candidate, out)
 

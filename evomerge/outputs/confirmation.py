@@ -5,19 +5,19 @@ and the best there wins. Each score is stored; a resumed run confirms only new f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Dict, Optional
 
 from tqdm.auto import tqdm
 
+from evomerge.merge.materializer import Materializer
+from evomerge.recipe.loading import Recipe
 from evomerge.recipe.schema import TaskSpec
-from evomerge.run.store import Confirmation
+from evomerge.recipe.space import SearchSpace
+from evomerge.run.store import Confirmation, RunStore
 from evomerge.run.store.confirmations import TOP
 from evomerge.scoring.fitness import Objective
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
-
-if TYPE_CHECKING:
-    from evomerge.run.loop import Search
 
 
 def confirmation_objective(suite: TaskSuite) -> Objective:
@@ -27,23 +27,19 @@ def confirmation_objective(suite: TaskSuite) -> Objective:
                      suite)
 
 
-def confirm_finalists(search: "Search") -> None:
-    """Score the recipe's `confirm.top` best fully scored candidates on its confirmation tasks."""
-    spec = search.recipe.spec
-    if spec.confirm is None:
-        return
-    store = search.store
+def confirm_finalists(store: RunStore, recipe: Recipe, space: SearchSpace, materializer: Materializer,
+                      suite: TaskSuite, quiet: bool = False) -> None:
+    """Score the recipe's `confirm.top` best fully scored candidates on its confirmation tasks (`suite`)."""
+    spec = recipe.spec
     store.set_meta(TOP, spec.confirm.top)  # the standings' finalists are the confirmed among the top, as here
     confirmed = store.confirmations.all()
     finalists = [e for e in store.evaluations.ranked()[:spec.confirm.top] if e.id not in confirmed]
     if not finalists:
         return
-    worker = search.worker
-    objective = confirmation_objective(search.confirmation)
-    scorer = LMEvalScorer(search.confirmation, worker.materializer.model, worker.materializer.tokenizer,
-                          options=spec.eval)
-    for evaluation in tqdm(finalists, desc="confirm", disable=search.options.quiet):
-        worker.materializer.materialize(search.space.decode(evaluation.genotype))
+    objective = confirmation_objective(suite)
+    scorer = LMEvalScorer(suite, materializer.model, materializer.tokenizer, options=spec.eval)
+    for evaluation in tqdm(finalists, desc="confirm", disable=quiet):
+        materializer.materialize(space.decode(evaluation.genotype))
         metrics = scorer.score()
         try:
             _, fitness = objective.fitness(metrics, {})
@@ -52,16 +48,16 @@ def confirm_finalists(search: "Search") -> None:
         store.confirmations.add(Confirmation(evaluation.id, fitness, metrics))
 
 
-def rankings(search: "Search") -> Optional[Dict[str, Any]]:
+def rankings(store: RunStore, suite: Optional[TaskSuite]) -> Optional[Dict[str, Any]]:
     """The confirmed finalists in both orders, for the report: by search fitness and by confirmation."""
-    confirmed = search.store.confirmations.all()
+    confirmed = store.confirmations.all()
     if not confirmed:
         return None
-    top = {e.id for e in search.store.evaluations.ranked()[:search.recipe.spec.confirm.top]}
+    top = {e.id for e in store.evaluations.ranked()[:store.meta(TOP)]}
     confirmed = {id_: c for id_, c in confirmed.items() if id_ in top}  # the finalists, as the standings have them
-    standings = search.store.confirmations.standings()
+    standings = store.confirmations.standings()
     entry = {e.id: {"id": e.id, "fitness": e.fitness, "confirmation": confirmed[e.id].fitness}
              for e in standings if e.id in confirmed}
-    return {"tasks": list(search.confirmation.names) if search.confirmation else [],
-            "search_order": [entry[e.id] for e in search.store.evaluations.ranked() if e.id in entry],
+    return {"tasks": list(suite.names) if suite else [],
+            "search_order": [entry[e.id] for e in store.evaluations.ranked() if e.id in entry],
             "confirmation_order": [entry[e.id] for e in standings if e.id in entry]}

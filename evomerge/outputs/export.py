@@ -27,13 +27,14 @@ from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import RECIPE_FILE, save_resident
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
-from evomerge.outputs.scoreboard import dtype_name, render_markdown
+from evomerge.outputs.text import dtype_name, render_markdown
 from evomerge.recipe.candidate import Candidate
 from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.loading import load_recipe
 from evomerge.recipe.routing import INCLUDE
 from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import Evaluation, RunStore
+from evomerge.run_options import RunOptions
 
 FITNESS_IMAGE = "fitness.png"
 ROUTE_IMAGE = "route.png"
@@ -65,19 +66,22 @@ class Verified:
     dtype: Optional[str] = None  # what the weights were merged and scored in
 
 
-def export_run(run_dir: Path, out: Path, rank: int = 1, quiet: bool = False, device: Optional[str] = None,
+def export_run(run_dir: Path, out: Path, rank: int = 1, options: RunOptions = RunOptions(),
                allow_mismatch: bool = False) -> Path:
+    """The run's `rank`-th candidate merged again on `options.device` (default: where it was scored) with the
+    run's own trust in model code, checked against the scored weights' fingerprint, saved with its card."""
     store = RunStore.open(run_dir)
     evaluation = chosen_evaluation(store, rank)
     candidate = candidate_of(store, evaluation)
     if out.exists() and any(out.iterdir()):
         raise EvomergeError("expected an empty or new folder for the exported model", path=out, key="--out")
     recipe = load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text"))
-    scored_on = evaluation.device or store.meta("options").get("device") or default_device()
-    device = device or scored_on
+    stored = RunOptions(**{k: v for k, v in store.meta("options").items() if k in RunOptions.model_fields})
+    scored_on = evaluation.device or stored.device or default_device()
+    device = options.device or scored_on
     dtype = scoring_dtype(recipe.merge, recipe.spec.eval, torch.device(scored_on).type)  # as the search scored it
-    materializer = materializer_for(candidate, device=device, dtype=dtype, quiet=quiet,
-                                    trust_remote_code=store.meta("options").get("trust_remote_code", False))
+    here = options.model_copy(update={"device": device, "trust_remote_code": stored.trust_remote_code})
+    materializer = materializer_for(candidate, options=here, dtype=dtype)
     materializer.materialize(candidate)
     verified = _verify(store, evaluation, materializer, device)
     if verified.matched is False and not allow_mismatch:

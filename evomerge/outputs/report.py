@@ -7,20 +7,18 @@ canvas, never through pyplot, so nothing leaks between calls or into a caller's 
 
 from __future__ import annotations
 
-import html
 import io
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evomerge.files import write_atomically
+from evomerge.outputs.lineage import draw_lineage
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
-from evomerge.outputs.scoreboard import confirmed, rankings_table, scored_on, summary, table, verdict
+from evomerge.outputs.text import Plot, render_html
 from evomerge.recipe.candidate import NOISE, Gene
 from evomerge.recipe.routing import INCLUDE
 from evomerge.run.store import Evaluation, RunStore
@@ -32,20 +30,8 @@ DOCUMENTS_PNG = "documents.png"
 LINEAGE_PNG = "lineage.png"
 ROUTE_PNG = "route.png"
 REPORT_HTML = "report.html"
-LINEAGE_DEPTH = 6  # ancestors further back than this make the tree unreadable
 DPI = 120
 
-Edge = Tuple[int, int]  # (child id, parent id)
-Position = Tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A written figure and the sentence that explains it on the page."""
-
-    path: Path
-    caption: str
-    code: str = ""  # shown beside the figure (a routed winner's recipe)
 
 
 def write_report(run_dir: Path) -> List[Path]:
@@ -284,125 +270,8 @@ def _role_colours(rows: Sequence[Dict[str, Any]]) -> List[Any]:
     return [fixed.get(r["role"]) or str(round(float(next(greys)), 3)) for r in rows]
 
 
-def ancestry(evaluations: Mapping[int, Evaluation], root: int, depth: int = LINEAGE_DEPTH) -> List[Edge]:
-    """(child, parent) edges from `root` back through recorded parents, breadth-first, each edge once."""
-    edges: List[Edge] = []
-    distance = {root: 0}
-    queue = deque([root])
-    while queue:
-        child = queue.popleft()
-        if distance[child] == depth:
-            continue
-        for parent in dict.fromkeys(evaluations[child].parents):
-            if parent not in evaluations:
-                continue
-            edges.append((child, parent))
-            if parent not in distance:
-                distance[parent] = distance[child] + 1
-                queue.append(parent)
-    return edges
-
-
-def lineage_layout(evaluations: Mapping[int, Evaluation], root: int, edges: Sequence[Edge]) -> Dict[int, Position]:
-    """Node positions: x is the generation (the root right-most), y orders each column by its children's positions."""
-    nodes = {root} | {n for edge in edges for n in edge}
-    columns: Dict[int, List[int]] = {}
-    for node in nodes:
-        columns.setdefault(evaluations[node].generation, []).append(node)
-    positions: Dict[int, Position] = {}
-    for generation in sorted(columns, reverse=True):
-        ordered = sorted(columns[generation], key=lambda node: (-_mean_child_height(node, edges, positions), node))
-        for index, node in enumerate(ordered):
-            positions[node] = (float(generation), (len(ordered) - 1) / 2 - index)
-    return positions
-
-
-def _mean_child_height(node: int, edges: Sequence[Edge], positions: Mapping[int, Position]) -> float:
-    """Placing a parent level with its children keeps edges short and uncrossed."""
-    heights = [positions[child][1] for child, parent in edges if parent == node and child in positions]
-    return float(np.mean(heights)) if heights else 0.0
-
-
 def plot_lineage(evaluations: Sequence[Evaluation], root: int, path: Path) -> Plot:
     """The winner's family tree: which operators and ancestors produced it."""
-    by_id = {e.id: e for e in evaluations}
-    edges = ancestry(by_id, root)
-    positions = lineage_layout(by_id, root, edges)
-    generations = sorted({x for x, _ in positions.values()})
-    height = max(sum(1 for x, _ in positions.values() if x == g) for g in generations)
-    figure = Figure(figsize=(max(5.0, 2.0 * len(generations)), max(2.5, 0.75 * height + 1.2)), layout="constrained")
-    axes = figure.add_subplot()
-    boxes = {node: axes.text(x, y, _node_label(by_id[node]), ha="center", va="center", fontsize=7,
-                             bbox={"boxstyle": "round", "facecolor": _node_colour(by_id[node], root),
-                                   "edgecolor": "0.3"})
-             for node, (x, y) in sorted(positions.items())}
-    for child, parent in edges:
-        axes.annotate("", xy=positions[child], xytext=positions[parent],
-                      arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 0.8, "shrinkA": 2, "shrinkB": 2,
-                                  "patchA": boxes[parent].get_bbox_patch(), "patchB": boxes[child].get_bbox_patch()})
-    axes.set_xticks(generations, [f"gen {g:.0f}" for g in generations])
-    axes.set_xlim(generations[0] - 0.6, generations[-1] + 0.6)
-    axes.set_ylim(-height / 2 - 0.1, height / 2 + 0.1)
-    axes.set_yticks([])
-    for side in ("left", "right", "top"):
-        axes.spines[side].set_visible(False)
-    truncated = any(p in by_id and p not in positions for n in positions for p in by_id[n].parents)
-    axes.set_title(f"Ancestry of the winner #{root}" + (f" (up to {LINEAGE_DEPTH} steps back)" if truncated else ""))
+    figure, caption = draw_lineage(evaluations, root)
     _save(figure, path)
-    return Plot(path, f"Where the winner #{root} came from: {len(positions) - 1} ancestors by generation, each "
-                      "labelled with the operator that produced it and its fitness; arrows point from parent to child.")
-
-
-def _node_colour(evaluation: Evaluation, root: int) -> str:
-    if evaluation.id == root:
-        return "gold"
-    return "lightsteelblue" if evaluation.ok else "mistyrose"
-
-
-def _node_label(evaluation: Evaluation) -> str:
-    fitness = f"{evaluation.fitness:.3f}" if evaluation.ok else "failed"
-    return f"#{evaluation.id}\n{evaluation.operator or '?'}\n{fitness}"
-
-
-def render_html(name: str, status: str, report: Optional[Dict[str, Any]], plots: Sequence[Plot]) -> str:
-    """A self-contained page: the images sit beside it and are referenced by file name."""
-    title = html.escape(report["title"] if report else f"evomerge run {name}")
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{title}</title>",
-        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
-        "td:first-child,th:first-child,td:nth-child(2){text-align:left}tr.winner{font-weight:bold}"
-        "img{max-width:100%;border:1px solid #ddd}</style>",
-        "</head><body>",
-        f"<h1>{title}</h1>",
-        f"<p>Run <code>{html.escape(name)}</code>, status <em>{html.escape(status)}</em>.</p>",
-    ]
-    parts += _report_table(report) if report else ["<p>No report table yet: the search writes it when it finishes.</p>"]
-    for plot in plots:
-        parts += ["<figure>", f'<img src="{html.escape(plot.path.name)}" alt="{html.escape(plot.caption)}">',
-                  f"<figcaption>{html.escape(plot.caption)}</figcaption>",
-                  *([f"<pre>{html.escape(plot.code)}</pre>"] if plot.code else []), "</figure>"]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _report_table(report: Dict[str, Any]) -> List[str]:
-    header, body = table(report)
-    summary_line = html.escape(summary(report)).replace(f"`{report['searcher']}`",
-                                                         f"<code>{html.escape(str(report['searcher']))}</code>")
-    said = " ".join(html.escape(line) for line in (scored_on(report), verdict(report)) if line)
-    lines = [f"<p>{summary_line} {said}</p>", "<table>",
-             "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    for row, cells in zip(report["rows"], body):
-        lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                     + "</tr>")
-    lines.append("</table>")
-    header, body = rankings_table(report)
-    if body:
-        lines += [f"<p>{html.escape(confirmed(report))}</p>", "<table>",
-                  "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-        lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
-        lines.append("</table>")
-    return lines
+    return Plot(path, caption)

@@ -14,109 +14,32 @@ import functools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from dataclasses import asdict, replace
+from typing import Any, Callable, Iterator, List, Optional
 
 from tqdm.auto import tqdm
 
 from evomerge.errors import SECTION, EvomergeError
 from evomerge.merge.materializer import default_device
-from evomerge.recipe.loading import Recipe, load_recipe
+from evomerge.recipe.loading import Recipe
 from evomerge.recipe.validate import check_search
-from evomerge.run import inputs
 from evomerge.run.failures import FailurePolicy
 from evomerge.run.memory_plan import check_fits
 from evomerge.run.observers import observers, require_trackers
 from evomerge.run.pool import LocalPool, Outcome, Pool
-from evomerge.run.pruner import make_pruner
+from evomerge.run.pruner import Pruner, make_pruner
 from evomerge.run.replay import replay, tell
 from evomerge.run.run_lock import RunLock
 from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.run.worker import Worker, scoring
+from evomerge.run_options import RunOptions
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.searchers import Proposal, Searcher, make_searcher
-
-RECIPE_COPY = "recipe.yaml"
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    device: Optional[str] = None
-    seed: Optional[int] = None
-    evaluations: Optional[int] = None
-    searcher: Optional[str] = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    quiet: bool = False
-    workers: int = 0  # Ray workers; 0: one worker in this process, without Ray
-    ray_address: Optional[str] = None  # join this Ray cluster instead of starting a local one
-    searcher_options: Dict[str, Any] = field(default_factory=dict)  # over the recipe's (--sigma0, ...)
-    batch_size: Optional[int] = None  # lm-eval's
-    task_paths: Tuple[str, ...] = ()  # added to the recipe's
-    gpus_per_worker: Optional[float] = None  # each Ray worker's share of a GPU; default 1 where the cluster has GPUs
 
 
 class SearchInterrupted(Exception):
     """Ctrl-C or SIGTERM: everything evaluated so far is stored."""
-
-
-def start_search(recipe_path: Path, run_dir: Path, options: SearchOptions = SearchOptions(),
-                 worker_factory: Optional[Callable[..., Any]] = None) -> "Search":
-    """Validate and load everything first; the run directory is created only for a search that can start."""
-    recipe = _amended(load_recipe(recipe_path), options)
-    RunLock.refuse_held(run_dir)  # a run another process searches is refused naming it, first
-    RunStore.check_new(run_dir)
-    search = Search(recipe, options, worker_factory)
-    lock = RunLock.hold(run_dir)
-    store = RunStore.create(run_dir, {
-        "recipe_path": str(recipe.path), "recipe_text": recipe.text, "options": asdict(options), "status": "new",
-        "inputs": inputs.fingerprint(recipe),
-    })
-    (Path(run_dir) / RECIPE_COPY).write_text(recipe.text, encoding="utf-8")
-    return search.bind(store, lock)
-
-
-def resume_search(run_dir: Path, device: Optional[str] = None, evaluations: Optional[int] = None,
-                  quiet: bool = False, workers: Optional[int] = None, ray_address: Optional[str] = None,
-                  allow_changed: bool = False, gpus_per_worker: Optional[float] = None) -> "Search":
-    """Continue a stopped run with the options it was started with (the budget may grow; the
-    device and the workers may change), on the inputs it started with: a changed parent, task,
-    fitness module or library is refused before anything loads, or with `allow_changed`
-    recorded in the run (`input_changes`) and taken as the new inputs."""
-    store = RunStore.open(run_dir)
-    lock = RunLock.hold(run_dir)
-    stored = SearchOptions(**store.meta("options"))
-    options = replace(stored, device=device or stored.device, quiet=quiet,
-                      evaluations=evaluations or stored.evaluations,
-                      workers=stored.workers if workers is None else workers,
-                      ray_address=ray_address or stored.ray_address,
-                      gpus_per_worker=gpus_per_worker or stored.gpus_per_worker)
-    recipe = _amended(load_recipe(store.meta("recipe_path"), text=store.meta("recipe_text")), options)
-    _check_inputs(store, recipe, allow_changed)
-    search = Search(recipe, options)
-    if options != replace(stored, quiet=quiet):
-        store.set_meta("options", asdict(replace(options, quiet=stored.quiet)))
-    return search.bind(store, lock)
-
-
-def _amended(recipe: Recipe, options: SearchOptions) -> Recipe:
-    return recipe.with_overrides(seed=options.seed, evaluations=options.evaluations, searcher=options.searcher,
-                                 searcher_options=options.searcher_options, batch_size=options.batch_size,
-                                 task_paths=options.task_paths)
-
-
-def _check_inputs(store: RunStore, recipe: Recipe, allow_changed: bool) -> None:
-    current = inputs.fingerprint(recipe)
-    found = inputs.changes(store.meta_or("inputs", current), current)
-    if not found:
-        return
-    if not allow_changed:
-        raise EvomergeError(f"changed since the run started: {'; '.join(found)}; resume with --allow-changed to "
-                            "go on with them (the change is recorded in the run)", path=store.directory)
-    store.set_meta("input_changes", store.meta_or("input_changes", []) + [{"time": time.time(), "changes": found}])
-    store.set_meta("inputs", current)
 
 
 def confirmation_suite(recipe: Recipe) -> Optional[TaskSuite]:
@@ -144,7 +67,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _sharing_a_device(options: SearchOptions) -> int:
+def _sharing_a_device(options: RunOptions) -> int:
     """Workers that share one device: all of them on the CPU, a GPU's worth of --gpus-per-worker shares."""
     if not options.workers:
         return 1
@@ -154,9 +77,10 @@ def _sharing_a_device(options: SearchOptions) -> int:
 
 
 class Search:
-    store: RunStore
+    """The loop and all its state, every attribute set here: what is checked before a run directory exists,
+    the store (`bind`), and what `run()` replays from it and keeps up to date (searcher, pruner, failures, counts)."""
 
-    def __init__(self, recipe: Recipe, options: SearchOptions, worker_factory: Optional[Callable[..., Any]] = None):
+    def __init__(self, recipe: Recipe, options: RunOptions, worker_factory: Optional[Callable[..., Any]] = None):
         self.recipe = recipe
         self.options = options
         spec = recipe.spec
@@ -164,14 +88,12 @@ class Search:
         require_trackers(recipe)
         self.confirmation = confirmation_suite(recipe)
         self.space = checked.space
-        self.start = self.space.starting_point()
         self.separate = spec.objectives == "separate"
         self._searcher_options = checked.searcher
         if not options.ray_address:  # a cluster's devices are not this machine's
             check_fits(recipe, device=options.device, workers=_sharing_a_device(options),
                        trust_remote_code=options.trust_remote_code)
-        self._make_worker = functools.partial(Worker, recipe, device=options.device,
-                                              trust_remote_code=options.trust_remote_code, quiet=options.quiet)
+        self._make_worker = functools.partial(Worker, recipe, options)
         self._factory = worker_factory or self._make_worker
         self._local: Optional[Worker] = None
         if options.workers:
@@ -182,13 +104,21 @@ class Search:
                 scoring(recipe)  # what workers would refuse, refused here, before anything starts
         else:
             self._local = self._factory()
+        self.store: Optional[RunStore] = None  # bind()'s
+        self.lock: Optional[RunLock] = None  # bind()'s: held while the search lives
+        self.searcher: Optional[Searcher] = None  # run()'s, replayed from the store
+        self.pruner: Optional[Pruner] = None  # run()'s, when the recipe races or prunes
+        self._finished = 0  # evaluations finished, stored ones included
+        self._best: Optional[float] = None  # the best fitness so far
+        self._failures: Optional[FailurePolicy] = None  # run()'s: when failures end the run
+        self._progress: Optional[tqdm] = None
 
     def bind(self, store: RunStore, lock: RunLock) -> "Search":
-        self.store, self.lock = store, lock  # the lock is held while the search lives
+        self.store, self.lock = store, lock
         store.set_meta("genes", [asdict(g) for g in self.space.genes])
         store.set_meta("objectives", [f"{t.name}.{t.metric}" for t in self.recipe.spec.tasks]
                        if self.separate else ["fitness"])
-        store.views.watch(*observers(self.recipe, store, quiet=self.options.quiet))
+        store.views.watch(*observers(self.recipe, store, self.options))
         return self
 
     @property
@@ -240,7 +170,7 @@ class Search:
                 schedule = Schedule(pool, self.store, evaluations.pending())
                 bar = [self.pruner.bar] if self.pruner else []
                 while True:
-                    schedule.fill(lambda: self.budget - self._finished, lambda: self._ask(schedule), *bar)
+                    schedule.fill(lambda: self.budget - self._finished, self._ask, *bar)
                     if schedule.idle:
                         break  # the budget is spent (or nothing more can be asked)
                     event = schedule.next()
@@ -262,16 +192,14 @@ class Search:
             raise EvomergeError("no candidate succeeded", path=self.store.directory)
         return ranked[0]
 
-    def _ask(self, schedule: Schedule) -> Optional[Evaluation]:
-        """The searcher's next proposals, stored as pending before any is evaluated; the first of them."""
-        self.searcher.recorded = []
+    def _ask(self) -> List[Evaluation]:
+        """The searcher's next proposals, stored as pending before any is evaluated."""
         proposals = self.searcher.ask()
-        if not proposals:
-            return None
+        fetched = self.searcher.take_fetched()
         rows = [self._pending(p) for p in proposals]
-        self.store.add_proposals(rows, self.searcher.recorded)
-        schedule.queue.waiting.extend(rows[1:])
-        return rows[0]
+        if rows:
+            self.store.add_proposals(rows, fetched)
+        return rows
 
     def _pending(self, proposal: Proposal) -> Evaluation:
         genotype = self.space.from_unit(proposal.genotype)

@@ -59,7 +59,7 @@ def replay(searcher: Searcher, store: RunStore, from_unit: Callable[[np.ndarray]
         else:
             tell(searcher, rows[event.evaluation], separate)
             told.add(event.evaluation)
-    searcher.recorded = []
+    searcher.take_fetched()  # a replay fetches nothing new
     return searcher
 
 

@@ -76,16 +76,21 @@ class Schedule:
     def busy(self) -> int:
         return sum(slot.state == "busy" for slot in self.slots)
 
-    def fill(self, room: Callable[[], int], ask: Callable[[], Optional[Evaluation]], *extra: Callable[[], Any]) -> None:
+    def fill(self, room: Callable[[], int], ask: Callable[[], Optional[List[Evaluation]]],
+             *extra: Callable[[], Any]) -> None:
         """Send a candidate to every idle slot while `room()` (what the budget leaves beyond the busy
-        slots) allows: a stored one first, else `ask()`; `extra` gives begin's further arguments."""
+        slots) allows: a stored one first, else the first that `ask()` stores (the others wait in the
+        queue); `extra` gives begin's further arguments."""
         self._spent = room() <= 0
         for index, slot in enumerate(self.slots):
             if slot.state != "idle":
                 continue
             if room() - self.busy <= 0:
                 return
-            evaluation = self.queue.take(index, len(self.slots)) or ask()
+            evaluation = self.queue.take(index, len(self.slots))
+            if evaluation is None:
+                self.queue.waiting.extend(ask() or ())
+                evaluation = self.queue.take(index, len(self.slots))
             if evaluation is None:
                 continue
             self.store.evaluations.mark_running(evaluation.id, self.pool.names[index])

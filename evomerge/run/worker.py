@@ -26,6 +26,7 @@ from evomerge.recipe.device_defaults import scoring_dtype
 from evomerge.recipe.loading import Recipe
 from evomerge.recipe.space_factory import build_space
 from evomerge.run.pool import Outcome, Step
+from evomerge.run_options import RunOptions
 from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
 from evomerge.scoring.racing import Bar, Race, RaceResult, check_averaged
@@ -54,19 +55,17 @@ def _freed(failed: Outcome) -> Outcome:
 
 
 class Worker:
-    def __init__(self, recipe: Recipe, *, device: Optional[str] = None, trust_remote_code: bool = False,
-                 quiet: bool = True, threads: Optional[int] = None):
+    def __init__(self, recipe: Recipe, options: RunOptions = RunOptions(), *, threads: Optional[int] = None):
         if threads:
             torch.set_num_threads(threads)
         spec = recipe.spec
         self.space = build_space(recipe)
         self.start = self.space.starting_point()
         self.suite, self.objective = scoring(recipe)
-        device = torch.device(device or default_device())
+        device = torch.device(options.device or default_device())
         with mergekit_refusals(recipe.path):
-            self.materializer = search_materializer(self.space, device=device, parents=spec.parents,
-                                                 dtype=scoring_dtype(recipe.merge, spec.eval, device.type),
-                                                 trust_remote_code=trust_remote_code, quiet=quiet)
+            self.materializer = search_materializer(self.space, options=options, parents=spec.parents,
+                                                 dtype=scoring_dtype(recipe.merge, spec.eval, device.type))
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit,
                                    continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None

@@ -61,7 +61,7 @@ class Searcher(ABC):
         self.objectives = objectives
         self.generation = 0
         self.outstanding: Dict[int, Proposal] = {}  # asked, not told yet
-        self.recorded: List[Any] = []  # what `external()` fetched since the last ask began, for the log
+        self.recorded: List[Any] = []  # what `external()` fetched since the last take_fetched(), for the log
         self._replayed: List[Any] = []
         self._next_id = 0
 
@@ -99,6 +99,11 @@ class Searcher(ABC):
         value = fetch()
         self.recorded.append(value)
         return value
+
+    def take_fetched(self) -> List[Any]:
+        """What `external()` fetched since the last take (for the log, with the ask that fetched it); cleared."""
+        fetched, self.recorded = self.recorded, []
+        return fetched
 
     def replay_inputs(self, values: Sequence[Any]) -> None:
         """What the next ask's `external()` calls return instead of fetching (a replay of the log)."""

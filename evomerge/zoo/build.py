@@ -21,6 +21,7 @@ from evomerge.errors import EvomergeError
 from evomerge.paths import DEFAULT_ZOO_DIR, TASKS_DIR
 from evomerge.random_state import preserved_random_state
 from evomerge.recipe.schema import EvalSpec
+from evomerge.run_options import RunOptions
 from evomerge.scoring.scorer import LMEvalScorer
 from evomerge.scoring.tasks import TaskSuite
 from evomerge.zoo import check
@@ -142,7 +143,7 @@ def _uniform_merge_accuracy(out: Path, suite: TaskSuite) -> Dict[str, float]:
         "models": [{"model": str(out / name), "parameters": {"weight": check.MERGE_WEIGHT}} for name in SKILLS],
         "dtype": "float32",
     })
-    materializer = Materializer(merge, quiet=True)
+    materializer = Materializer(merge, options=RunOptions(quiet=True))
     materializer.materialize(Candidate(merge=merge, seed=0))
     metrics = LMEvalScorer(suite, materializer.model, materializer.tokenizer, options=SCORING).score()
     return {name: metrics[f"zoo_{name}_report"]["acc"] for name in SKILLS}

@@ -14,6 +14,7 @@ from evomerge.run.observers.study import Study
 from evomerge.run.observers.tracker import RunInfo
 from evomerge.run.store import RunStore
 from evomerge.run.store.views import Observer
+from evomerge.run_options import RunOptions
 
 EXTRA = "pip install 'evomerge[track]'"
 _LIBRARIES = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module it needs
@@ -27,7 +28,7 @@ def require_trackers(recipe: Recipe) -> None:
                                 key=f"{SECTION}.track.{name}")
 
 
-def observers(recipe: Recipe, store: RunStore, quiet: bool = False) -> List[Observer]:
+def observers(recipe: Recipe, store: RunStore, options: RunOptions = RunOptions()) -> List[Observer]:
     """The run's study, then the recipe's trackers."""
     track = recipe.spec.track
     info = RunInfo.of(recipe, store)
@@ -39,5 +40,5 @@ def observers(recipe: Recipe, store: RunStore, quiet: bool = False) -> List[Obse
     if track.wandb is not None:
         from evomerge.run.observers.to_wandb import WandbTracker
 
-        found.append(WandbTracker(track.wandb, info, quiet=quiet))
+        found.append(WandbTracker(track.wandb, info, quiet=options.quiet))
     return found

@@ -1,0 +1,3 @@
+from evomerge.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""The report as text: its table, the sentences around it and the finalists' rankings, as cells, as
+Markdown and as an HTML page around the plots report.py drew. Read from the report's dict alone, so the
+page, the run's report.md and the exported model card (export.py) say the same without scoring anything."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure and the sentence that explains it on the page."""
+
+    path: Path
+    caption: str
+    code: str = ""  # shown beside the figure (a routed winner's recipe)
+
+
+def dtype_name(model) -> str:
+    """A model's dtype as recipes spell it ('bfloat16')."""
+    return str(model.dtype).removeprefix("torch.")
+
+
+def verdict(report: Dict[str, Any]) -> str:
+    """One sentence on the winner's gain over the start, plain when it is within two standard errors."""
+    gain = report.get("gain")
+    if not gain:
+        return ""
+    tasks = "report tasks" if report.get("held_out") else "search tasks"
+    said = (f"The winner's gain over the starting point on the {tasks}: {gain['value']:+.4f} ± {gain['stderr']:.4f} "
+            "(paired on the same documents)")
+    if abs(gain["value"]) <= 2 * gain["stderr"]:
+        return said + f"; within two standard errors: the search found nothing better than the start on the {tasks}."
+    if gain["value"] < 0:
+        return said + f"; the winner is worse than the start on the {tasks}."
+    return said + "."
+
+
+def summary(report: Dict[str, Any]) -> str:
+    """The line above the table: searcher, budget and the best search fitness."""
+    raced = f", {report['raced']} raced" if report.get("raced") else ""
+    documents = f", {report['documents']} documents scored" if report.get("documents") else ""
+    documents += f", {report['restarts']} restarts (IPOP)" if report.get("restarts") else ""
+    scored = f"; scored in {report['dtype']} on {report['device']}" if report.get("dtype") else ""
+    table = (report.get("table_dtype"), report.get("table_device"))
+    if table[0] and table != (report.get("dtype"), report.get("device")):
+        scored += f" (this table in {table[0]} on {table[1]})"
+    return (f"Searcher `{report['searcher']}`, {report['evaluations']} evaluations ({report['failed']} failed"
+            f"{raced}){documents}{scored}; best search fitness {report['best_fitness']:.4f} "
+            f"(evaluation #{report.get('search_best_id', report['winner_id'])}).")
+
+
+def scored_on(report: Dict[str, Any]) -> str:
+    """What the table's scores are: held-out report tasks, or (without them) what the search optimized."""
+    if report.get("held_out"):
+        return "Scores are on the report tasks, which the search never saw (± is lm-eval's standard error)."
+    return ("Scores are on what the search optimized (the recipe has no `report_tasks`), so they flatter the "
+            "winner; ± is lm-eval's standard error.")
+
+
+def confirmed(report: Dict[str, Any]) -> str:
+    """The sentence above the two rankings of the finalists, or '' when nothing was confirmed."""
+    found = report.get("confirmation")
+    if not found:
+        return ""
+    return (f"Confirmed before crowning: the search's {len(found['search_order'])} best candidates were scored on "
+            f"{', '.join(found['tasks'])} (never searched on, not in the table above); the winner #{report['winner_id']} "
+            "is the best there.")
+
+
+def rankings_table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The finalists by search fitness and by confirmation, side by side, as text cells."""
+    found = report.get("confirmation")
+    if not found:
+        return [], []
+
+    def cell(entry: Dict[str, Any], first: str) -> str:
+        values = {"search": entry["fitness"], "confirmation": entry["confirmation"]}
+        other = "confirmation" if first == "search" else "search"
+        return f"#{entry['id']} {values[first]:.4f} ({other} {values[other]:.4f})"
+
+    header = ["rank", "search fitness order", "confirmation order"]
+    body = [[str(rank), cell(by_search, "search"), cell(by_confirmation, "confirmation")]
+            for rank, (by_search, by_confirmation)
+            in enumerate(zip(found["search_order"], found["confirmation_order"]), start=1)]
+    return header, body
+
+
+def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The report table as text cells, header and rows, for every format that shows it."""
+    rows = report["rows"]
+    columns = list(rows[0]["scores"]) if rows else []
+
+    def cell(value: float, stderr: Optional[float]) -> str:
+        return f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+    header = ["model", "role"] + [f"{c} ({rows[0]['scores'][c]['metric']})" for c in columns] + ["mean"]
+    body = [[r["name"], r["role"]] + [cell(r["scores"][c]["value"], r["scores"][c]["stderr"]) for c in columns]
+            + [cell(r["mean"], r["mean_stderr"])] for r in rows]
+    return header, body
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    header, body = table(report)
+    said = [line for line in (summary(report), scored_on(report), verdict(report)) if line]
+    lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    header, body = rankings_table(report)
+    if body:
+        lines += ["", confirmed(report), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(name: str, status: str, report: Optional[Dict[str, Any]], plots: Sequence[Plot]) -> str:
+    """A self-contained page: the images sit beside it and are referenced by file name."""
+    title = html.escape(report["title"] if report else f"evomerge run {name}")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title>",
+        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
+        "td:first-child,th:first-child,td:nth-child(2){text-align:left}tr.winner{font-weight:bold}"
+        "img{max-width:100%;border:1px solid #ddd}</style>",
+        "</head><body>",
+        f"<h1>{title}</h1>",
+        f"<p>Run <code>{html.escape(name)}</code>, status <em>{html.escape(status)}</em>.</p>",
+    ]
+    parts += _report_table(report) if report else ["<p>No report table yet: the search writes it when it finishes.</p>"]
+    for plot in plots:
+        parts += ["<figure>", f'<img src="{html.escape(plot.path.name)}" alt="{html.escape(plot.caption)}">',
+                  f"<figcaption>{html.escape(plot.caption)}</figcaption>",
+                  *([f"<pre>{html.escape(plot.code)}</pre>"] if plot.code else []), "</figure>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _report_table(report: Dict[str, Any]) -> List[str]:
+    header, body = table(report)
+    summary_line = html.escape(summary(report)).replace(f"`{report['searcher']}`",
+                                                         f"<code>{html.escape(str(report['searcher']))}</code>")
+    said = " ".join(html.escape(line) for line in (scored_on(report), verdict(report)) if line)
+    lines = [f"<p>{summary_line} {said}</p>", "<table>",
+             "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row, cells in zip(report["rows"], body):
+        lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                     + "</tr>")
+    lines.append("</table>")
+    header, body = rankings_table(report)
+    if body:
+        lines += [f"<p>{html.escape(confirmed(report))}</p>", "<table>",
+                  "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+        lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
+        lines.append("</table>")
+    return lines

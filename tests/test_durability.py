@@ -13,7 +13,7 @@ from evomerge.cli import main
 from evomerge.errors import EvomergeError
 from evomerge.outputs.confirmation import confirm_finalists, rankings
 from evomerge.recipe.loading import load_recipe
-from evomerge.run import loop
+from evomerge.run import start
 from evomerge.run.observers.tracker import RunInfo, Tracker
 from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
@@ -101,7 +101,7 @@ def test_observers_follow_the_order_the_run_told_its_results_not_the_clock(demo_
     told = [e.evaluation for e in store.events.all() if e.kind == "tell"]
     assert told == [0, 1, 2, 3]
 
-    tracker = Recording(RunInfo.of(load_recipe(run / loop.RECIPE_COPY), store))
+    tracker = Recording(RunInfo.of(load_recipe(run / start.RECIPE_COPY), store))
     store.views.watch(tracker)
     store.views.rewrite()
     assert tracker.ids == told
@@ -113,19 +113,24 @@ def test_observers_follow_the_order_the_run_told_its_results_not_the_clock(demo_
     assert [t.user_attrs["evaluation_id"] for t in study.trials] == told
 
 
+def _confirm(search) -> None:
+    confirm_finalists(search.store, search.recipe, search.space, search.worker.materializer, search.confirmation,
+                      quiet=True)
+
+
 def test_a_finalist_confirmed_before_a_resume_does_not_outrank_the_new_top(demo_recipe, tmp_path):
     run = tmp_path / "run"
     recipe = _recipe(demo_recipe, tmp_path, confirm={"top": 2, "tasks": ["zoo_pair_confirm"]})
     search = start_search(recipe, run, SearchOptions(evaluations=3, quiet=True))
     search.run()
-    confirm_finalists(search)  # each candidate scores better than the one before: 2 and 1 are the finalists
+    _confirm(search)  # each candidate scores better than the one before: 2 and 1 are the finalists
     assert set(search.store.confirmations.all()) == {1, 2}
 
     resumed = resume_search(run, RunOptions(quiet=True), evaluations=5)
     resumed.run()  # 3 and 4 are the top 2 now, not yet confirmed
     store = resumed.store
     assert [e.id for e in store.confirmations.standings()] == [4, 3, 2, 1, 0]  # the search's order
-    confirm_finalists(resumed)
+    _confirm(resumed)
     assert set(store.confirmations.all()) == {1, 2, 3, 4}
     assert {e.id for e in store.confirmations.standings()[:2]} == {3, 4}
-    assert {entry["id"] for entry in rankings(resumed)["confirmation_order"]} == {3, 4}
+    assert {entry["id"] for entry in rankings(resumed.store, resumed.confirmation)["confirmation_order"]} == {3, 4}

@@ -159,13 +159,18 @@ def resume(run_dir, evaluations, options: RunOptions, allow_changed):
 @run_options("device", "quiet")
 @friendly_errors
 def demo(out, evaluations, options: RunOptions):
-    """Build the zoo if needed, evolve recipes/demo.yaml and print the report table."""
-    from evomerge.paths import RECIPES_DIR, require_checkout
+    """Build the zoo if needed, evolve recipes/demo.yaml and print the report table.
+
+    The zoo is built once in EVOMERGE_HOME: recipes/ in a checkout, else the user's cache directory,
+    where the demo recipe is written beside it."""
+    from evomerge.paths import EVOMERGE_HOME, RECIPES_DIR
     from evomerge.run.start import SearchOptions, start_search
     from evomerge.zoo.build import build_zoo
+    from evomerge.zoo.recipe import write_demo_recipe
 
-    require_checkout()
     build_zoo(DEFAULT_ZOO_DIR)
     recipe = RECIPES_DIR / "demo.yaml"
+    if EVOMERGE_HOME != RECIPES_DIR:  # the recipe's zoo/ and tasks are relative to recipes/
+        recipe = write_demo_recipe(EVOMERGE_HOME, DEFAULT_ZOO_DIR)
     out = out or _default_run_dir(recipe)
     _finish(start_search(recipe, out, SearchOptions(**options.model_dump(), evaluations=evaluations)), out)

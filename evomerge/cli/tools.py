@@ -23,7 +23,8 @@ def zoo() -> None:
 @click.option("--family", type=click.Choice(["llama", "tied"]), default="llama", show_default=True,
               help="llama: untied embeddings; tied: tied embeddings and grouped-query attention.")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Folder for the zoo's models and manifest.json (default: recipes/zoo, recipes/zoo-tied).")
+              help="Folder for the zoo's models and manifest.json (default: zoo, zoo-tied in EVOMERGE_HOME: "
+                   "recipes/ in a checkout, else the user's cache directory).")
 @click.option("--force", is_flag=True, help="Rebuild even if a matching zoo exists.")
 @friendly_errors
 def zoo_build(family: str, out: Path, force: bool) -> None:

@@ -62,7 +62,7 @@ FAMILIES: Dict[str, ZooSettings] = {
 
 
 def zoo_dir(family: str) -> Path:
-    """Where a family's zoo lives in a checkout: recipes/zoo for llama, recipes/zoo-<family> else."""
+    """Where a family's zoo lives: zoo for llama, zoo-<family> else, in EVOMERGE_HOME (recipes/ in a checkout)."""
     return DEFAULT_ZOO_DIR if family == "llama" else DEFAULT_ZOO_DIR.with_name(f"zoo-{family}")
 
 

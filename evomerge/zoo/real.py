@@ -33,14 +33,14 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import EvomergeError
-from evomerge.paths import RECIPES_DIR, TASKS_DIR
+from evomerge.paths import EVOMERGE_HOME, TASKS_DIR
 from evomerge.random_state import preserved_random_state
 from evomerge.zoo.skills import SKILLS, held_out_prompts
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIALTIES = ("rev", "sort")
 MANIFEST = "manifest.json"
-DEFAULT_DIR = RECIPES_DIR / "zoo-real"
+DEFAULT_DIR = EVOMERGE_HOME / "zoo-real"
 
 
 def gguf_file() -> Path:

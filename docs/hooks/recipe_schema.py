@@ -6,6 +6,7 @@ description."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List
 
 MARKER = "<!-- recipe-schema -->"
@@ -77,4 +78,4 @@ def _bounds(field: Dict[str, Any]) -> str:
 
 
 def _anchor(name: str) -> str:
-    return f"schema-{name.lower()}"
+    return "schema-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

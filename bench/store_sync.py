@@ -2,7 +2,9 @@
 for one candidate (its pending row with the ask, running, its result with per-document scores,
 fingerprint and tell, and the view files), on realistic rows, many times, in a fresh run directory each.
 
-    python bench/store_sync.py [--evaluations 400] [--dir /path/on/the/disk/to/measure]
+    python bench/store_sync.py [--evaluations 400] [--dir /path/on/the/disk/to/measure] [--write-docs]
+
+--write-docs writes the table into docs/benchmarks/store-sync.md (bench/pages.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from pages import write_table
 
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.run.store.schema import DATABASE
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where the run directories go (the disk measured)")
+    parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks/store-sync.md")
     arguments = parser.parse_args()
     print(f"sqlite {sqlite3.sqlite_version}; journal WAL; {arguments.evaluations} evaluations a run, "
           f"{arguments.repeats} runs each, alternating")
@@ -60,6 +65,12 @@ def main() -> None:
               f"min {min(values):.3f}, max {max(values):.3f})")
     print(f"FULL costs {statistics.median(found['FULL']) - statistics.median(found['NORMAL']):.3f} ms more per "
           f"evaluation ({DATABASE} in {root})")
+    if arguments.write_docs:
+        rows = [f"| {synchronous} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} |"
+                for synchronous, values in found.items()]
+        table = (f"sqlite {sqlite3.sqlite_version}, WAL, {arguments.evaluations} evaluations a run, {arguments.repeats} "
+                 "runs each\n\n| synchronous | ms per evaluation (median) | min–max |\n|---|---|---|\n" + "\n".join(rows))
+        print(f"wrote {write_table('store-sync', table)}")
 
 
 if __name__ == "__main__":

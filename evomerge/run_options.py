@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 
 
 class RunOptions(BaseModel, frozen=True):
+    """How a run runs, built once (the command line's options are these fields) and passed whole."""
+
     device: Optional[str] = Field(None, description="cuda, cuda:1, cpu ... (default: cuda when available).")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folders to run.")
     allow_pickle: bool = Field(False, description="Allow pickle checkpoints (.bin/.pt), which can run code.")

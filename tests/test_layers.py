@@ -1,5 +1,5 @@
-"""The layers of README's architecture are a contract: import-linter checks pyproject.toml's contracts,
-and its graph library, grimp, finds any import cycle between modules."""
+"""The layers of the architecture (docs/architecture.md) are a contract: import-linter checks
+pyproject.toml's contracts, and its graph library, grimp, finds any import cycle between modules."""
 
 import json
 import os

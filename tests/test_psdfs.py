@@ -163,9 +163,9 @@ def test_changing_only_route_genes_does_not_re_merge_the_first_stage(zoo, tmp_pa
     assert all(torch.equal(tensor, incremental[name]) for name, tensor in fresh.model.state_dict().items())
 
 
-def test_the_readme_example_is_checked_and_sized_with_the_blend_resident(zoo, tmp_path):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### PS+DFS"):]
+def test_the_docs_example_is_checked_and_sized_with_the_blend_resident(zoo, tmp_path):
+    guide = (Path(__file__).parent.parent / "docs" / "guides" / "data-flow.md").read_text()
+    section = guide[guide.index("## PS+DFS"):]
     text = section[section.index("```yaml") + len("```yaml"): section.index("```\n", section.index("```yaml") + 7)]
     path = tmp_path / "psdfs.yaml"
     path.write_text(text.replace("zoo/", f"{zoo['dir']}/") + "  tasks: [{name: zoo_rev_search}]\n"

@@ -13,6 +13,7 @@ from evomerge.recipe.space import SearchSpace
 
 
 def build_space(recipe: Recipe) -> SearchSpace:
+    """The genes `recipe` searches, and how a vector of them decodes into a concrete recipe."""
     if recipe.spec.genome is not None:
         return GenomeSpace.from_genome(recipe)
     if routing_entry(recipe) >= 0:

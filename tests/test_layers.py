@@ -25,25 +25,26 @@ def test_every_import_points_down_the_layers():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path):
-    """A copy of the package where the searchers import the loop: the lint must fail and name the arrow."""
+def _lint_a_copy_with(tmp_path, module: str, added: str) -> subprocess.CompletedProcess:
+    """The lint of a copy of the package (and its contracts) where `module` (a path under evomerge/) has `added`."""
     shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    ga = tmp_path / "evomerge" / "searchers" / "ga.py"
-    ga.write_text(ga.read_text() + "\nfrom evomerge.run import loop  # noqa: E402,F401\n")
-    result = _lint(tmp_path)
+    path = tmp_path / "evomerge" / module
+    path.write_text(path.read_text() + added)
+    return _lint(tmp_path)
+
+
+def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path):
+    """A copy of the package where the searchers import the loop: the lint must fail and name the arrow."""
+    result = _lint_a_copy_with(tmp_path, "searchers/ga.py", "\nfrom evomerge.run import loop  # noqa: E402,F401\n")
     assert result.returncode != 0
     assert "evomerge.searchers.ga -> evomerge.run.loop" in result.stdout
 
 
 def test_a_base_space_that_imports_its_subclass_breaks_the_recipe_contract(tmp_path):
     """Inside recipe/ too: the base space importing a subclass, even lazily in a function, closes a circle."""
-    shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    space = tmp_path / "evomerge" / "recipe" / "space.py"
-    space.write_text(space.read_text() + "\n\ndef _genome_space():\n    from evomerge.recipe.genome import GenomeSpace\n\n"
-                     "    return GenomeSpace\n")
-    result = _lint(tmp_path)
+    result = _lint_a_copy_with(tmp_path, "recipe/space.py", "\n\ndef _genome_space():\n"
+                               "    from evomerge.recipe.genome import GenomeSpace\n\n    return GenomeSpace\n")
     assert result.returncode != 0
     assert "evomerge.recipe.space -> evomerge.recipe.genome" in result.stdout
 def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[Dict[str, List[str]]]:
@@ -83,9 +84,13 @@ def import_cycles(package: str = "evomerge", under: Sequence[str] = ()) -> List[
     return chains
 def _described(cycles: List[Dict[str, List[str]]]) -> str:
     return "\n".join(f"{', '.join(c['modules'])} (e.g. {' -> '.join(c['chain'])})" for c in cycles)
+
+
 def test_no_import_cycle_between_modules_lazy_imports_included():
     cycles = import_cycles()
     assert not cycles, "import cycles:\n" + _described(cycles)
+
+
 def test_a_lazy_import_of_a_subclass_by_its_base_class_is_a_cycle(tmp_path):
     """A copy of the package where the searchers' base class imports CMA-ES inside a function."""
     shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
@@ -100,16 +105,16 @@ def test_a_lazy_import_of_a_subclass_by_its_base_class_is_a_cycle(tmp_path):
     [cycle] = json.loads(found.stdout)
     assert {"evomerge.searchers.base", "evomerge.searchers.cma"} <= set(cycle["modules"])
     assert cycle["chain"][0] == cycle["chain"][-1] and set(cycle["chain"]) <= set(cycle["modules"])
+
+
 def test_a_back_import_inside_outputs_breaks_its_contract(tmp_path):
     """outputs/ has its own layers: a copy where the text rendering imports the plots (which draw on it)
     must fail the lint, which names the arrow; the contract between subpackages alone would not see it."""
-    shutil.copytree(ROOT / "evomerge", tmp_path / "evomerge", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    text = tmp_path / "evomerge" / "outputs" / "text.py"
-    text.write_text(text.read_text() + "\nfrom evomerge.outputs import report  # noqa: E402,F401\n")
-    result = _lint(tmp_path)
+    result = _lint_a_copy_with(tmp_path, "outputs/text.py", "\nfrom evomerge.outputs import report  # noqa: E402,F401\n")
     assert result.returncode != 0
     assert "evomerge.outputs.text -> evomerge.outputs.report" in result.stdout
+
+
 def test_drawing_a_runs_plots_loads_neither_the_merge_nor_the_scorer():
     """report.py reads the store and renders text: a run's plots need no materializer, scorer or lm-eval."""
     code = ("import sys, evomerge.outputs.report; "

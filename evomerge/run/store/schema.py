@@ -135,6 +135,6 @@ def _connect(directory: Path) -> sqlite3.Connection:
     db = sqlite3.connect(directory / DATABASE, factory=_Connection)
     db.directory = directory
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power loss too (cost: README)
+    db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power loss too (cost: docs/benchmarks/store-sync.md)
     db.executescript(SCHEMA)
     return db

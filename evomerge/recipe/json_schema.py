@@ -1,0 +1,46 @@
+"""The JSON Schema of a recipe file, for editors: mergekit's keys from mergekit's own pydantic models, the
+stage `name:` of a multi-stage recipe, and the `evomerge:` section from schema.py, searchers included.
+
+Made when asked for, so a merge method or a searcher registered by then is in it. JSON Schema checks one
+document; a mergekit-multi file is checked document by document (editors do so for YAML).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from mergekit import merge_methods
+from mergekit.config import MergeConfiguration
+from pydantic.json_schema import models_json_schema
+
+from evomerge.errors import SECTION
+from evomerge.recipe.schema import EvomergeSpec
+from evomerge.recipe.stages import NAME
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+DESCRIPTION = (
+    "An evomerge recipe: a mergekit recipe (its keys as mergekit's MergeConfiguration gives them) with an "
+    f"`{SECTION}:` section. A multi-stage (mergekit-multi) file holds several YAML documents, each one stage named "
+    f"by `name:`, and is checked document by document against this schema; one of them holds the `{SECTION}:` "
+    "section. A mergekit-evolve config (a top-level `genome:`) is not a recipe: `evomerge convert` writes one."
+)
+
+STRING_FORMS = {"ModelReference": "a Hub name or a folder: model[@revision][+lora[@revision]]",
+                "ModelPath": "a Hub name or a folder: path[@revision]"}
+
+
+def recipe_json_schema() -> Dict[str, Any]:
+    """The schema as a JSON-ready dict; keys the loader refuses (parsing.py) are refused here too."""
+    _, schema = models_json_schema([(MergeConfiguration, "validation"), (EvomergeSpec, "validation")])
+    defs = schema["$defs"]
+    document = defs.pop("MergeConfiguration")
+    for name, form in STRING_FORMS.items():  # mergekit reads them from a string too (their validate_string)
+        defs[name] = {"anyOf": [{"type": "string", "description": form}, defs[name]]}
+    defs["InputModelDefinition"]["additionalProperties"] = False
+    document["properties"]["merge_method"]["enum"] = sorted(m.spec.name for m in merge_methods.registered_methods())
+    document["properties"]["name"] = {"type": "string", "pattern": f"^{NAME.pattern}$",
+                                      "description": "This stage's name, which a later document's model names"}
+    document["properties"][SECTION] = {"$ref": "#/$defs/EvomergeSpec"}
+    return {"$schema": DIALECT, "title": "evomerge recipe", "description": DESCRIPTION, "type": "object",
+            "properties": document["properties"], "required": document["required"], "additionalProperties": False,
+            "$defs": defs}

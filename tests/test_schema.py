@@ -32,7 +32,7 @@ def _documents(text: str) -> list:
 
 def _errors(schema: dict, text: str) -> list:
     """Each document checked against the schema on its own, as an editor checks a multi-document file."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft7Validator(schema)
     return [f"documents[{i}]{''.join(f'.{key}' for key in e.absolute_path)}: {e.message}"
             for i, document in enumerate(_documents(text)) for e in validator.iter_errors(document)]
 
@@ -63,8 +63,9 @@ def schema() -> dict:
     return recipe_json_schema()
 
 
-def test_the_schema_is_valid_json_schema(schema):
-    jsonschema.Draft202012Validator.check_schema(schema)
+def test_the_schema_is_valid_json_schema_in_the_draft_editors_check_with(schema):
+    assert jsonschema.validators.validator_for(schema) is jsonschema.Draft7Validator
+    jsonschema.Draft7Validator.check_schema(schema)
     assert "document by document" in schema["description"]
 
 
@@ -152,6 +153,7 @@ AGREEMENT = {
     "a tracker switched on": _section(track={"mlflow": True, "wandb": False}),
     "layer ranges": lambda d: d["evomerge"]["search"][0].update(layer_groups=[[0, 1], [1, 2]]),
     "no layer groups": lambda d: d["evomerge"]["search"][0].update(layer_groups=0),
+    "a range with a word": lambda d: d["evomerge"]["search"][0].update(range=[0.0, "high"]),
     "a budget of nothing": _section(budget={"evaluations": 0}),
     "an unknown merge method": lambda d: d.update(merge_method="task_arithmatic"),
     "a model as a mapping": lambda d: d["models"][0].update(model={"model": {"path": d["models"][0]["model"]}}),

@@ -2,7 +2,8 @@
 stage `name:` of a multi-stage recipe, and the `evomerge:` section from schema.py, searchers included.
 
 Made when asked for, so a merge method or a searcher registered by then is in it. JSON Schema checks one
-document; a mergekit-multi file is checked document by document (editors do so for YAML).
+document; a mergekit-multi file is checked document by document (editors do so for YAML). Written in draft 7,
+the draft YAML editors check with (VS Code's YAML extension, PyCharm), from pydantic's 2020-12.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from evomerge.errors import SECTION
 from evomerge.recipe.schema import EvomergeSpec
 from evomerge.recipe.stages import NAME
 
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
+DIALECT = "http://json-schema.org/draft-07/schema#"
 DESCRIPTION = (
     "An evomerge recipe: a mergekit recipe (its keys as mergekit's MergeConfiguration gives them) with an "
     f"`{SECTION}:` section. A multi-stage (mergekit-multi) file holds several YAML documents, each one stage named "
@@ -31,8 +32,9 @@ STRING_FORMS = {"ModelReference": "a Hub name or a folder: model[@revision][+lor
 
 def recipe_json_schema() -> Dict[str, Any]:
     """The schema as a JSON-ready dict; keys the loader refuses (parsing.py) are refused here too."""
-    _, schema = models_json_schema([(MergeConfiguration, "validation"), (EvomergeSpec, "validation")])
-    defs = schema["$defs"]
+    _, schema = models_json_schema([(MergeConfiguration, "validation"), (EvomergeSpec, "validation")],
+                                   ref_template="#/definitions/{model}")
+    defs = _draft7(schema["$defs"])
     document = defs.pop("MergeConfiguration")
     for name, form in STRING_FORMS.items():  # mergekit reads them from a string too (their validate_string)
         defs[name] = {"anyOf": [{"type": "string", "description": form}, defs[name]]}
@@ -40,7 +42,16 @@ def recipe_json_schema() -> Dict[str, Any]:
     document["properties"]["merge_method"]["enum"] = sorted(m.spec.name for m in merge_methods.registered_methods())
     document["properties"]["name"] = {"type": "string", "pattern": f"^{NAME.pattern}$",
                                       "description": "This stage's name, which a later document's model names"}
-    document["properties"][SECTION] = {"$ref": "#/$defs/EvomergeSpec"}
+    document["properties"][SECTION] = {"$ref": "#/definitions/EvomergeSpec"}
     return {"$schema": DIALECT, "title": "evomerge recipe", "description": DESCRIPTION, "type": "object",
             "properties": document["properties"], "required": document["required"], "additionalProperties": False,
-            "$defs": defs}
+            "definitions": defs}
+
+
+def _draft7(node: Any) -> Any:
+    """pydantic's tuples (`prefixItems`, 2020-12) as draft 7 writes them (`items` as a list)."""
+    if isinstance(node, list):
+        return [_draft7(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {("items" if key == "prefixItems" else key): _draft7(value) for key, value in node.items()}

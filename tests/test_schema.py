@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recipes" / "demo.yaml"
 SHIPPED = ROOT / "docs" / "evomerge.schema.json"
 RECIPES = sorted([*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests" / "examples").glob("*.yaml")])  # not tasks/
-ELISION = "..."  # what a docs example leaves out: `tasks: [...]`
+ELISION = "..."  # what a docs example leaves out: `tasks: [...]`, `{name: ga, ...}`
 
 
 def _documents(text: str) -> list:
@@ -52,7 +52,7 @@ def _docs_recipes() -> list:
 
 def _without_elisions(node):
     if isinstance(node, dict):
-        return {k: _without_elisions(v) for k, v in node.items() if v != ELISION}
+        return {k: _without_elisions(v) for k, v in node.items() if ELISION not in (k, v)}
     if isinstance(node, list):
         return [_without_elisions(v) for v in node if v != ELISION]
     return node

@@ -176,19 +176,19 @@ class _StepOptions(SearcherOptions):
 def plugin_searcher():
     """A third-party searcher, registered after evomerge's types were built."""
 
-    @register("hill")
-    class HillClimber(Searcher):
+    @register("stepper")
+    class Stepper(Searcher):
         """Steps one gene at a time."""
 
         Options = _StepOptions
 
-    yield HillClimber
-    del SEARCHERS["hill"]
+    yield Stepper
+    del SEARCHERS["stepper"]
 
 
 def test_a_searcher_registered_by_a_plugin_is_in_the_schema(plugin_searcher):
     schema = recipe_json_schema()
-    for searcher, valid in [({"name": "hill", "step": 0.2}, True), ({"name": "hill", "stp": 0.2}, False),
-                            ({"name": "hill", "popsize": 4}, False)]:
+    for searcher, valid in [({"name": "stepper", "step": 0.2}, True), ({"name": "stepper", "stp": 0.2}, False),
+                            ({"name": "stepper", "popsize": 4}, False)]:
         text = _demo(_section(searcher=searcher))
         assert (_errors(schema, text) == []) == valid == _loader_accepts(text), searcher

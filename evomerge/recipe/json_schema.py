@@ -8,44 +8,41 @@ the draft YAML editors check with (VS Code's YAML extension, PyCharm), from pyda
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from mergekit import merge_methods
 from mergekit.config import MergeConfiguration
-from pydantic.json_schema import models_json_schema
+from pydantic import ConfigDict, Field
 
-from evomerge.errors import SECTION
 from evomerge.recipe.schema import EvomergeSpec
 from evomerge.recipe.stages import NAME
 
 DIALECT = "http://json-schema.org/draft-07/schema#"
-DESCRIPTION = (
-    "An evomerge recipe: a mergekit recipe (its keys as mergekit's MergeConfiguration gives them) with an "
-    f"`{SECTION}:` section. A multi-stage (mergekit-multi) file holds several YAML documents, each one stage named "
-    f"by `name:`, and is checked document by document against this schema; one of them holds the `{SECTION}:` "
-    "section. A mergekit-evolve config (a top-level `genome:`) is not a recipe: `evomerge convert` writes one."
-)
-
 STRING_FORMS = {"ModelReference": "a Hub name or a folder: model[@revision][+lora[@revision]]",
                 "ModelPath": "a Hub name or a folder: path[@revision]"}
 
 
+class RecipeDocument(MergeConfiguration):
+    """An evomerge recipe: a mergekit recipe (its keys as mergekit's MergeConfiguration gives them) with an
+    `evomerge:` section. A multi-stage (mergekit-multi) file holds several YAML documents, each one stage named
+    by `name:`, and is checked document by document against this schema; one of them holds the `evomerge:`
+    section. A mergekit-evolve config (a top-level `genome:`) is not a recipe: `evomerge convert` writes one."""
+
+    model_config = ConfigDict(extra="forbid", title="evomerge recipe")  # the loader refuses other keys (parsing.py)
+    name: Optional[str] = Field(None, pattern=f"^{NAME.pattern}$",
+                                description="This stage's name, which a later document's model names")
+    evomerge: Optional[EvomergeSpec] = None
+
+
 def recipe_json_schema() -> Dict[str, Any]:
-    """The schema as a JSON-ready dict; keys the loader refuses (parsing.py) are refused here too."""
-    _, schema = models_json_schema([(MergeConfiguration, "validation"), (EvomergeSpec, "validation")],
-                                   ref_template="#/definitions/{model}")
-    defs = _draft7(schema["$defs"])
-    document = defs.pop("MergeConfiguration")
+    """The schema as a JSON-ready dict."""
+    schema = _draft7(RecipeDocument.model_json_schema(ref_template="#/definitions/{model}"))
+    defs = schema.pop("$defs")
     for name, form in STRING_FORMS.items():  # mergekit reads them from a string too (their validate_string)
         defs[name] = {"anyOf": [{"type": "string", "description": form}, defs[name]]}
-    defs["InputModelDefinition"]["additionalProperties"] = False
-    document["properties"]["merge_method"]["enum"] = sorted(m.spec.name for m in merge_methods.registered_methods())
-    document["properties"]["name"] = {"type": "string", "pattern": f"^{NAME.pattern}$",
-                                      "description": "This stage's name, which a later document's model names"}
-    document["properties"][SECTION] = {"$ref": "#/definitions/EvomergeSpec"}
-    return {"$schema": DIALECT, "title": "evomerge recipe", "description": DESCRIPTION, "type": "object",
-            "properties": document["properties"], "required": document["required"], "additionalProperties": False,
-            "definitions": defs}
+    defs["InputModelDefinition"]["additionalProperties"] = False  # the loader refuses other keys there too
+    schema["properties"]["merge_method"]["enum"] = sorted(m.spec.name for m in merge_methods.registered_methods())
+    return {"$schema": DIALECT, **schema, "definitions": defs}
 
 
 def _draft7(node: Any) -> Any:

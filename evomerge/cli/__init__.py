@@ -16,6 +16,6 @@ def main(debug: bool) -> None:
     """Evolve mergekit merge recipes, scored with lm-evaluation-harness."""
 
 
-for command in (tools.zoo, tools.merge, runs.search, tools.convert, runs.resume, runs.demo, tools.plan, tools.export,
-                tools.report, tools.study, tools.tree):
+for command in (tools.zoo, tools.merge, runs.search, tools.convert, tools.schema, runs.resume, runs.demo, tools.plan,
+                tools.export, tools.report, tools.study, tools.tree):
     main.add_command(command)

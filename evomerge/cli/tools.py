@@ -1,9 +1,11 @@
-"""The commands beside the search: the zoo, merging a recipe, converting a mergekit-evolve config,
-a search's plan, and what a finished run gives (export, report, study), and the family tree."""
+"""The commands beside the search: the zoo, merging a recipe, converting a mergekit-evolve config, a
+recipe's JSON Schema, a search's plan, and what a finished run gives (export, report, study), and the
+family tree."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import click
@@ -87,6 +89,22 @@ def convert(config: Path, out: Path) -> None:
     if not isinstance(raw, dict) or "genome" not in raw:
         raise EvomergeError("expected a mergekit-evolve config, with a `genome:` key", path=config)
     text = recipe_text(raw, config, out_dir=out.resolve().parent if out else None)
+    if out:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command()
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="The schema file (default: print it).")
+@friendly_errors
+def schema(out: Path) -> None:
+    """Write the JSON Schema of a recipe, for an editor to complete and check recipes with: mergekit's
+    keys, a stage's name and the evomerge section, the searchers' options by searcher name."""
+    from evomerge.recipe.json_schema import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
     if out:
         out.write_text(text, encoding="utf-8")
         click.echo(f"wrote {out}", err=True)

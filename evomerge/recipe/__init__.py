@@ -10,6 +10,8 @@ Its modules, from the top down (arrows only point down; pyproject.toml's contrac
 - loading.py reads a file into a `Recipe` (with the command line's overrides): parsing.py (YAML,
   mergekit's config), stages.py (mergekit-multi's documents in merge order), evolve_config.py (a
   mergekit-evolve config read as the recipe it stands for), into schema.py's pure pydantic types.
+- json_schema.py gives editors the JSON Schema of a recipe file (`evomerge schema`): mergekit's keys,
+  a stage's name, and schema.py's types.
 - Below them: references.py finds model references and makes local paths absolute; layout.py gives
   every recipe shape (`models:`, `slices:`) one normalized view; parents.py checks the parents'
   files; route.py and track.py are the routing block's and the trackers' types; custom_fitness.py

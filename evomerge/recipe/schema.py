@@ -24,7 +24,8 @@ from pydantic import (
 
 from evomerge.errors import TAG
 from evomerge.recipe.route import RoutingEntry
-from evomerge.recipe.track import TrackSpec
+from evomerge.recipe.track import TrackSpec, switchable
+from evomerge.searchers.registry import RegisteredSearcher
 from evomerge.searchers.spec import SearcherSpec
 
 
@@ -51,7 +52,8 @@ class GeneSpec(_Strict):
 
     _range = field_validator("range")(_check_range)
 
-    @field_validator("layer_groups", mode="wrap")
+    @field_validator("layer_groups", mode="wrap",
+                     json_schema_input_type=Union[PositiveInt, List[Tuple[NonNegativeInt, PositiveInt]]])
     @classmethod
     def _groups(cls, value, handler):
         """N evenly spread gradient points, or explicit layer ranges [start, end) (as `evomerge tree
@@ -157,12 +159,7 @@ class EvalSpec(_Strict):
     gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
     max_length: Optional[PositiveInt] = None
     dtype: Optional[str] = None  # the dtype candidates are scored in; default: device_defaults.scoring_dtype
-    racing: Optional[RacingSpec] = None  # `true` for the defaults
-
-    @field_validator("racing", mode="before")
-    @classmethod
-    def _racing_switch(cls, value: Any) -> Any:
-        return {} if value is True else None if value is False else value
+    racing: switchable(RacingSpec) = None
 
     @field_validator("dtype")
     @classmethod
@@ -239,7 +236,7 @@ class EvomergeSpec(_Strict):
     objectives: Literal["sum", "separate"] = "sum"
     report_tasks: List[str] = Field(default_factory=list)
     task_paths: List[str] = Field(default_factory=list)
-    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
+    searcher: RegisteredSearcher = Field(default_factory=SearcherSpec)
     budget: Optional[BudgetSpec] = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
     parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)

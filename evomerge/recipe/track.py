@@ -5,9 +5,18 @@ status and the best so far), and the report and plots at the end; see run/observ
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _on_off(value: Any) -> Any:
+    return {} if value is True else None if value is False else value
+
+
+def switchable(spec: type) -> Any:
+    """An optional block that `true` turns on with its defaults and `false` off; the JSON Schema says so too."""
+    return Annotated[Optional[spec], BeforeValidator(_on_off, json_schema_input_type=Optional[Union[bool, spec]])]
 
 
 class _Strict(BaseModel):
@@ -30,13 +39,8 @@ class WandbSpec(_Strict):
 
 
 class TrackSpec(_Strict):
-    mlflow: Optional[MlflowSpec] = None  # `true` for the defaults
-    wandb: Optional[WandbSpec] = None
-
-    @field_validator("mlflow", "wandb", mode="before")
-    @classmethod
-    def _switch(cls, value: Any) -> Any:
-        return {} if value is True else None if value is False else value
+    mlflow: switchable(MlflowSpec) = None
+    wandb: switchable(WandbSpec) = None
 
     @property
     def enabled(self) -> bool:

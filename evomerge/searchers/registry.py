@@ -1,13 +1,21 @@
 """Searchers by name, as mergekit keeps its merge methods: a searcher is one class under
 `@register("name")`, and the recipe's `searcher.name` finds it here. The built-in ones register
-when the package is imported; a third-party searcher registers when its module is."""
+when the package is imported; a third-party searcher registers when its module is.
+
+A recipe's `searcher:` is validated here, by name (the registry is the discriminator, so a searcher
+registered after the recipe's types were built is known), and its JSON Schema is the union of the
+registered searchers' options, discriminated on `name`, built from the registry when it is asked for."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Type, TypeVar
+from typing import Annotated, Any, Callable, Dict, Literal, Optional, Sequence, Type, TypeVar, Union
 
 import numpy as np
+from pydantic import Field, GetJsonSchemaHandler, TypeAdapter, create_model
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from evomerge.errors import SECTION, EvomergeError, did_you_mean, validated
 from evomerge.searchers.base import GeneInfo, Searcher, SearcherOptions
@@ -41,6 +49,33 @@ def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[P
         raise EvomergeError(f"{spec.name} optimizes one objective; use `objectives: sum` or a multi-objective "
                             "searcher (optuna with sampler nsga2)", path=source, key=f"{SECTION}.objectives")
     return validated(cls.Options, spec.options(), source, key)
+
+
+def options_union() -> Any:
+    """The registered searchers' options as one type, discriminated on `name`: each searcher's options class
+    with its name as a literal (optional for the default searcher, as in SearcherSpec), described by the
+    first paragraph of the searcher's docstring (or its module's) for an editor to show."""
+    default = SearcherSpec.model_fields["name"].default
+    variants = tuple(
+        create_model(f"{cls.__name__}Options", __base__=cls.Options, __doc__=_summary(cls),
+                     name=(Literal[name], name if name == default else ...))  # type: ignore[valid-type]
+        for name, cls in sorted(SEARCHERS.items()))
+    return Annotated[Union[variants], Field(discriminator="name")]
+
+
+def _summary(cls: Type[Searcher]) -> str:
+    doc = cls.__dict__.get("__doc__") or sys.modules[cls.__module__].__doc__ or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+class _AsRegistered:
+    """Gives a SearcherSpec the JSON Schema of `options_union()` as the registry stands when a schema is made."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(TypeAdapter(options_union()).core_schema)
+
+
+RegisteredSearcher = Annotated[SearcherSpec, _AsRegistered()]  # a recipe's `searcher:`
 
 
 def make_searcher(spec: SearcherSpec, dimension: int, x0: np.ndarray, seed: int, objectives: int = 1,

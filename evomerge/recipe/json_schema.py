@@ -31,7 +31,7 @@ class RecipeDocument(MergeConfiguration):
     model_config = ConfigDict(extra="forbid", title="evomerge recipe")  # the loader refuses other keys (parsing.py)
     name: Optional[str] = Field(None, pattern=f"^{NAME.pattern}$",
                                 description="This stage's name, which a later document's model names")
-    evomerge: Optional[EvomergeSpec] = None
+    evomerge: Optional[EvomergeSpec] = Field(None, description="evomerge's section: the search over this recipe.")
 
 
 def recipe_json_schema() -> Dict[str, Any]:

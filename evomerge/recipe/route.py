@@ -37,12 +37,17 @@ class RoutingSpec(BaseModel):
     times; a candidate passes through the slots whose inclusion gene is positive, in slot order."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    models: List[str] = Field(min_length=1)
-    repeats: PositiveInt = 1
-    max_layers: Optional[PositiveInt] = None  # default: every slot; bounds the output model's memory
-    scale: Optional[Tuple[float, float]] = None  # a searched scale per included layer, in this range
-    scale_filters: List[str] = Field(default_factory=lambda: list(SCALE_FILTERS), min_length=1)
-    embeddings_from: Optional[str] = None  # the model giving embeddings, final norm and head; default: the first
+    models: List[str] = Field(min_length=1, description="The distinct models whose layers make the slots, in order.")
+    repeats: PositiveInt = Field(1, description="How many times the slots of all the models repeat.")
+    max_layers: Optional[PositiveInt] = Field(None, description="The deepest candidate, which bounds the output "
+                                                                "model's memory; default: every slot.")
+    scale: Optional[Tuple[float, float]] = Field(None, description="The range of a searched scale per included "
+                                                                   "layer, 0 <= low < high; default: no scale.")
+    scale_filters: List[str] = Field(default_factory=lambda: list(SCALE_FILTERS), min_length=1,
+                                     description="The tensors the scale multiplies (by name filter): the layer's "
+                                                 "output projections.")
+    embeddings_from: Optional[str] = Field(None, description="The model giving the embeddings, final norm and head, "
+                                                             "one of `models`; default: the first.")
 
     @field_validator("models")
     @classmethod
@@ -76,7 +81,7 @@ class RoutingEntry(BaseModel):
     """`search: [{routing: {...}}]`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    routing: RoutingSpec
+    routing: RoutingSpec = Field(description="The layer route's search space.")
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,19 @@ def _check_range(value: Tuple[float, float]) -> Tuple[float, float]:
 class GeneSpec(_Strict):
     """One searched mergekit parameter, split into genes per model, filter and layer group."""
 
-    parameter: str
-    stage: Optional[str] = None  # the stage (a multi-stage recipe's document name); default: the final merge
-    models: Optional[List[str]] = None
-    range: Tuple[float, float]
-    layer_groups: Union[int, List[Tuple[int, int]]] = 1
-    filters: List[str] = Field(default_factory=list)
+    parameter: str = Field(description="The numeric parameter of the merge method to search, e.g. `weight`.")
+    stage: Optional[str] = Field(None, description="The stage it belongs to (a multi-stage recipe's document name); "
+                                                   "default: the final merge.")
+    models: Optional[List[str]] = Field(None, description="The input models that get genes; "
+                                                          "default: every input model other than `base_model`.")
+    range: Tuple[float, float] = Field(description="The searched interval [low, high], finite, with low < high.")
+    layer_groups: Union[int, List[Tuple[int, int]]] = Field(
+        1, description="N values spread evenly over the layers (an N-point mergekit gradient), or contiguous layer "
+                       "ranges [start, end) from layer 0, one gene each, as `evomerge tree --suggest-groups` "
+                       "prints them.")
+    filters: List[str] = Field(default_factory=list, description="Tensor-name filters that each get their own "
+                                                                 "genes, plus a fallback for the other tensors; "
+                                                                 "default: none.")
 
     _range = field_validator("range")(_check_range)
 
@@ -96,9 +103,13 @@ class NoiseSpec(_Strict):
     `std` is applied as given, which is how an exported winner carries its noise.
     """
 
-    range: Optional[Tuple[float, float]] = None
-    layer_groups: PositiveInt = 1
-    std: Optional[Union[float, List[float]]] = None
+    range: Optional[Tuple[float, float]] = Field(None, description="The searched interval of the relative std "
+                                                                   "[low, high], non-negative; default: not searched.")
+    layer_groups: PositiveInt = Field(1, description="With `range`: searched values spread over the output model's "
+                                                     "layers from first to last.")
+    std: Optional[Union[float, List[float]]] = Field(
+        None, description="The relative std applied (a value, or a mergekit gradient over the layers), or the "
+                          "starting point when `range` is given; default: the middle of `range`.")
 
     @field_validator("range")
     @classmethod
@@ -121,9 +132,12 @@ class NoiseSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    name: str
-    metric: str = "acc"
-    weight: float = 1.0
+    """One lm-eval task of the fitness: the sum of weight × metric, signed by lm-eval's higher_is_better."""
+
+    name: str = Field(description="The lm-eval task's name.")
+    metric: str = Field("acc", description="The metric it contributes, named without its filter "
+                                           "(e.g. `acc`, `exact_match`, `p_gold`, `gold_loglik`).")
+    weight: float = Field(1.0, description="The metric's weight in the fitness sum.")
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -134,10 +148,14 @@ class RacingSpec(_Strict):
     shuffled once per run) and stop one that cannot, with this confidence, beat the bar (the
     `rank`-th best fully scored candidate so far) by more than `margin` of the bar's standard errors."""
 
-    stages: List[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    rank: PositiveInt = 1
-    margin: NonNegativeFloat = 0.0
+    stages: List[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0],
+                                description="Growing shares of the search documents scored after one another, "
+                                            "ending at 1.0.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="The chance, per candidate over all its stages, "
+                                                                  "that one better than the bar is not stopped.")
+    rank: PositiveInt = Field(1, description="The bar is the rank-th best fully scored candidate so far.")
+    margin: NonNegativeFloat = Field(0.0, description="How far above the bar, in the bar's standard errors, "
+                                                      "a candidate must be able to reach to go on.")
 
     @field_validator("stages")
     @classmethod
@@ -150,16 +168,24 @@ class RacingSpec(_Strict):
 class EvalSpec(_Strict):
     """How candidates are scored: lm-eval's own options, as `lm_eval --help` names them."""
 
-    batch_size: Union[PositiveInt, Literal["auto"], None] = None  # default: auto on CUDA, 64 elsewhere (device_defaults.py)
-    limit: Optional[PositiveInt] = None
-    num_fewshot: Optional[NonNegativeInt] = None
-    apply_chat_template: Union[bool, str] = False  # True: the tokenizer's template; a string names one
-    fewshot_as_multiturn: bool = False
-    system_instruction: Optional[str] = None
-    gen_kwargs: Dict[str, Any] = Field(default_factory=dict)  # for generate_until tasks, over each task's own
-    max_length: Optional[PositiveInt] = None
-    dtype: Optional[str] = None  # the dtype candidates are scored in; default: device_defaults.scoring_dtype
-    racing: switchable(RacingSpec) = None
+    batch_size: Union[PositiveInt, Literal["auto"], None] = Field(
+        None, description="A number, or `auto` for lm-eval's own search; default: auto on CUDA, 64 elsewhere "
+                          "(device_defaults.py). Out of memory at a fixed size halves it and retries.")
+    limit: Optional[PositiveInt] = Field(None, description="Documents scored per task; default: all of them.")
+    num_fewshot: Optional[NonNegativeInt] = Field(None, description="Few-shot examples; default: each task's own.")
+    apply_chat_template: Union[bool, str] = Field(False, description="`true`: the tokenizer's chat template; "
+                                                                     "a string names one.")
+    fewshot_as_multiturn: bool = Field(False, description="Few-shot examples as chat turns; needs "
+                                                          "`apply_chat_template`.")
+    system_instruction: Optional[str] = Field(None, description="A system instruction put before every prompt.")
+    gen_kwargs: Dict[str, Any] = Field(default_factory=dict, description="Generation arguments for `generate_until` "
+                                                                         "tasks, over each task's own.")
+    max_length: Optional[PositiveInt] = Field(None, description="The model's maximum length in tokens; "
+                                                                "default: lm-eval's.")
+    dtype: Optional[str] = Field(None, description="The dtype candidates are scored in; default: the recipe's "
+                                                   "`out_dtype` or `dtype` (device_defaults.scoring_dtype).")
+    racing: switchable(RacingSpec) = Field(None, description="Score candidates in stages and stop the hopeless ones "
+                                                            "early (`true`: the defaults); default: off.")
 
     @field_validator("dtype")
     @classmethod
@@ -175,6 +201,24 @@ class EvalSpec(_Strict):
         return self
 
 
+_GENOME_KEYS = {  # mergekit's own genome fields carry no description; the schema gives them these
+    "models": "The models the genome merges, one set of genes each.",
+    "merge_method": f"mergekit-evolve's merge method: one of {', '.join(METHOD_PARAM_MAPS)}.",
+    "base_model": "The base model; ties, dare_ties and task_arithmetic need one.",
+    "tokenizer_source": "mergekit's `tokenizer_source` for the merged model.",
+    "layer_granularity": "Layers per layer group, each with its own genes; 0: one group for all layers.",
+    "normalize": "mergekit's `normalize`; default: on for ties, dare_ties and linear.",
+    "allow_negative_weights": "Let weights (and slerp's t) be negative; otherwise their absolute values are used.",
+    "filters": "Tensor-name filters that each get their own genes, plus one set for the rest; not with slerp.",
+    "smooth": "The layer groups' values as one mergekit gradient instead of a slice per group; not with slerp.",
+}
+
+
+def _describe_genome_keys(schema: Dict[str, Any]) -> None:
+    for key, description in _GENOME_KEYS.items():
+        schema["properties"][key].setdefault("description", description)
+
+
 class GenomeSpec(ModelGenomeDefinition):
     """mergekit-evolve's genome (its own type and checks), searched as mergekit-evolve searches it:
     its genotype layout, decoded by its own `genotype_merge_config` (see genome.GenomeSpace).
@@ -184,9 +228,11 @@ class GenomeSpec(ModelGenomeDefinition):
     `random_init` starts at a uniform draw from [0, 1) (mergekit-evolve's), seeded by the run.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    random_init: bool = False
-    ranges: Dict[str, Tuple[float, float]] = Field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_describe_genome_keys)
+    random_init: bool = Field(False, description="Start at a uniform draw from [0, 1) (mergekit-evolve's), "
+                                                 "seeded by the run.")
+    ranges: Dict[str, Tuple[float, float]] = Field(default_factory=dict, description="A range per genotype parameter; "
+                                                   "default: [0, 1], weights [-1, 1] with `allow_negative_weights`.")
 
     @model_validator(mode="after")
     def _known_ranges(self) -> "GenomeSpec":
@@ -203,9 +249,14 @@ class GenomeSpec(ModelGenomeDefinition):
 
 
 class BudgetSpec(_Strict):
-    evaluations: PositiveInt
-    max_failures: Optional[PositiveInt] = None  # failed candidates a run may have; default: no limit
-    max_consecutive_failures: Optional[PositiveInt] = None  # in a row; default: a generation, at least 5 (run/failures.py)
+    """When the search stops: after its evaluations, or after too many failed candidates."""
+
+    evaluations: PositiveInt = Field(description="The candidates the search evaluates.")
+    max_failures: Optional[PositiveInt] = Field(None, description="Failed candidates a run may have; "
+                                                                  "default: no limit.")
+    max_consecutive_failures: Optional[PositiveInt] = Field(
+        None, description="Failed candidates in a row that stop the run; default: a generation, at least 5 "
+                          "(run/failures.py).")
 
 
 class ConfirmSpec(_Strict):
@@ -213,8 +264,8 @@ class ConfirmSpec(_Strict):
     search never optimized and the report does not show, and the best there wins. The search's own
     best is the best of many tries on the search documents, so its lead there is partly luck."""
 
-    top: PositiveInt
-    tasks: List[str] = Field(min_length=1)
+    top: PositiveInt = Field(description="How many of the best fully scored candidates are scored again.")
+    tasks: List[str] = Field(min_length=1, description="The lm-eval tasks they are scored on, held out of the search.")
 
 
 def _entry_kind(entry: Any) -> str:
@@ -227,21 +278,37 @@ SearchEntry = Annotated[Union[Annotated[GeneSpec, Tag(TAG + "gene")], Annotated[
 
 
 class EvomergeSpec(_Strict):
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # also mergekit's --random-seed, which numpy bounds
-    search: List[SearchEntry] = Field(default_factory=list)
-    genome: Optional[GenomeSpec] = None  # a mergekit-evolve genome instead of `search`/`noise`
-    noise: Optional[NoiseSpec] = None
-    tasks: List[TaskSpec] = Field(default_factory=list)
-    fitness: Optional[str] = None
-    objectives: Literal["sum", "separate"] = "sum"
-    report_tasks: List[str] = Field(default_factory=list)
-    task_paths: List[str] = Field(default_factory=list)
-    searcher: RegisteredSearcher = Field(default_factory=SearcherSpec)
-    budget: Optional[BudgetSpec] = None
-    eval: EvalSpec = Field(default_factory=EvalSpec)
-    parents: Literal["device", "host"] = "device"  # where the parents' tensors stay (see Materializer)
-    confirm: Optional[ConfirmSpec] = None
-    track: TrackSpec = Field(default_factory=TrackSpec)  # experiment trackers (track.py)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds the search; also mergekit's --random-seed, "
+                                                           "which numpy bounds.")
+    search: List[SearchEntry] = Field(default_factory=list, description="The genes: each entry a parameter's "
+                                                                        "(`parameter: ...`) or a layer route's "
+                                                                        "(`routing: ...`).")
+    genome: Optional[GenomeSpec] = Field(None, description="A mergekit-evolve genome, the whole search space "
+                                                           "instead of `search` and `noise`.")
+    noise: Optional[NoiseSpec] = Field(None, description="Weight-space mutation: Gaussian noise relative to each "
+                                                         "merged tensor's std; default: none.")
+    tasks: List[TaskSpec] = Field(default_factory=list, description="The lm-eval tasks of the fitness, "
+                                                                    "the sum of weight × metric.")
+    fitness: Optional[str] = Field(None, description="`module:function`, a Python function of (model, tokenizer) "
+                                                     "returning a float or a dict of floats, looked up beside the "
+                                                     "recipe first; it may be the whole fitness, with no `tasks`.")
+    objectives: Literal["sum", "separate"] = Field("sum", description="`sum`: one fitness; `separate`: one objective "
+                                                                      "per task, for a multi-objective searcher.")
+    report_tasks: List[str] = Field(default_factory=list, description="lm-eval tasks the winner is scored on for the "
+                                                                      "report, which the search never saw.")
+    task_paths: List[str] = Field(default_factory=list, description="lm-eval include paths, relative to the recipe.")
+    searcher: RegisteredSearcher = Field(default_factory=SearcherSpec, description="The searcher, by `name`, "
+                                                                                    "with its own options; "
+                                                                                    "default: cma.")
+    budget: Optional[BudgetSpec] = Field(None, description="When the search stops; `evomerge search` needs one.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="How candidates are scored: lm-eval's own options.")
+    parents: Literal["device", "host"] = Field("device", description="Where the parents' tensors stay: on the "
+                                                                     "device, or in host memory, reaching the "
+                                                                     "device one tensor ahead of their merge.")
+    confirm: Optional[ConfirmSpec] = Field(None, description="Score the best candidates again on held-out tasks "
+                                                             "before crowning; default: off.")
+    track: TrackSpec = Field(default_factory=TrackSpec, description="Experiment trackers the search logs to; "
+                                                                    "default: none.")
 
     @model_validator(mode="after")
     def _genome_alone(self) -> "EvomergeSpec":

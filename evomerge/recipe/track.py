@@ -26,21 +26,26 @@ class _Strict(BaseModel):
 class MlflowSpec(_Strict):
     """MLflow's own names: a tracking URI (default: MLflow's, e.g. $MLFLOW_TRACKING_URI) and an experiment."""
 
-    tracking_uri: Optional[str] = Field(None, min_length=1)
-    experiment: str = Field("evomerge", min_length=1)
+    tracking_uri: Optional[str] = Field(None, min_length=1, description="Where MLflow stores the run; default: "
+                                                                         "MLflow's, e.g. $MLFLOW_TRACKING_URI.")
+    experiment: str = Field("evomerge", min_length=1, description="The MLflow experiment the run is logged under.")
 
 
 class WandbSpec(_Strict):
     """Weights & Biases' own names; `mode: offline` writes the run under $WANDB_DIR for `wandb sync`."""
 
-    project: str = Field("evomerge", min_length=1)
-    entity: Optional[str] = Field(None, min_length=1)
-    mode: Optional[Literal["online", "offline", "disabled"]] = None  # default: wandb's ($WANDB_MODE, else online)
+    project: str = Field("evomerge", min_length=1, description="The W&B project the run is logged to.")
+    entity: Optional[str] = Field(None, min_length=1, description="The W&B user or team; default: W&B's.")
+    mode: Optional[Literal["online", "offline", "disabled"]] = Field(
+        None, description="W&B's mode; default: W&B's ($WANDB_MODE, else online).")
 
 
 class TrackSpec(_Strict):
-    mlflow: switchable(MlflowSpec) = None
-    wandb: switchable(WandbSpec) = None
+    """The experiment trackers a search logs to, each off unless given."""
+
+    mlflow: switchable(MlflowSpec) = Field(None, description="Log to MLflow (`true`: the defaults); default: off.")
+    wandb: switchable(WandbSpec) = Field(None, description="Log to Weights & Biases (`true`: the defaults); "
+                                                           "default: off.")
 
     @property
     def enabled(self) -> bool:

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import cma
 import numpy as np
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from evomerge.searchers.base import (
     Fitness,
@@ -26,8 +26,10 @@ from evomerge.searchers.registry import register
 
 
 class CMAOptions(SearcherOptions):
-    popsize: Optional[PositiveInt] = None  # pycma's default: 4 + floor(3 ln d)
-    sigma0: PositiveFloat = 1 / 6  # of the unit cube, as Sakana's evolutionary merge used
+    popsize: Optional[PositiveInt] = Field(None, description="Candidates per generation, doubled at each restart; "
+                                                             "default: pycma's, 4 + floor(3 ln d) for d genes.")
+    sigma0: PositiveFloat = Field(1 / 6, description="The initial step size, in the unit cube of the genes "
+                                                     "(Sakana's evolutionary merge used 1/6).")
 
 
 class _Normal:

@@ -47,28 +47,33 @@ from evomerge.searchers.registry import register
 
 
 class DifferentialOptions(SearcherOptions):
-    f: float = Field(0.5, gt=0, description="Evolver's F (typically 0.1-0.5)")
-    cr: float = Field(0.5, ge=0, le=1, description="binomial crossover rate")
+    f: float = Field(0.5, gt=0, description="Evolver's F, the scale of the difference step (typically 0.1-0.5).")
+    cr: float = Field(0.5, ge=0, le=1, description="The binomial crossover rate of the child with its parent.")
 
 
 class SuccessionOptions(SearcherOptions):
-    step: float = Field(0.5, gt=0, description="GENOME+'s step size")
-    decay: float = Field(0.95, gt=0, le=1, description="the step's factor per generation")
+    step: float = Field(0.5, gt=0, description="GENOME+'s step size.")
+    decay: float = Field(0.95, gt=0, le=1, description="The step's factor per generation.")
 
 
 class GAOptions(SearcherOptions):
-    population: PositiveInt = Field(12, ge=4)
-    selection: Literal["tournament", "roulette"] = "tournament"
-    tournament_size: PositiveInt = 3
-    elitism: int = Field(2, ge=0)
-    crossover: Literal["blend", "uniform", "split"] = "blend"  # split: one split point over a route's slots (M2N2)
-    crossover_rate: float = Field(0.9, ge=0, le=1)
-    blend_alpha: float = Field(0.5, ge=0)
-    mutation_rate: float = Field(0.2, ge=0, le=1)
-    mutation_scale: float = Field(0.1, gt=0)
-    differential: Optional[DifferentialOptions] = None
-    succession: Optional[SuccessionOptions] = None
-    steady: bool = Field(False, description="steady-state: one child at a time, each result taken as it arrives")
+    population: PositiveInt = Field(12, ge=4, description="Individuals per generation.")
+    selection: Literal["tournament", "roulette"] = Field("tournament", description="How parents are selected.")
+    tournament_size: PositiveInt = Field(3, description="Individuals per tournament, with `selection: tournament`.")
+    elitism: int = Field(2, ge=0, description="The best individuals kept unchanged in each generation.")
+    crossover: Literal["blend", "uniform", "split"] = Field(
+        "blend", description="How two parents combine; `split`: one split point over a route's slots (M2N2).")
+    crossover_rate: float = Field(0.9, ge=0, le=1, description="The chance that a child is a crossover of its parents.")
+    blend_alpha: float = Field(0.5, ge=0, description="How far beyond its parents' interval, in shares of its "
+                                                      "width, a blend child may fall.")
+    mutation_rate: float = Field(0.2, ge=0, le=1, description="The chance that each gene of a child mutates "
+                                                              "(at least one does).")
+    mutation_scale: float = Field(0.1, gt=0, description="The std of the Gaussian mutation, in the unit cube.")
+    differential: Optional[DifferentialOptions] = Field(None, description="Evolver's differential step with greedy "
+                                                                          "replacement instead; default: off.")
+    succession: Optional[SuccessionOptions] = Field(None, description="GENOME+'s particle-swarm step after each "
+                                                                      "child; default: off.")
+    steady: bool = Field(False, description="Steady-state: one child at a time, each result taken as it arrives.")
 
 
 @dataclass

@@ -46,16 +46,20 @@ SYSTEM = (
 
 
 class LLMOptions(SearcherOptions):
-    endpoint: str = Field(description="the OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    batch: PositiveInt = 4
-    timeout: PositiveFloat = 60.0
-    retries: NonNegativeInt = 2
-    backoff: PositiveFloat = 1.0  # seconds before the first retry, doubled after each
-    token_budget: PositiveInt = Field(3000, ge=500)
-    temperature: float = Field(0.7, ge=0, le=2)
-    mutation_scale: PositiveFloat = 0.1  # of the fallback, in the unit cube
+    endpoint: str = Field(description="The OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The model's name at the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="The environment variable holding the API key "
+                                                           "(local servers need none).")
+    batch: PositiveInt = Field(4, description="Candidates proposed per request.")
+    timeout: PositiveFloat = Field(60.0, description="Seconds a request may take.")
+    retries: NonNegativeInt = Field(2, description="Retries of a request that timed out or failed, "
+                                                   "before the batch falls back.")
+    backoff: PositiveFloat = Field(1.0, description="Seconds before the first retry, doubled after each.")
+    token_budget: PositiveInt = Field(3000, ge=500, description="The request's size in tokens, "
+                                                                "counted as 4 characters each.")
+    temperature: float = Field(0.7, ge=0, le=2, description="The model's sampling temperature.")
+    mutation_scale: PositiveFloat = Field(0.1, description="The std of the fallback's Gaussian mutation, "
+                                                           "in the unit cube.")
 
     def probe(self, source: Optional[Path] = None) -> None:
         """One request of one token: nothing answering, a refused key, an unknown endpoint or model end

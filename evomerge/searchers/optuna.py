@@ -21,11 +21,13 @@ from evomerge.searchers.registry import register
 
 
 class OptunaOptions(SearcherOptions):
-    sampler: Literal["tpe", "cmaes", "nsga2", "random"] = "tpe"
-    batch: PositiveInt = Field(8, description="a generation: NSGA-II's population, Optuna CMA-ES's popsize")
-    startup_trials: Optional[PositiveInt] = Field(None, description="TPE's random start-up trials (Optuna's default 10)")
+    sampler: Literal["tpe", "cmaes", "nsga2", "random"] = Field("tpe", description="Optuna's sampler; "
+                                                                                   "`nsga2` for several objectives.")
+    batch: PositiveInt = Field(8, description="A generation: NSGA-II's population, Optuna CMA-ES's popsize.")
+    startup_trials: Optional[PositiveInt] = Field(None, description="TPE's random start-up trials "
+                                                                    "(Optuna's default 10).")
     pruner: Optional[Literal["median", "successive_halving", "hyperband"]] = Field(
-        None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing)")
+        None, description="Optuna's pruner, fed each racing stage's estimate (needs eval.racing).")
 
 
 @register("optuna")
@@ -121,7 +123,7 @@ class OptunaSearch(Searcher):
 
 
 class RandomOptions(OptunaOptions):
-    sampler: Literal["random"] = "random"
+    sampler: Literal["random"] = Field("random", description="Optuna's RandomSampler, the only one.")
 
 
 @register("random")

@@ -58,7 +58,8 @@ def options_union() -> Any:
     default = SearcherSpec.model_fields["name"].default
     variants = tuple(
         create_model(f"{cls.__name__}Options", __base__=cls.Options, __doc__=_summary(cls),
-                     name=(Literal[name], name if name == default else ...))  # type: ignore[valid-type]
+                     name=(Literal[name], Field(name if name == default else ...,  # type: ignore[valid-type]
+                                                description="The searcher, by its registered name.")))
         for name, cls in sorted(SEARCHERS.items()))
     return Annotated[Union[variants], Field(discriminator="name")]
 

@@ -192,3 +192,31 @@ def test_a_searcher_registered_by_a_plugin_is_in_the_schema(plugin_searcher):
                             ({"name": "stepper", "popsize": 4}, False)]:
         text = _demo(_section(searcher=searcher))
         assert (_errors(schema, text) == []) == valid == _loader_accepts(text), searcher
+
+
+def _keys_of(node, definitions: dict, seen: set):
+    """Every (model, key, field) of the object types `node` reaches through the schema's references."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _keys_of(item, definitions, seen)
+    elif isinstance(node, dict):
+        ref = node.get("$ref", "").rsplit("/", 1)[-1]
+        if ref and ref not in seen:
+            seen.add(ref)
+            for key, field in definitions[ref].get("properties", {}).items():
+                yield ref, key, field
+            yield from _keys_of(definitions[ref], definitions, seen)
+        for value in node.values():
+            yield from _keys_of(value, definitions, seen)
+
+
+def test_every_key_of_the_section_says_what_it_does_for_an_editor_to_show(schema):
+    """Descriptions are what an editor's hover and the recipe reference show. mergekit's model references
+    (inside `genome.models`) are mergekit's types, described by mergekit or not at all."""
+    mergekit_types = {"ModelReference", "ModelPath"}
+    keys = [(model, key, field) for model, key, field in _keys_of(schema["properties"]["evomerge"],
+                                                                  schema["definitions"], set(mergekit_types))]
+    assert {model for model, _, _ in keys} >= {"EvomergeSpec", "GeneSpec", "RoutingSpec", "GenomeSpec",
+                                               "RacingSpec", "WandbSpec", "CMAESOptions", "GeneticAlgorithmOptions",
+                                               "LLMSearchOptions"}
+    assert [f"{model}.{key}" for model, key, field in keys if not field.get("description")] == []

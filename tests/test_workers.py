@@ -125,7 +125,7 @@ def test_a_candidate_that_kills_its_worker_twice_is_stored_as_failed_and_the_run
 
 
 def _ray_processes() -> set:
-    found = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    found = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
     return {int(line.split()[0]) for line in found
             if any(word in line for word in ("ray::", "raylet", "gcs_server", "ray/dashboard", "ray/_private"))}
 

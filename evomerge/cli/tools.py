@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
@@ -88,7 +89,11 @@ def convert(config: Path, out: Path) -> None:
     raw = parse_yaml(read_text(config), config)
     if not isinstance(raw, dict) or "genome" not in raw:
         raise EvomergeError("expected a mergekit-evolve config, with a `genome:` key", path=config)
-    text = recipe_text(raw, config, out_dir=out.resolve().parent if out else None)
+    _write_or_print(recipe_text(raw, config, out_dir=out.resolve().parent if out else None), out)
+
+
+def _write_or_print(text: str, out: Optional[Path]) -> None:
+    """`text` into the file `out` names, or on standard output without one."""
     if out:
         out.write_text(text, encoding="utf-8")
         click.echo(f"wrote {out}", err=True)
@@ -104,12 +109,7 @@ def schema(out: Path) -> None:
     keys, a stage's name and the evomerge section, the searchers' options by searcher name."""
     from evomerge.recipe.json_schema import recipe_json_schema
 
-    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
-    if out:
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}", err=True)
-    else:
-        click.echo(text, nl=False)
+    _write_or_print(json.dumps(recipe_json_schema(), indent=2) + "\n", out)
 
 
 @click.command()

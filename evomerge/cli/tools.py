@@ -124,7 +124,9 @@ def plan(recipe, device_memory, workers, options: RunOptions):
     from configs and safetensors headers: no weight is loaded."""
     from evomerge.recipe.loading import load_recipe
     from evomerge.recipe.stages import check_stage_parents
+    from evomerge.run.loop import confirmation_suite
     from evomerge.run.memory_plan import documents_per_evaluation, make_plan, parse_bytes
+    from evomerge.run.resolution import resolution_line
 
     loaded = load_recipe(recipe)
     check_stage_parents(loaded.stages, loaded.path, allow_pickle=True)
@@ -134,6 +136,9 @@ def plan(recipe, device_memory, workers, options: RunOptions):
                           trust_remote_code=options.trust_remote_code)
     for line in found.lines(documents_per_evaluation(loaded)):
         click.echo(line)
+    said = resolution_line(loaded, confirmation_suite(loaded))
+    if said:
+        click.echo(said[0].upper() + said[1:])
     problem = found.refusal()
     if problem:
         raise EvomergeError(problem, path=loaded.path, key="evomerge.parents")

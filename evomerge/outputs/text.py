@@ -5,6 +5,7 @@ page, the run's report.md and the exported model card (export.py) say the same w
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -61,26 +62,65 @@ def scored_on(report: Dict[str, Any]) -> str:
             "winner; ± is lm-eval's standard error.")
 
 
+def resolved(report: Dict[str, Any]) -> str:
+    """What the documents can tell apart: the smallest paired difference they resolve at two standard errors."""
+    found = report.get("resolution")
+    if not found:
+        return ""
+    start = f" ({found['search_start']:.4f} from the start's own scores)" if found.get("search_start") else ""
+    said = (f"Resolution at two standard errors: the {found['search_documents']} search documents tell apart "
+            f"differences of {found['search_bound']:.4f} (binomial bound){start}")
+    if found.get("confirm_start"):
+        said += f"; the {found['confirm_documents']} confirmation documents, {found['confirm_start']:.4f}"
+    return said + "."
+
+
+def _difference(entry: Dict[str, Any]) -> str:
+    found = entry.get("difference")
+    return f"{found['value']:+.4f} ± {found['stderr']:.4f}" if found else "n/a"
+
+
 def confirmed(report: Dict[str, Any]) -> str:
-    """The sentence above the two rankings of the finalists, or '' when nothing was confirmed."""
+    """The crowning in words: who won, on which documents, by how much, and what would settle a near-tie."""
     found = report.get("confirmation")
     if not found:
         return ""
-    return (f"Confirmed before crowning: the search's {len(found['search_order'])} best candidates were scored on "
-            f"{', '.join(found['tasks'])} (never searched on, not in the table above); the winner #{report['winner_id']} "
-            "is the best there.")
+    if found.get("unconfirmed"):
+        return ("Not confirmed: the fitness scores no lm-eval documents to hold back, so the search's best is the "
+                "winner.")
+    compared = (f"the {len(found['finalists'])} finalists (the best by the {found['rank']} estimate) and the start "
+                f"were scored on {found['source']}, which chose none of them")
+    if found["beat_start"] is None:
+        return f"Confirmed before crowning: {compared}; the searcher never scored the start, so nothing checks " \
+               f"that #{found['winner']} is better than it."
+    if found["beat_start"]:
+        entry = next(e for e in found["confirmation_order"] if e["id"] == found["winner"])
+        return (f"Confirmed before crowning: {compared}; #{found['winner']} beat the start there by "
+                f"{_difference(entry)}, paired, beyond {found['threshold']:.2f} standard errors "
+                f"({found['z']:g} for one comparison, raised for {len(found['finalists'])}).")
+    closest = sorted(found["confirmation_order"], key=lambda e: -e.get("difference", {}).get("value", 0.0))
+    said = (f"No candidate beat the start by more than the noise: {compared}; none beat it by "
+            f"{found['threshold']:.2f} standard errors, so the winner is the start (#{found['start']}). Closest: "
+            + ", ".join(f"#{e['id']} {_difference(e)}" for e in closest[:3]))
+    best = closest[0].get("difference") if closest else None
+    if best and best["value"] > 0 and best["stderr"] > 0:
+        documents = sum(found["documents"].values())
+        needed = math.ceil(documents * (found["threshold"] * best["stderr"] / best["value"]) ** 2)
+        said += (f"; about {needed} confirmation documents (now {documents}) would resolve #{closest[0]['id']}'s "
+                 f"difference if it is real")
+    return said + "."
 
 
 def rankings_table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     """The finalists by search fitness and by confirmation, side by side, as text cells."""
     found = report.get("confirmation")
-    if not found:
+    if not found or not found.get("finalists"):
         return [], []
 
     def cell(entry: Dict[str, Any], first: str) -> str:
         values = {"search": entry["fitness"], "confirmation": entry["confirmation"]}
         other = "confirmation" if first == "search" else "search"
-        return f"#{entry['id']} {values[first]:.4f} ({other} {values[other]:.4f})"
+        return f"#{entry['id']} {values[first]:.4f} ({other} {values[other]:.4f}; vs start {_difference(entry)})"
 
     header = ["rank", "search fitness order", "confirmation order"]
     body = [[str(rank), cell(by_search, "search"), cell(by_confirmation, "confirmation")]
@@ -105,12 +145,14 @@ def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
 
 def render_markdown(report: Dict[str, Any]) -> str:
     header, body = table(report)
-    said = [line for line in (summary(report), scored_on(report), verdict(report)) if line]
+    said = [line for line in (summary(report), resolved(report), scored_on(report), verdict(report)) if line]
     lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     header, body = rankings_table(report)
+    if confirmed(report):
+        lines += ["", confirmed(report)]
     if body:
-        lines += ["", confirmed(report), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
@@ -143,7 +185,7 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
     header, body = table(report)
     summary_line = html.escape(summary(report)).replace(f"`{report['searcher']}`",
                                                          f"<code>{html.escape(str(report['searcher']))}</code>")
-    said = " ".join(html.escape(line) for line in (scored_on(report), verdict(report)) if line)
+    said = " ".join(html.escape(line) for line in (resolved(report), scored_on(report), verdict(report)) if line)
     lines = [f"<p>{summary_line} {said}</p>", "<table>",
              "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for row, cells in zip(report["rows"], body):
@@ -151,8 +193,10 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
                      + "</tr>")
     lines.append("</table>")
     header, body = rankings_table(report)
+    if confirmed(report):
+        lines.append(f"<p>{html.escape(confirmed(report))}</p>")
     if body:
-        lines += [f"<p>{html.escape(confirmed(report))}</p>", "<table>",
+        lines += ["<table>",
                   "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
         lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
         lines.append("</table>")

@@ -110,8 +110,6 @@ def load_recipe(path: Union[str, Path], text: Optional[str] = None) -> Recipe:
 def _check_confirm(spec: EvomergeSpec, path: Path) -> None:
     """Confirmation tasks are a third split: scoring finalists on what chose them, or on what the
     report shows, would confirm nothing."""
-    if spec.confirm is None:
-        return
     used = {t.name: "a search task" for t in spec.tasks} | {t: "a report task" for t in spec.report_tasks}
     for index, task in enumerate(spec.confirm.tasks):
         if task in used:

@@ -260,12 +260,22 @@ class BudgetSpec(_Strict):
 
 
 class ConfirmSpec(_Strict):
-    """Before crowning: the `top` best fully scored candidates are scored on these tasks, which the
-    search never optimized and the report does not show, and the best there wins. The search's own
-    best is the best of many tries on the search documents, so its lead there is partly luck."""
+    """Before crowning: the search's best is the best of many tries on the search documents, so its
+    lead there is partly luck. The `top` candidates the search estimates best are scored again, with
+    the start, on documents that never chose them: these `tasks`, or else a seeded `hold_back` share of
+    the search tasks' documents, which the search never scores. The best of them replaces the start
+    only if it beats the start there, paired on the same documents, beyond the noise."""
 
-    top: PositiveInt = Field(description="How many of the best fully scored candidates are scored again.")
-    tasks: List[str] = Field(min_length=1, description="The lm-eval tasks they are scored on, held out of the search.")
+    top: PositiveInt = Field(4, description="How many candidates are scored again: the best by `rank`.")
+    tasks: List[str] = Field(default_factory=list, description="lm-eval tasks held out of the search and the "
+                                                               "report; default: documents held back instead.")
+    hold_back: float = Field(0.25, gt=0, lt=1, description="Without `tasks`: the share of each search task's "
+                                                           "documents held back (seeded by `seed`).")
+    rank: Literal["surrogate", "score"] = Field(
+        "surrogate", description="How the `top` are chosen: `surrogate`, a Gaussian process with a noise term "
+                                 "over every fully scored candidate; `score`, their search fitness.")
+    z: float = Field(2.0, gt=0, description="Standard errors a candidate must beat the start by, paired on the "
+                                            "confirmation documents; raised for the `top` compared (Bonferroni).")
 
 
 def _entry_kind(entry: Any) -> str:
@@ -305,8 +315,9 @@ class EvomergeSpec(_Strict):
     parents: Literal["device", "host"] = Field("device", description="Where the parents' tensors stay: on the "
                                                                      "device, or in host memory, reaching the "
                                                                      "device one tensor ahead of their merge.")
-    confirm: Optional[ConfirmSpec] = Field(None, description="Score the best candidates again on held-out tasks "
-                                                             "before crowning; default: off.")
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec, description="Crowning: the best candidates are "
+                                                                          "scored again, with the start, on "
+                                                                          "documents that did not select them.")
     track: TrackSpec = Field(default_factory=TrackSpec, description="Experiment trackers the search logs to; "
                                                                     "default: none.")
 
@@ -315,6 +326,12 @@ class EvomergeSpec(_Strict):
         if self.genome is not None and (self.search or self.noise is not None):
             raise ValueError("a genome is the whole search space; remove `search` and `noise` (or the genome)")
         return self
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_always(cls, value: Any) -> Any:
+        """`confirm: null` (once: no confirmation) is the defaults: the crown always checks the start."""
+        return {} if value is None else value
 
     @field_validator("fitness")
     @classmethod

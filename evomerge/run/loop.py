@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, replace
@@ -29,6 +30,7 @@ from evomerge.run.observers import observers, require_trackers
 from evomerge.run.pool import LocalPool, Outcome, Pool
 from evomerge.run.pruner import Pruner, make_pruner
 from evomerge.run.replay import replay, tell
+from evomerge.run.resolution import resolution_line
 from evomerge.run.run_lock import RunLock
 from evomerge.run.schedule import Finished, Schedule, Staged
 from evomerge.run.store import Evaluation, RunStore
@@ -45,8 +47,8 @@ class SearchInterrupted(Exception):
 def confirmation_suite(recipe: Recipe) -> Optional[TaskSuite]:
     """The confirmation tasks, loaded (so an unknown one is refused) before anything else loads."""
     spec = recipe.spec
-    if spec.confirm is None:
-        return None
+    if not spec.confirm.tasks:
+        return None  # the search tasks' held-back documents confirm instead (run/worker.py)
     return TaskSuite(spec.confirm.tasks, recipe.task_paths(), source=recipe.path, key=f"{SECTION}.confirm.tasks",
                      options=spec.eval, seed=spec.seed)
 
@@ -161,6 +163,9 @@ class Search:
         self._failures = FailurePolicy(budget.max_failures, budget.max_consecutive_failures, finished)
         self._best = max((e.fitness for e in finished if e.ok), default=None)
         self.store.set_meta("status", "running")
+        said = resolution_line(self.recipe, self.confirmation)
+        if said and not self.options.quiet:
+            tqdm.write(said, file=sys.stderr)
         self._progress = tqdm(total=self.budget, initial=min(self._finished, self.budget), desc="search",
                               disable=self.options.quiet, unit="cand")
         pool = None

@@ -190,7 +190,7 @@ def _longest_request(recipe: Recipe, max_length: int) -> Tuple[int, str]:
 
     spec = recipe.spec
     searched = [t.name for t in spec.tasks]
-    names = searched + list(spec.report_tasks) + (list(spec.confirm.tasks) if spec.confirm else [])
+    names = searched + list(spec.report_tasks) + list(spec.confirm.tasks)
     tokenizer = _tokenizer(recipe)
     if not names or tokenizer is None:
         return max_length, f"max_length{'' if names else ', no tasks'}{'' if tokenizer else ', no tokenizer found'}"
@@ -219,10 +219,14 @@ def _tokenizer(recipe: Recipe):
 
 def documents_per_evaluation(recipe: Recipe) -> int:
     """Documents one full evaluation scores, all search tasks together (lm-eval's tasks are built for it)."""
-    from evomerge.run.worker import scoring
+    from evomerge.run.worker import held_back_split, scoring
 
     suite, _ = scoring(recipe)
-    return sum(suite.documents(task, recipe.spec.eval.limit) for task in suite.names) if suite else 0
+    if suite is None:
+        return 0
+    split = held_back_split(recipe, suite)
+    return sum(len(split.search[task]) if split else suite.documents(task, recipe.spec.eval.limit)
+               for task in suite.names)
 
 
 def check_fits(recipe: Recipe, *, device: Optional[str], workers: int, trust_remote_code: bool = False) -> None:

@@ -31,7 +31,7 @@ from evomerge.scoring import continuous
 from evomerge.scoring.fitness import Metrics, Objective
 from evomerge.scoring.racing import Bar, Race, RaceResult, check_averaged
 from evomerge.scoring.scorer import LMEvalScorer
-from evomerge.scoring.tasks import TaskSuite
+from evomerge.scoring.tasks import Split, TaskSuite
 
 
 def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
@@ -44,6 +44,15 @@ def scoring(recipe: Recipe) -> Tuple[Optional[TaskSuite], Objective]:
     if spec.eval.racing and suite and (problem := check_averaged(objective, suite)):
         raise EvomergeError(problem, path=recipe.path, key=f"{SECTION}.eval.racing")
     return suite, objective
+
+
+def held_back_split(recipe: Recipe, suite: Optional[TaskSuite]) -> Optional[Split]:
+    """The search tasks' documents held back to confirm the finalists, when the recipe names no
+    confirmation tasks; every worker draws the same (seeded by the recipe's seed)."""
+    confirm = recipe.spec.confirm
+    if suite is None or confirm.tasks:
+        return None
+    return suite.split(confirm.hold_back, recipe.spec.seed, recipe.spec.eval.limit)
 
 
 def _freed(failed: Outcome) -> Outcome:
@@ -66,8 +75,10 @@ class Worker:
         with mergekit_refusals(recipe.path):
             self.materializer = search_materializer(self.space, options=options, parents=spec.parents,
                                                  dtype=scoring_dtype(recipe.merge, spec.eval, device.type))
+        self.split = held_back_split(recipe, self.suite)
         self.scorer = LMEvalScorer(self.suite, self.materializer.model, self.materializer.tokenizer,
                                    options=spec.eval, limit=spec.eval.limit,
+                                   samples=self.split.search if self.split else None,
                                    continuous=continuous.wanted(t.metric for t in spec.tasks)) if self.suite else None
         self.race = Race(spec.eval.racing, self.scorer, self.objective, spec.seed) if spec.eval.racing else None
         self._stages: Optional[Iterator[RaceResult]] = None

@@ -75,8 +75,9 @@ class Race:
         self.margin = spec.margin
         suite = scorer.suite
         rng = np.random.default_rng(seed)
-        self.totals = {task: suite.documents(task, scorer.limit) for task in suite.names}
-        orders = {task: rng.permutation(total) for task, total in self.totals.items()}
+        pools = {task: np.asarray(scorer.pool(task)) for task in suite.names}
+        self.totals = {task: len(pool) for task, pool in pools.items()}
+        orders = {task: pool[rng.permutation(len(pool))] for task, pool in pools.items()}
         self.stages: List[Dict[str, List[int]]] = []
         done = {task: 0 for task in suite.names}
         for share in spec.stages:

@@ -77,6 +77,7 @@ class LMEvalScorer:
         *,
         options: EvalSpec = EvalSpec(),
         limit: Optional[int] = None,
+        samples: Optional[Dict[str, List[int]]] = None,
         bootstrap_iters: int = 0,
         continuous: bool = False,
     ):
@@ -84,6 +85,7 @@ class LMEvalScorer:
         self.continuous = continuous
         self.options = options
         self.limit = limit
+        self.samples = samples  # each task's documents, when not its first `limit` (documents held back)
         self.bootstrap_iters = bootstrap_iters
         model.eval()
         with log_levels.at_least("lm_eval", logging.ERROR):
@@ -91,23 +93,31 @@ class LMEvalScorer:
                               batch_size=batch_size(options, next(model.parameters()).device.type),
                               max_length=options.max_length)
 
+    def pool(self, task: str) -> List[int]:
+        """The ids of the task's documents that `score()` scores."""
+        return list(self.samples[task]) if self.samples else list(range(self.suite.documents(task, self.limit)))
+
     @property
     def documents(self) -> int:
         """Documents one `score()` scores, all tasks together."""
-        return sum(self.suite.documents(task, self.limit) for task in self.suite.names)
+        return sum(len(self.pool(task)) for task in self.suite.names)
+
+    def _whole(self) -> dict:
+        """`_evaluate`'s document selection for a whole evaluation."""
+        return {"limit": None, "samples": self.samples} if self.samples else {"limit": self.limit, "samples": None}
 
     def score(self) -> Metrics:
         """Each task's metrics (task -> key -> mean over the documents, and lm-eval's `_stderr` when
         it bootstraps), the continuous ones too if the scorer was made `continuous`."""
         if self.continuous:
             return self.score_with_documents()[0]
-        results = self._evaluate(limit=self.limit, samples=None, log_samples=False)
+        results = self._evaluate(**self._whole(), log_samples=False)
         return {task: task_metrics(results["results"][task]) for task in self.suite.names}
 
     def score_with_documents(self) -> Tuple[Metrics, Documents]:
         """`score()`'s metrics with the continuous ones (their means and `_stderr`), and each
         document's values in the dataset's order, from one lm-eval call."""
-        results = self._evaluate(limit=self.limit, samples=None, log_samples=True)
+        results = self._evaluate(**self._whole(), log_samples=True)
         documents = self._documents(results, order=None)
         metrics = {}
         for task in self.suite.names:

@@ -12,8 +12,11 @@ import io
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 from evomerge import log_levels
 from evomerge.errors import SECTION, EvomergeError, did_you_mean
@@ -68,6 +71,15 @@ def recipe_keys(spec: EvomergeSpec) -> Dict[str, str]:
     confirm = spec.confirm.tasks if spec.confirm else []
     return {**{name: f"{SECTION}.confirm.tasks" for name in confirm},
             **{name: f"{SECTION}.report_tasks" for name in spec.report_tasks}}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Each task's document ids: those a search scores, and those held back to confirm its finalists."""
+
+    search: Dict[str, List[int]]
+    held_back: Dict[str, List[int]]
+    share: float
 
 
 class TaskSuite:
@@ -127,6 +139,20 @@ class TaskSuite:
         """How many documents a full evaluation scores (lm-eval's `limit` counts per task)."""
         total = len(self.tasks[task].eval_docs)
         return min(total, limit) if limit else total
+
+    def split(self, share: float, seed: int, limit: Optional[int] = None) -> "Split":
+        """A seeded `share` of each task's documents held back (at least one, at most all but one), and
+        the rest, in the dataset's order, of which a search scores the first `limit`."""
+        rng = np.random.default_rng(seed)
+        search, held = {}, {}
+        for task in self.names:
+            total = len(self.tasks[task].eval_docs)
+            count = min(max(round(share * total), 1), total - 1)
+            kept = np.ones(total, dtype=bool)
+            kept[rng.choice(total, size=count, replace=False)] = False
+            search[task] = [int(i) for i in np.flatnonzero(kept)][:limit or None]
+            held[task] = [int(i) for i in np.flatnonzero(~kept)]
+        return Split(search, held, share)
 
     def averaged(self, task: str, metric: str) -> bool:
         """Whether the metric is a mean over documents, so a subset's mean estimates it."""

@@ -67,8 +67,12 @@ class CMAES(GenerationalSearcher):
         if self.es.stop():
             self.restarts += 1
             self.es = self._strategy(np.clip(self.es.result.xbest, 0.0, 1.0))
+        first = self._next_id == 0
+        if first:  # the start recipe is scored first, as by every searcher: the crown's baseline
+            self.es.inject([self.x0], force=True)
         self._solutions = self.es.ask()
-        return [self._proposal(x, operator="cma", restart=self.restarts) for x in self._solutions]
+        return [self._proposal(x, operator="start" if first and index == 0 else "cma", restart=self.restarts)
+                for index, x in enumerate(self._solutions)]
 
     def _tell_generation(self, proposals: Sequence[Proposal], fitnesses: Sequence[Fitness]) -> None:
         values = [scalar(f) for f in fitnesses]

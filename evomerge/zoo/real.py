@@ -135,9 +135,10 @@ def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60, lr: float = 1e-4) -
     return manifest
 
 
-def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "real.yaml", **evomerge) -> Path:
-    """Task arithmetic of the real base and its fine-tunes, one 2-point weight gradient per
-    fine-tune searched on their search tasks; the `evomerge:` keys given replace the defaults."""
+def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "real.yaml", weight: float = 0.5,
+                      **evomerge) -> Path:
+    """Task arithmetic of the real base and its fine-tunes, each at `weight`, one 2-point weight gradient
+    per fine-tune searched on their search tasks; the `evomerge:` keys given replace the defaults."""
     section = {
         "seed": 0,
         "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}],
@@ -151,7 +152,7 @@ def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "rea
     recipe = {
         "merge_method": "task_arithmetic",
         "base_model": str(Path(zoo) / "base"),
-        "models": [{"model": str(Path(zoo) / s), "parameters": {"weight": 0.5}} for s in SPECIALTIES],
+        "models": [{"model": str(Path(zoo) / s), "parameters": {"weight": weight}} for s in SPECIALTIES],
         "dtype": "float32",
         "evomerge": {**section, **evomerge},
     }

@@ -1,23 +1,25 @@
-"""Confirmation scores: the search's finalists scored on tasks it never optimized. They decide the
-winner, so the standings (what `best.yaml`, the report and export's ranks follow) are read here."""
+"""Confirmation scores and the crown: candidates scored again, with the start, on documents that
+did not select them, and the run's decision from them. The crown decides the standings (what
+`best.yaml`, the report and export's ranks follow), which are read here."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
-from evomerge.run.store.evaluations import Evaluation, Evaluations
+from evomerge.run.store.evaluations import DocumentScores, Evaluation, Evaluations
 
-TOP = "confirm_top"  # the meta key of the recipe's confirm.top, stored when finalists are confirmed
+CROWN = "crown"  # the meta key of the last crowning (outputs/crowning.py writes it)
 
 
 @dataclass(frozen=True)
 class Confirmation:
     evaluation: int
-    fitness: float  # the confirmation tasks' metrics as one number, higher is better
+    fitness: float  # the confirmation documents' scores as one number, higher is better
     metrics: Dict[str, Dict[str, float]]
+    documents: DocumentScores = field(default_factory=dict)  # each confirmation document's values, for paired tests
 
 
 class Confirmations:
@@ -27,24 +29,35 @@ class Confirmations:
 
     def add(self, confirmation: Confirmation) -> None:
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO confirmations VALUES (?, ?, ?)",
-                            (confirmation.evaluation, confirmation.fitness, json.dumps(confirmation.metrics)))
+            self.db.execute("INSERT OR REPLACE INTO confirmations VALUES (?, ?, ?, ?)",
+                            (confirmation.evaluation, confirmation.fitness, json.dumps(confirmation.metrics),
+                             json.dumps(confirmation.documents)))
 
     def all(self) -> Dict[int, Confirmation]:
         """Evaluation id -> its confirmation."""
-        return {row[0]: Confirmation(row[0], row[1], json.loads(row[2]))
-                for row in self.db.execute("SELECT evaluation, fitness, metrics FROM confirmations")}
+        return {row[0]: Confirmation(row[0], row[1], json.loads(row[2]), json.loads(row[3]))
+                for row in self.db.execute("SELECT evaluation, fitness, metrics, documents FROM confirmations")}
+
+    def crown(self) -> Optional[Dict[str, Any]]:
+        """The last crowning: the winner's id, the start's, the finalists and the paired test."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (CROWN,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_crown(self, crown: Dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (CROWN, json.dumps(crown)))
 
     def standings(self) -> List[Evaluation]:
-        """Successful evaluations, the winner first: the finalists (the confirmed ones still among the
-        search's top `confirm.top`) by their confirmation fitness (ties: the better search rank), then
-        the rest in search order. Without finalists this is the search order: one confirmed before a
-        resume that has since dropped out of the top is not a finalist, until it is back in it."""
+        """Evaluations, the winner first: the crowned one (a finalist that beat the start, or the start),
+        then the other finalists by their confirmation fitness, then the rest of the successful ones in
+        search order. Before any crowning (a run still going) this is the search order."""
         ranked = self.evaluations.ranked()
+        crown = self.crown()
+        if crown is None:
+            return ranked
         confirmed = self.all()
-        top = self.db.execute("SELECT value FROM meta WHERE key = ?", (TOP,)).fetchone()
-        order = {e.id: index for index, e in enumerate(ranked)}
-        finalists = sorted((e for e in ranked[:json.loads(top[0]) if top else None] if e.id in confirmed),
-                           key=lambda e: (-confirmed[e.id].fitness, order[e.id]))
-        chosen = {e.id for e in finalists}
-        return finalists + [e for e in ranked if e.id not in chosen]
+        finalists = sorted((i for i in crown["finalists"] if i in confirmed), key=lambda i: -confirmed[i].fitness)
+        first = [crown["winner"]] + [i for i in finalists if i != crown["winner"]]
+        head = [e for e in (self.evaluations.get(i) for i in first) if e is not None]
+        chosen = {e.id for e in head}
+        return head + [e for e in ranked if e.id not in chosen]

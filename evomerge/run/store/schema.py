@@ -12,7 +12,8 @@ from evomerge.files import full_disk_said, is_full_disk
 from evomerge.run.run_lock import LOCK_FILE
 
 DATABASE = "run.db"
-FORMAT = 3  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column, no fingerprints
+FORMAT = 4  # 1: searcher checkpoints were pickles; 2: per-document scores were a JSON column, no fingerprints;
+# 3: confirmations kept no per-document scores
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS confirmations (
     evaluation INTEGER PRIMARY KEY REFERENCES evaluations (id),
     fitness REAL NOT NULL,
-    metrics TEXT NOT NULL
+    metrics TEXT NOT NULL,
+    documents TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reports (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -103,6 +105,8 @@ def open_existing(directory: Path) -> sqlite3.Connection:
     db = _connect(directory)
     if version == 2:
         _from_format_2(db)
+    if version <= 3:
+        _from_format_3(db)
     return db
 
 
@@ -115,6 +119,15 @@ def _from_format_2(db: sqlite3.Connection) -> None:
                             for task, found in json.loads(blob).items() for key, values in found.items()])
         db.execute("ALTER TABLE evaluations DROP COLUMN document_scores")
         db.execute("ALTER TABLE evaluations ADD COLUMN device TEXT")
+
+
+def _from_format_3(db: sqlite3.Connection) -> None:
+    """Format 3's confirmations had no per-document scores, which the crowning's paired test needs:
+    they are dropped (the run's next finish scores its finalists again) with the old rule's meta."""
+    with db:
+        db.execute("DROP TABLE confirmations")
+        db.executescript(SCHEMA)
+        db.execute("DELETE FROM meta WHERE key = 'confirm_top'")
         db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (json.dumps(FORMAT),))
 
 

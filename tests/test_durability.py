@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from evomerge.cli import main
 from evomerge.errors import EvomergeError
-from evomerge.outputs.confirmation import confirm_finalists, rankings
+from evomerge.outputs.confirmation import confirm_finalists, confirmation_documents, rankings
 from evomerge.recipe.loading import load_recipe
 from evomerge.run import start
 from evomerge.run.observers.tracker import RunInfo, Tracker
@@ -114,23 +114,29 @@ def test_observers_follow_the_order_the_run_told_its_results_not_the_clock(demo_
 
 
 def _confirm(search) -> None:
-    confirm_finalists(search.store, search.recipe, search.space, search.worker.materializer, search.confirmation,
-                      quiet=True)
+    worker = search.worker
+    documents = confirmation_documents(search.recipe, search.confirmation, worker.suite, worker.objective, worker.split)
+    confirm_finalists(search.store, search.recipe, search.space, worker.materializer, documents, quiet=True)
 
 
 def test_a_finalist_confirmed_before_a_resume_does_not_outrank_the_new_top(demo_recipe, tmp_path):
     run = tmp_path / "run"
-    recipe = _recipe(demo_recipe, tmp_path, confirm={"top": 2, "tasks": ["zoo_pair_confirm"]})
+    recipe = _recipe(demo_recipe, tmp_path, confirm={"top": 2, "tasks": ["zoo_pair_confirm"], "rank": "score"})
     search = start_search(recipe, run, SearchOptions(evaluations=3, quiet=True))
     search.run()
-    _confirm(search)  # each candidate scores better than the one before: 2 and 1 are the finalists
-    assert set(search.store.confirmations.all()) == {1, 2}
+    _confirm(search)  # each candidate scores better than the one before: 2 and 1 are the finalists, 0 the start
+    assert set(search.store.confirmations.all()) == {0, 1, 2}
 
     resumed = resume_search(run, RunOptions(quiet=True), evaluations=5)
-    resumed.run()  # 3 and 4 are the top 2 now, not yet confirmed
+    resumed.run()  # 3 and 4 are the top 2 now, not yet confirmed; the old crown is gone until the run finishes
     store = resumed.store
     assert [e.id for e in store.confirmations.standings()] == [4, 3, 2, 1, 0]  # the search's order
     _confirm(resumed)
-    assert set(store.confirmations.all()) == {1, 2, 3, 4}
-    assert {e.id for e in store.confirmations.standings()[:2]} == {3, 4}
-    assert {entry["id"] for entry in rankings(resumed.store, resumed.confirmation)["confirmation_order"]} == {3, 4}
+    assert set(store.confirmations.all()) == {0, 1, 2, 3, 4}
+    crown = store.confirmations.crown()
+    assert crown["finalists"] == [4, 3] and crown["winner"] in (0, 3, 4)
+    head = {crown["winner"], 3, 4}  # the crowned (a finalist, or the start if neither beat it), then the finalists
+    ids = [e.id for e in store.confirmations.standings()]
+    assert ids[0] == crown["winner"] and set(ids[:len(head)]) == head
+    assert {entry["id"] for entry in rankings(store)["confirmation_order"]} == {3, 4}
+

@@ -63,6 +63,14 @@ def test_every_searcher_is_configured_here():
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_every_searcher_scores_the_start_recipe_first(config):
+    """The crown's baseline: a candidate replaces the start only if it beats the start's own scores."""
+    x0 = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
+    searcher = make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=x0, seed=11)
+    assert np.array_equal(searcher.ask()[0].genotype, x0)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_a_fresh_searcher_that_replays_the_asks_and_tells_continues_exactly(config):
     make = lambda: make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=11)
     searcher, log, rng = make(), [], np.random.default_rng(0)

@@ -53,9 +53,8 @@ def confirmation_documents(recipe: Recipe, confirm_suite: Optional[TaskSuite], s
                                      f"the confirmation tasks {', '.join(confirm_suite.names)}")
     if search_suite is None or split is None:
         return None
-    tasks = [t for t in recipe.spec.tasks]
     held = sum(map(len, split.held_back.values()))
-    return ConfirmationDocuments(search_suite, split.held_back, Objective(tasks, search_suite),
+    return ConfirmationDocuments(search_suite, split.held_back, Objective(recipe.spec.tasks, search_suite),
                                  f"{held} documents of the search tasks held back from the search "
                                  f"({split.share:.0%}, seeded by the recipe's seed)")
 

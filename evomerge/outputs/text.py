@@ -67,11 +67,11 @@ def resolved(report: Dict[str, Any]) -> str:
     found = report.get("resolution")
     if not found:
         return ""
-    start = f" ({found['search_start']:.4f} from the start's own scores)" if found.get("search_start") else ""
+    start = f", {found['search_start']:.4f} by the start's own scores" if found.get("search_start") else ""
     said = (f"Resolution at two standard errors: the {found['search_documents']} search documents tell apart "
-            f"differences of {found['search_bound']:.4f} (binomial bound){start}")
+            f"differences of {found['search_bound']:.4f} by the binomial bound{start}")
     if found.get("confirm_start"):
-        said += f"; the {found['confirm_documents']} confirmation documents, {found['confirm_start']:.4f}"
+        said += f"; the {found['confirm_documents']} confirmation documents, {found['confirm_start']:.4f} by the start's"
     return said + "."
 
 

@@ -157,6 +157,7 @@ class Search:
         self.pruner = make_pruner(self.recipe, self.store, searcher, finished)
         self.searcher = replay(searcher, self.store, self.space.from_unit, self.separate, self.pruner)
         evaluations.requeue_running()
+        self.store.confirmations.clear_crown()  # decided again when the run finishes, among every evaluation
         self.store.views.rewrite()
         self._finished = len(finished)
         budget = self.recipe.spec.budget

@@ -47,6 +47,10 @@ class Confirmations:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (CROWN, json.dumps(crown)))
 
+    def clear_crown(self) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM meta WHERE key = ?", (CROWN,))
+
     def standings(self) -> List[Evaluation]:
         """Evaluations, the winner first: the crowned one (a finalist that beat the start, or the start),
         then the other finalists by their confirmation fitness, then the rest of the successful ones in

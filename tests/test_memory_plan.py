@@ -127,7 +127,10 @@ def test_the_plan_command_prints_the_figures_and_refuses_too_little_memory_namin
                  f"parents: device (the recipe's): {on_device} on the device, fits in the 80.00 GiB of --device-memory",
                  f"parents: host: {on_host} on the device, fits in the 80.00 GiB of --device-memory; "
                  f"{gib(planned.host_bytes('host'))} in host",
-                 "genes: 8", "documents: 150 per evaluation, 9600 per run"):
+                 "genes: 8", "documents: 112 per evaluation, 7168 per run",  # 38 of the 150 held back to confirm
+                 "Resolution at two standard errors (binomial bound): the 112 search documents tell apart "
+                 "differences of 0.1336; the 38 held-back documents (25% of the search tasks') that confirm the "
+                 "finalists, 0.2294"):
         assert line in fits.output
     assert planned.device_bytes("host") <= parse_bytes("24GiB") < planned.device_bytes("device")
     small = CliRunner().invoke(main, ["plan", str(path), "--device", "cuda", "--device-memory", "24GiB"])

@@ -88,6 +88,16 @@ def test_the_stages_share_one_shuffled_order_and_never_score_a_document_twice(re
     assert again.stages == race.stages and Race(RacingSpec(), scorer, objective, seed=1).stages != race.stages
 
 
+def test_a_race_never_scores_the_documents_held_back_to_confirm_the_finalists(resident):
+    _, _, materializer, scorer, objective = resident
+    split = scorer.suite.split(0.25, seed=0)
+    searching = LMEvalScorer(scorer.suite, materializer.model, materializer.tokenizer, samples=split.search)
+    race = Race(RacingSpec(), searching, objective, seed=0)
+    for task in TASKS:
+        ids = [i for stage in race.stages for i in stage[task]]
+        assert sorted(ids) == split.search[task] and not set(ids) & set(split.held_back[task])
+
+
 def test_requests_are_built_once_per_stage_whatever_the_number_of_candidates(resident):
     _, space, materializer, scorer, objective = resident
     race = Race(RacingSpec(), scorer, objective, seed=0)
@@ -119,7 +129,7 @@ def test_a_raced_search_stores_estimates_documents_and_picks_a_fully_scored_winn
     best = search.run()
     evaluations = RunStore.open(tmp_path / "run").evaluations.finished()
     raced = [e for e in evaluations if e.raced]
-    full = 4 * 150
+    full = 4 * (150 - 38)  # a seeded quarter of each task's 150 documents is held back to confirm the finalists
     assert raced and all(0 < e.documents < full and e.fitness is not None for e in raced)
     assert all(e.documents == full for e in evaluations if e.ok)
     assert best.ok and best.fitness == max(e.fitness for e in evaluations if e.ok)

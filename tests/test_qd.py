@@ -1,0 +1,161 @@
+"""The `qd` searcher: a map of merges (pyribs' archive), kept in the run store, drawn, exported by cell."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from test_resilience import BLOCKING_FITNESS, _start_cli
+from weights import assert_same_as_resident, same_tensors
+
+from evomerge.cli import main
+from evomerge.merge.materializer import Materializer
+from evomerge.outputs.export import candidate_of
+from evomerge.run.observers.study import storage_url, study_name
+from evomerge.run.start import SearchOptions, resume_search, start_search
+from evomerge.run.store import RunStore
+from evomerge.run.store.schema import DATABASE
+from evomerge.run_options import RunOptions
+from evomerge.searchers import SearcherSpec, make_searcher
+from evomerge.zoo.recipe import write_demo_recipe
+
+QD = {"name": "qd", "batch": 4, "resolution": 5}  # the start, then generations of 4, on a 5 x 5 map
+MEASURES = ("zoo_pair_search", "zoo_rev_search")  # the demo's first two search tasks: the default measures
+
+
+def _qd_recipe(directory: Path, zoo: dict, **evomerge) -> Path:
+    return write_demo_recipe(directory, zoo["dir"], **{"eval": {"limit": 10}, "searcher": QD, "confirm": None,
+                                                       **evomerge})
+
+
+@pytest.fixture(scope="module")
+def run_dir(zoo, tmp_path_factory) -> Path:
+    """One 9-evaluation qd search of the demo, shared by the tests that only read it."""
+    directory = tmp_path_factory.mktemp("qd")
+    start_search(_qd_recipe(directory, zoo), directory / "run", SearchOptions(evaluations=9, quiet=True)).run()
+    return directory / "run"
+
+
+def _cell(value: float) -> int:
+    return min(int(value * 5), 4)  # the default range [0, 1] in 5 cells
+
+
+def test_the_map_keeps_each_cells_best_evaluation_at_its_task_scores(run_dir):
+    store = RunStore.open(run_dir)
+    archive = store.archive.read()
+    evaluations = {e.id: e for e in store.evaluations.finished() if e.ok}
+    assert archive.measures == tuple(f"{task}.acc" for task in MEASURES) and archive.shape == (5, 5)
+    assert len(archive.elites) > 1
+    for elite in archive.elites:
+        evaluation = evaluations[elite.evaluation]
+        assert elite.measures == tuple(evaluation.metrics[task]["acc"] for task in MEASURES)
+        assert elite.objective == evaluation.fitness
+        assert elite.cell == tuple(_cell(v) for v in elite.measures)
+        in_cell = [e.fitness for e in evaluations.values()
+                   if tuple(_cell(e.metrics[task]["acc"]) for task in MEASURES) == elite.cell]
+        assert elite.objective == max(in_cell)
+    filled = {tuple(_cell(e.metrics[task]["acc"]) for task in MEASURES) for e in evaluations.values()}
+    assert {e.cell for e in archive.elites} == filled
+
+
+def test_the_runs_optuna_study_has_a_trial_per_evaluation_with_its_measures(run_dir):
+    store = RunStore.open(run_dir)
+    study = optuna.load_study(study_name=study_name(store), storage=storage_url(store))
+    assert len(study.trials) == 9
+    for trial in study.trials:
+        assert {task: trial.user_attrs["metrics"][task]["acc"] for task in MEASURES}
+
+
+def test_a_failed_candidate_is_ranked_last_and_never_on_the_map():
+    searcher = make_searcher(SearcherSpec(name="qd", measures=["a.acc", "b.acc"], batch=4), 3, np.full(3, 0.5), seed=0)
+    (start,) = searcher.ask()
+    searcher.tell(start.id, None)  # nothing on the map yet
+    for proposal in searcher.ask():  # all fail: the emitters start again
+        searcher.tell(proposal.id, None)
+    assert searcher.elites().elites == ()
+    failed = set()
+    for _ in range(3):
+        for index, proposal in enumerate(searcher.ask()):
+            if index % 2:
+                failed.add(proposal.id)
+                searcher.tell(proposal.id, None)
+            else:
+                x = proposal.genotype
+                searcher.tell(proposal.id, (float(x.sum()),), {"a.acc": float(x[0]), "b.acc": float(x[1])})
+    elites = searcher.elites().elites
+    assert elites and not failed & {e.evaluation for e in elites}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_rebuilds_the_map_of_an_uninterrupted_run(zoo, tmp_path):
+    (tmp_path / "fitness_under_test.py").write_text(BLOCKING_FITNESS)
+    recipe = _qd_recipe(tmp_path, zoo, fitness="fitness_under_test:score")
+    start_search(recipe, tmp_path / "reference", SearchOptions(evaluations=9, quiet=True)).run()
+
+    process = _start_cli(recipe, tmp_path / "killed", 9, block_at=4)  # the 3rd of 4 in generation 1
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _map(tmp_path / "killed") == _map(tmp_path / "reference", through=1)  # the start, generation 0
+    resume_search(tmp_path / "killed", RunOptions(quiet=True)).run()
+    assert _map(tmp_path / "killed") == _map(tmp_path / "reference")
+    assert len(_map(tmp_path / "reference")) > 1
+
+
+def _map(run_dir: Path, through: int = 10 ** 9):
+    """The archive table's rows, as stored, of elites among the first `through` evaluations."""
+    with sqlite3.connect(run_dir / DATABASE) as db:
+        rows = db.execute("SELECT * FROM archive ORDER BY cell").fetchall()
+    return [row for row in rows if row[2] < through] if through < 10 ** 9 else rows
+
+
+@pytest.mark.slow
+def test_an_elite_exported_by_cell_is_the_scored_one_and_mergekit_yaml_reproduces_it(run_dir, tmp_path):
+    store = RunStore.open(run_dir)
+    archive = store.archive.read()
+    elite = min(archive.elites, key=lambda e: e.objective)  # not the winner
+    cell = ",".join(map(str, elite.cell))
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "model"), "--cell", cell,
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"evaluation #{elite.evaluation} " in card and f"On the map of the search: cell {cell} of the 5 × 5" in card
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    materializer = Materializer(candidate_of(store, store.evaluations.get(elite.evaluation)).merge,
+                                options=RunOptions(quiet=True))
+    materializer.materialize(candidate_of(store, store.evaluations.get(elite.evaluation)))
+    assert_same_as_resident(exported, materializer.model)
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(mergekit_yaml), str(tmp_path / "model" / "mergekit_config.yml"), str(tmp_path / "again")],
+                   check=True, capture_output=True)
+    assert same_tensors(load_file(tmp_path / "again" / "model.safetensors"), exported)
+
+    nearest = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "near"), "--measures",
+                                        ",".join(f"{v + 0.01}" for v in elite.measures), "--quiet"])
+    assert nearest.exit_code == 0, nearest.output
+    assert f"evaluation #{elite.evaluation} " in (tmp_path / "near" / "README.md").read_text()
+
+
+def test_an_empty_cell_is_refused_naming_the_filled_ones(run_dir, tmp_path):
+    filled = {e.cell for e in RunStore.open(run_dir).archive.read().elites}
+    empty = next((i, j) for i in range(5) for j in range(5) if (i, j) not in filled)
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "m"),
+                                       "--cell", f"{empty[0]},{empty[1]}"])
+    assert result.exit_code == 2 and f"--cell: cell {empty[0]},{empty[1]} of the map is empty; filled" in result.output
+
+
+def test_a_measure_that_is_not_a_search_task_is_refused_at_load_in_one_line(zoo, tmp_path):
+    recipe = _qd_recipe(tmp_path, zoo, searcher={**QD, "measures": ["zoo_pair_search", "zoo_pair_report"]})
+    result = CliRunner().invoke(main, ["search", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output == (f"error: {recipe}: evomerge.searcher.measures[1]: measure 'zoo_pair_report' is neither a "
+                             "search task nor a custom fitness term; expected one of zoo_pair_search, zoo_rev_search, "
+                             "zoo_sort_search, zoo_shift_search\n")
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 
 from evomerge.files import write_atomically
 from evomerge.outputs.confirmation import confirm_finalists, rankings
+from evomerge.outputs.qd_map import map_report
 from evomerge.outputs.report import write_report
 from evomerge.outputs.scoreboard import build_report
 from evomerge.outputs.text import render_markdown
@@ -46,6 +47,7 @@ def finish_run(store: RunStore, recipe: Recipe, space: SearchSpace, worker: Work
     ranked = store.evaluations.ranked()
     report["search_best_id"], report["best_fitness"] = ranked[0].id, ranked[0].fitness
     report["confirmation"] = rankings(store, confirmation)
+    report.update(map_report(store.archive.read(), recipe, worker))  # a qd run's Pareto front and parents on its map
     store.put_report("report", report)
     store.views.rewrite()
     write_report_files(store.directory, report)

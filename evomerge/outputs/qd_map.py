@@ -5,12 +5,17 @@ Pareto front over the measures (for the report), and where an evaluation sits on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from evomerge.errors import EvomergeError
+from evomerge.recipe import layout
+from evomerge.recipe.loading import Recipe
+from evomerge.recipe.space_factory import build_space
+from evomerge.run.worker import Worker
 from evomerge.searchers import Archive, Elite
+from evomerge.searchers.qd import measure
 
 
 def numbers(text: str, kind: type, source: Path, key: str) -> List:
@@ -55,11 +60,26 @@ def front(archive: Archive) -> List[Elite]:
     return [e for e in archive.elites if not any(dominates(other, e) for other in archive.elites)]
 
 
-def front_rows(archive: Archive) -> Dict[str, Any]:
-    """The Pareto front as the report stores it."""
-    return {"measures": list(archive.measures),
-            "elites": [{"cell": list(e.cell), "id": e.evaluation, "fitness": e.objective, "measures": list(e.measures)}
-                       for e in front(archive)]}
+def map_report(archive: Optional[Archive], recipe: Recipe, worker: Worker) -> Dict[str, Any]:
+    """What the report adds for a `qd` run: the map's Pareto front and where each parent sits on the map
+    (scored by the search's own scorer, as the search scored its candidates); nothing for other runs."""
+    if archive is None:
+        return {}
+    rows = [{"cell": list(e.cell), "id": e.evaluation, "fitness": e.objective, "measures": list(e.measures)}
+            for e in front(archive)]
+    parents: Dict[str, List[float]] = {}
+    if worker.scorer is not None:
+        for _, reference in sorted(layout.parent_references(build_space(recipe).largest_stages()), key=str):
+            try:
+                worker.materializer.load_parent(reference)
+            except ValueError:  # a parent that does not supply the output model's tensors (slices recipes)
+                continue
+            scores = {f"{task}.{key}": value for task, metrics in worker.scorer.score().items()
+                      for key, value in metrics.items()}
+            values = [measure(scores, key) for key in archive.measures]
+            if None not in values:  # a custom measure: the parent is not marked
+                parents[Path(reference.model.path).name] = values
+    return {"map_front": {"measures": list(archive.measures), "elites": rows}, "map_parents": parents}
 
 
 def place(archive: Optional[Archive], evaluation: int) -> Optional[str]:
@@ -72,17 +92,3 @@ def place(archive: Optional[Archive], evaluation: int) -> Optional[str]:
     return (f"cell {','.join(map(str, elite.cell))} of the {shape} {archive.kind} map over "
             f"{', '.join(archive.measures)} ({scores}; fitness {elite.objective:.4f}, the best in its cell; "
             f"{len(archive.elites)} cells filled)")
-
-
-def describe_front(rows: Dict[str, Any]) -> Sequence[str]:
-    """The front as Markdown lines, for report.md."""
-    names = rows["measures"]
-    lines = ["## Pareto front of the map", "",
-             "The map's elites that no other elite matches or beats on every measure: the trade-offs to choose from "
-             "(`evomerge export RUN --cell I,J`).", "",
-             "| cell | evaluation | fitness | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
-    for elite in rows["elites"]:
-        lines.append(f"| {','.join(map(str, elite['cell']))} | #{elite['id']} | {elite['fitness']:.4f} | "
-                     + " | ".join(f"{v:.4f}" for v in elite["measures"]) + " |")
-    return lines

@@ -19,6 +19,8 @@ from weights import assert_same_as_resident, same_tensors
 from evomerge.cli import main
 from evomerge.merge.materializer import Materializer
 from evomerge.outputs.export import candidate_of
+from evomerge.outputs.finish import finish_run
+from evomerge.outputs.report import MAP_PNG, write_report
 from evomerge.run.observers.study import storage_url, study_name
 from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
@@ -159,3 +161,23 @@ def test_a_measure_that_is_not_a_search_task_is_refused_at_load_in_one_line(zoo,
                              "search task nor a custom fitness term; expected one of zoo_pair_search, zoo_rev_search, "
                              "zoo_sort_search, zoo_shift_search\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_report_draws_the_map_with_the_start_and_parents_and_lists_its_pareto_front(zoo, tmp_path):
+    recipe = _qd_recipe(tmp_path, zoo)
+    search = start_search(recipe, tmp_path / "run", SearchOptions(evaluations=5, quiet=True))
+    search.run()
+    report = finish_run(search.store, search.recipe, search.space, search.worker, search.confirmation, search.options)
+    archive = search.store.archive.read()
+    front = report["map_front"]["elites"]
+    assert front and {e["id"] for e in front} <= {e.evaluation for e in archive.elites}
+    assert not any(all(b >= a for a, b in zip(e["measures"], other.measures)) and list(other.measures) != e["measures"]
+                   for e in front for other in archive.elites)  # nothing on the map dominates a front elite
+    assert set(report["map_parents"]) == {"base", "pair", "rev", "sort", "shift"}
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "The map's Pareto front" in markdown and all(f"| #{e['id']} |" in markdown for e in front)
+
+    written = write_report(tmp_path / "run")
+    assert tmp_path / "run" / MAP_PNG in written
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert f'src="{MAP_PNG}"' in page and "the star is the starting point, the diamonds the parents" in page

@@ -290,7 +290,7 @@ def plot_map(archive: Archive, evaluations: Sequence[Evaluation], parents: Dict[
     one measure: the fitness up the side), with the start and the parents (scored on the measures) marked."""
     figure = Figure(figsize=(7.5, 6), layout="constrained")
     axes = figure.add_subplot()
-    names = [name.removesuffix(".acc") for name in archive.measures]
+    names = list(archive.measures)
     (x_low, x_high), *rest = archive.ranges
     y_low, y_high = rest[0] if rest else (0.0, 1.0)
     fitness = [e.objective for e in archive.elites]
@@ -309,11 +309,12 @@ def plot_map(archive: Archive, evaluations: Sequence[Evaluation], parents: Dict[
         at = [measure(flat_scores(start), key) for key in archive.measures]
         axes.scatter([at[0]], [at[1] if rest else start.fitness], s=220, marker="*", color="tab:orange",
                      edgecolor="black", zorder=3, label=f"start #{start.id}")
-    for index, (name, at) in enumerate(parents.items()):
-        axes.scatter([at[0]], [at[1] if rest else 0.0], s=90, marker="D", color=str(0.2 + 0.6 * index / max(len(parents), 1)),
-                     edgecolor="white", zorder=3, label=f"{name} (parent)")
+    for index, (name, at) in enumerate(parents.items()):  # one measure: the parents along the bottom
+        axes.scatter([at[0]], [at[1] if rest else min(fitness)], s=90, marker="D", edgecolor="white", zorder=3,
+                     color=str(round(0.2 + 0.6 * index / len(parents), 3)), label=f"{name} (parent)")
     axes.set_xlim(x_low, x_high)
-    axes.set_ylim(y_low, y_high) if rest else None
+    if rest:
+        axes.set_ylim(y_low, y_high)
     axes.set_xlabel(names[0])
     axes.set_ylabel(names[1] if rest else "fitness")
     total = int(np.prod(archive.shape))

@@ -49,28 +49,32 @@ class QDOptions(SearcherOptions):
                                                    "Gaussian's std, Iso+LineDD's iso sigma.")
 
     @model_validator(mode="after")
-    def _ranges_match(self) -> "QDOptions":
-        if self.ranges is not None and self.measures is not None and len(self.ranges) != len(self.measures):
-            raise ValueError(f"{len(self.ranges)} ranges for {len(self.measures)} measures")
+    def _ranges_ordered(self) -> "QDOptions":
         if self.ranges is not None and any(low >= high for low, high in self.ranges):
             raise ValueError("each range is [low, high] with low < high")
         return self
 
     def reading(self, scores: Mapping[str, str]) -> "QDOptions":
-        """The measures as score keys; the default is the first two search tasks (`custom` is listed last)."""
+        """The measures as score keys ('task.metric' as `tasks:` names it, or one already); by default the
+        first two search tasks (`scores` lists `custom` last, when the recipe has a custom fitness)."""
         names = self.measures or [name for name in scores if name != "custom"][:2]
         keys = []
-        for name in names:
+        for index, name in enumerate(names):
             if name in scores:
                 keys.append(scores[name])
-            elif name.startswith("custom.") and "custom" in scores or name in scores.values():
-                keys.append(name if name in scores.values() else f"custom.{name}")
+            elif name in scores.values():
+                keys.append(name)
+            elif name.startswith("custom.") and "custom" in scores:
+                keys.append(f"custom.{name}")  # a term of a custom fitness that returns a dict: 'custom.custom.NAME'
             else:
                 raise EvomergeError(f"measure {name!r} is neither a search task nor a custom fitness term; expected one "
-                                 f"of {', '.join(scores)}" + (" (or custom.NAME)" if "custom" in scores else ""),
-                                    key=f"measures[{names.index(name)}]" if self.measures else "measures")
+                                    f"of {', '.join(scores)}" + (" (or custom.NAME)" if "custom" in scores else ""),
+                                    key=f"measures[{index}]")
         if not keys:
             raise EvomergeError("a map needs measures: the recipe has no search tasks", key="measures")
+        if self.ranges is not None and len(self.ranges) != len(keys):
+            raise EvomergeError(f"{len(self.ranges)} ranges for {len(keys)} measures ({', '.join(names)})",
+                                key="ranges")
         return self.model_copy(update={"measures": keys})
 
 

@@ -71,9 +71,13 @@ def test_the_map_keeps_each_cells_best_evaluation_at_its_task_scores(run_dir):
 def test_the_runs_optuna_study_has_a_trial_per_evaluation_with_its_measures(run_dir):
     store = RunStore.open(run_dir)
     study = optuna.load_study(study_name=study_name(store), storage=storage_url(store))
+    evaluations = {e.id: e for e in store.evaluations.finished()}
     assert len(study.trials) == 9
     for trial in study.trials:
-        assert {task: trial.user_attrs["metrics"][task]["acc"] for task in MEASURES}
+        evaluation = evaluations[trial.user_attrs["evaluation_id"]]
+        assert trial.value == evaluation.fitness
+        assert [trial.user_attrs["metrics"][task]["acc"] for task in MEASURES] == \
+               [evaluation.metrics[task]["acc"] for task in MEASURES]
 
 
 def test_a_failed_candidate_is_ranked_last_and_never_on_the_map():

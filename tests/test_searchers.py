@@ -327,7 +327,7 @@ def test_a_third_party_searcher_is_one_decorator_away_from_a_real_search(hill_cl
 def test_an_unknown_searcher_is_refused_with_the_names_it_could_mean(hill_climber, demo_recipe, tmp_path):
     recipe = demo_recipe(searcher={"name": "hil"})
     with pytest.raises(EvomergeError, match="unknown searcher 'hil' \\(did you mean 'hill'\\?\\); expected one of "
-                                            "cma, ga, hill, llm, optuna, random"):
+                                            "cma, ga, hill, llm, optuna, qd, random"):
         start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
     assert not (tmp_path / "run").exists()
 

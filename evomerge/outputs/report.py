@@ -319,7 +319,7 @@ def plot_map(archive: Archive, evaluations: Sequence[Evaluation], parents: Dict[
     axes.set_ylabel(names[1] if rest else "fitness")
     total = int(np.prod(archive.shape))
     axes.set_title(f"The map: {len(archive.elites)} of {total} cells filled")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize="small")
+    axes.legend(loc="best", fontsize="small")
     _save(figure, path)
     best = max(archive.elites, key=lambda e: e.objective)
     return Plot(path, f"The search's map ({archive.kind}, {' x '.join(map(str, archive.shape))} cells over "

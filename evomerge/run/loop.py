@@ -209,7 +209,7 @@ class Search:
                           operator=proposal.operator, info=dict(proposal.info))
 
     def _store_archive(self) -> None:
-        """A quality-diversity searcher's map into the store, as it stands after a generation or a replay."""
+        """A quality-diversity searcher's map into the store, as it stands after a tell or a replay."""
         archive = self.searcher.elites()
         if archive is not None:
             self.store.archive.replace(archive)
@@ -225,10 +225,8 @@ class Search:
             self.pruner.finished(evaluation)
         if evaluation.ok and (self._best is None or evaluation.fitness > self._best):
             self._best = evaluation.fitness
-        generation = self.searcher.generation
         tell(self.searcher, evaluation, self.separate)
-        if self.searcher.generation != generation:
-            self._store_archive()
+        self._store_archive()
         self._progress.set_postfix(best=f"{self._best:.4f}" if self._best is not None else "-",
                                    s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
         self._progress.update(1)

@@ -14,6 +14,7 @@ archive holds anything starts the emitters afresh, with the next seed.
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -170,15 +171,23 @@ class QualityDiversity(GenerationalSearcher):
         return None
 
     def elites(self) -> Archive:
-        """The archive now, cell by cell."""
-        data = self.archive.data(["index", "objective", "measures", "evaluation"])
+        """The archive now, cell by cell, with the results of a generation still out added to a copy of it:
+        the emitters learn them with the rest of their generation, the map shows every evaluation told
+        (a run's budget may end inside a generation)."""
+        archive = self.archive
+        told = [p for p in self._asked if self._measures.get(p.id) is not None]
+        if told:
+            archive = copy.deepcopy(self.archive)
+            archive.add(np.array([p.genotype for p in told]), np.array([scalar(self._results[p.id]) for p in told]),
+                        np.array([self._measures[p.id] for p in told]), evaluation=np.array([p.id for p in told]))
+        data = archive.data(["index", "objective", "measures", "evaluation"])
         order = np.argsort(data["index"])
-        if isinstance(self.archive, GridArchive):
-            cells = self.archive.int_to_grid_index(data["index"][order]) if len(order) else []
-            shape = tuple(int(d) for d in self.archive.dims)
+        if isinstance(archive, GridArchive):
+            cells = archive.int_to_grid_index(data["index"][order]) if len(order) else []
+            shape = tuple(int(d) for d in archive.dims)
         else:
             cells = [[i] for i in data["index"][order]]
-            shape = (int(self.archive.cells),)
+            shape = (int(archive.cells),)
         elites = tuple(Elite(int(data["index"][i]), tuple(int(c) for c in cell), int(data["evaluation"][i]),
                              float(data["objective"][i]), tuple(float(v) for v in data["measures"][i]))
                        for i, cell in zip(order, cells))

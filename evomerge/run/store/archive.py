@@ -1,7 +1,7 @@
 """A quality-diversity run's map: every cell's elite (cell, evaluation, fitness, measures) in its own
 table, and what the map is (its measures, ranges, cells) in the meta table. The loop writes it from the
-searcher's archive after each generation it learns from and after a replay, so a resumed run's table is
-the one an uninterrupted run would have."""
+searcher's archive after each tell and after a replay, so a resumed run's table is the one an
+uninterrupted run would have."""
 
 from __future__ import annotations
 

@@ -30,11 +30,17 @@ CONFIGS = {
     "random": {"name": "random", "batch": 4},
     "ga-steady": {"name": "ga", "population": 4, "steady": True},
     "ga-steady-differential": {"name": "ga", "population": 4, "steady": True, "differential": {"f": 0.4, "cr": 0.6}},
+    "qd": {"name": "qd", "batch": 4, "measures": ["zoo_pair_search", "zoo_rev_search"]},
 }
 
 
 def _sphere(proposal) -> tuple:
     return (-float(np.sum((proposal.genotype - 0.3) ** 2)),)
+
+
+def _scores(proposal) -> dict:
+    """Per-task scores for the searchers that read them (qd's measures): the first two genes."""
+    return {"zoo_pair_search": float(proposal.genotype[0]), "zoo_rev_search": float(proposal.genotype[1])}
 
 
 def _tell(searcher, proposals, fitnesses) -> None:
@@ -51,7 +57,7 @@ def _round(searcher, rng=None, log=None) -> list:
             log.append(("ask", [p.id for p in proposals]))
     order = list(asked) if rng is None else [asked[i] for i in rng.permutation(len(asked))]
     for proposal in order:
-        searcher.tell(proposal.id, _sphere(proposal))
+        searcher.tell(proposal.id, _sphere(proposal), _scores(proposal))
         if log is not None:
             log.append(("tell", proposal))
     return asked
@@ -81,14 +87,14 @@ def test_a_fresh_searcher_that_replays_the_asks_and_tells_continues_exactly(conf
         if kind == "ask":
             assert [p.id for p in replayed.ask()] == what
         else:
-            replayed.tell(what.id, _sphere(what))
+            replayed.tell(what.id, _sphere(what), _scores(what))
     for _ in range(2):
         original, again = _round(searcher), _round(replayed)
         assert [p.id for p in original] == [p.id for p in again] and original
         assert all(np.array_equal(a.genotype, b.genotype) for a, b in zip(original, again))
 
 
-@pytest.mark.parametrize("config", ["cma", "ga-tournament-blend", "ga-differential"])
+@pytest.mark.parametrize("config", ["cma", "ga-tournament-blend", "ga-differential", "qd"])
 def test_a_generational_searcher_learns_the_same_whatever_order_its_results_arrive_in(config):
     make = lambda: make_searcher(SearcherSpec(**CONFIGS[config]), dimension=5, x0=np.full(5, 0.5), seed=3)
     in_order, shuffled = make(), make()
@@ -329,7 +335,7 @@ def test_a_third_party_searcher_is_one_decorator_away_from_a_real_search(hill_cl
 def test_an_unknown_searcher_is_refused_with_the_names_it_could_mean(hill_climber, demo_recipe, tmp_path):
     recipe = demo_recipe(searcher={"name": "hil"})
     with pytest.raises(EvomergeError, match="unknown searcher 'hil' \\(did you mean 'hill'\\?\\); expected one of "
-                                            "cma, ga, hill, llm, optuna, random"):
+                                            "cma, ga, hill, llm, optuna, qd, random"):
         start_search(recipe, tmp_path / "run", SearchOptions(quiet=True))
     assert not (tmp_path / "run").exists()
 

@@ -149,18 +149,23 @@ def plan(recipe, device_memory, workers, options: RunOptions):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the Hugging Face model.")
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
               help="Which candidate: 1 is the best of the run.")
+@click.option("--cell", help="A `qd` run: the elite of this cell of the map (I,J: its index per measure).")
+@click.option("--measures", help="A `qd` run: the elite nearest to these per-task scores (a,b: one per measure).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Export even if the weights differ from the scored ones (the card says so).")
 @click.option("--push-to-hub", "repo_id", help="Also upload the folder to this Hub repository (owner/name).")
 @click.option("--private", is_flag=True, help="Create the Hub repository as private.")
 @run_options("device", "quiet", help={"device": "Merge on this device (default: the one that scored the candidate)."})
 @friendly_errors
-def export(run_dir, out, rank, allow_mismatch, repo_id, private, options: RunOptions):
+def export(run_dir, out, rank, cell, measures, allow_mismatch, repo_id, private, options: RunOptions):
     """Write a run's candidate as a Hugging Face model folder with a model card: merged again as the
     search merged it and checked against the fingerprint of the weights it was scored with."""
     from evomerge.outputs.export import export_run
 
-    folder = export_run(run_dir, out, rank=rank, options=options, allow_mismatch=allow_mismatch)
+    if cell is not None and measures is not None:
+        raise EvomergeError("choose an elite by --cell or by --measures, not both", key="--cell")
+    folder = export_run(run_dir, out, rank=rank, options=options, allow_mismatch=allow_mismatch, cell=cell,
+                        measures=measures)
     click.echo(f"exported to {folder}")
     if repo_id:
         from evomerge.outputs.hub import push_folder

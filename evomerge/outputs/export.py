@@ -26,6 +26,7 @@ from evomerge.merge.fingerprint import fingerprint, first_difference
 from evomerge.merge.materializer import Materializer, default_device
 from evomerge.merge.multi_stage import materializer_for
 from evomerge.merge.write import RECIPE_FILE, save_resident
+from evomerge.outputs.qd_map import chosen_elite, place
 from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.text import dtype_name, render_markdown
 from evomerge.recipe.candidate import Candidate
@@ -67,10 +68,14 @@ class Verified:
 
 
 def export_run(run_dir: Path, out: Path, rank: int = 1, options: RunOptions = RunOptions(),
-               allow_mismatch: bool = False) -> Path:
-    """The run's `rank`-th candidate merged again on `options.device` (default: where it was scored) with the
-    run's own trust in model code, checked against the scored weights' fingerprint, saved with its card."""
+               allow_mismatch: bool = False, cell: Optional[str] = None, measures: Optional[str] = None) -> Path:
+    """The run's `rank`-th candidate (or, on a `qd` run's map, the elite of `cell` or the one nearest to
+    `measures`: qd_map.py) merged again on `options.device` (default: where it was scored) with the run's
+    own trust in model code, checked against the scored weights' fingerprint, saved with its card."""
     store = RunStore.open(run_dir)
+    if cell is not None or measures is not None:
+        chosen = chosen_elite(store.archive.read(), run_dir, cell, measures).evaluation
+        rank = 1 + [e.id for e in store.confirmations.standings()].index(chosen)
     evaluation = chosen_evaluation(store, rank)
     candidate = candidate_of(store, evaluation)
     if out.exists() and any(out.iterdir()):
@@ -141,6 +146,7 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
     evaluations = store.evaluations.finished()
     method = merge_methods.get(merge.merge_method)
     hub_parents = [p for p in parents if not _is_local(p)]  # the Hub links base_model ids to their pages
+    on_map = place(store.archive.read(), evaluation.id)
     metadata = {
         **({"base_model": hub_parents} if hub_parents else {}),
         "library_name": "transformers",
@@ -174,6 +180,7 @@ def model_card(store: RunStore, evaluation: Evaluation, candidate: Candidate, ra
         f"operator `{evaluation.operator or '-'}`"
         + (f", parents {', '.join(f'#{p}' for p in evaluation.parents)}" if evaluation.parents else "")
         + f"), search fitness {evaluation.fitness:.4f}",
+        *([f"- On the map of the search: {on_map}"] if on_map else []),
         "",
         *([_verification(verified, evaluation)] if verified else []),
         "",

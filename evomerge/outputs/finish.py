@@ -16,6 +16,7 @@ from evomerge.outputs.confirmation import (
     rankings,
     start_evaluation,
 )
+from evomerge.outputs.qd_map import map_report
 from evomerge.outputs.report import write_report
 from evomerge.outputs.scoreboard import build_report
 from evomerge.outputs.text import render_markdown
@@ -76,6 +77,7 @@ def finish_run(store: RunStore, recipe: Recipe, space: SearchSpace, worker: Work
     report["search_best_id"], report["best_fitness"] = ranked[0].id, ranked[0].fitness
     report["confirmation"] = rankings(store)
     report["resolution"] = resolutions(store, space, worker, documents)
+    report.update(map_report(store.archive.read(), recipe, worker))  # a qd run's Pareto front and parents on its map
     store.put_report("report", report)
     store.views.rewrite()
     write_report_files(store.directory, report)

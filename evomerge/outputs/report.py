@@ -21,7 +21,10 @@ from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.text import Plot, render_html
 from evomerge.recipe.candidate import NOISE, Gene
 from evomerge.recipe.routing import INCLUDE
+from evomerge.run.replay import flat_scores
 from evomerge.run.store import Evaluation, RunStore
+from evomerge.searchers import Archive
+from evomerge.searchers.qd import measure
 
 FITNESS_PNG = "fitness.png"
 PARAMETERS_PNG = "parameters.png"
@@ -29,6 +32,7 @@ TASKS_PNG = "tasks.png"
 DOCUMENTS_PNG = "documents.png"
 LINEAGE_PNG = "lineage.png"
 ROUTE_PNG = "route.png"
+MAP_PNG = "map.png"
 REPORT_HTML = "report.html"
 DPI = 120
 
@@ -53,6 +57,9 @@ def write_report(run_dir: Path) -> List[Path]:
             plots.append(plot_tasks(report, directory / TASKS_PNG))
         if any(e.documents for e in evaluations):
             plots.append(plot_documents(evaluations, directory / DOCUMENTS_PNG))
+        archive = store.archive.read()
+        if archive is not None and archive.elites:
+            plots.append(plot_map(archive, evaluations, (report or {}).get("map_parents", {}), directory / MAP_PNG))
         if winner is not None and any(e.parents for e in evaluations):
             plots.append(plot_lineage(evaluations, winner.id, directory / LINEAGE_PNG))
         page = directory / REPORT_HTML
@@ -275,3 +282,48 @@ def plot_lineage(evaluations: Sequence[Evaluation], root: int, path: Path) -> Pl
     figure, caption = draw_lineage(evaluations, root)
     _save(figure, path)
     return Plot(path, caption)
+
+
+def plot_map(archive: Archive, evaluations: Sequence[Evaluation], parents: Dict[str, Sequence[float]],
+             path: Path) -> Plot:
+    """A `qd` run's map: each filled cell coloured by its elite's fitness, one measure per axis (the first two;
+    one measure: the fitness up the side), with the start and the parents (scored on the measures) marked."""
+    figure = Figure(figsize=(7.5, 6), layout="constrained")
+    axes = figure.add_subplot()
+    names = list(archive.measures)
+    (x_low, x_high), *rest = archive.ranges
+    y_low, y_high = rest[0] if rest else (0.0, 1.0)
+    fitness = [e.objective for e in archive.elites]
+    if archive.kind == "grid" and len(archive.shape) == 2:
+        grid = np.full(archive.shape[::-1], np.nan)
+        for elite in archive.elites:
+            grid[elite.cell[1], elite.cell[0]] = elite.objective
+        image = axes.imshow(grid, origin="lower", extent=(x_low, x_high, y_low, y_high), aspect="auto", cmap="viridis")
+    else:
+        image = axes.scatter([e.measures[0] for e in archive.elites],
+                             [e.measures[1] if rest else e.objective for e in archive.elites],
+                             c=fitness, cmap="viridis", s=80, marker="s", edgecolor="black", linewidth=0.3)
+    figure.colorbar(image, ax=axes, label="fitness of the cell's elite")
+    start = next((e for e in evaluations if e.operator == "start" and e.ok), None)
+    if start is not None:
+        at = [measure(flat_scores(start), key) for key in archive.measures]
+        axes.scatter([at[0]], [at[1] if rest else start.fitness], s=220, marker="*", color="tab:orange",
+                     edgecolor="black", zorder=3, label=f"start #{start.id}")
+    for index, (name, at) in enumerate(parents.items()):  # one measure: the parents along the bottom
+        axes.scatter([at[0]], [at[1] if rest else min(fitness)], s=90, marker="D", edgecolor="white", zorder=3,
+                     color=str(round(0.2 + 0.6 * index / len(parents), 3)), label=f"{name} (parent)")
+    axes.set_xlim(x_low, x_high)
+    if rest:
+        axes.set_ylim(y_low, y_high)
+    axes.set_xlabel(names[0])
+    axes.set_ylabel(names[1] if rest else "fitness")
+    total = int(np.prod(archive.shape))
+    axes.set_title(f"The map: {len(archive.elites)} of {total} cells filled")
+    axes.legend(loc="best", fontsize="small")
+    _save(figure, path)
+    best = max(archive.elites, key=lambda e: e.objective)
+    return Plot(path, f"The search's map ({archive.kind}, {' x '.join(map(str, archive.shape))} cells over "
+                      f"{', '.join(names)}): each filled cell is coloured by the fitness of the best merge that landed "
+                      f"there; the star is the starting point" + (", the diamonds the parents" if parents else "")
+                      + f". The fittest elite is #{best.evaluation} in cell {','.join(map(str, best.cell))}; "
+                      f"`evomerge export RUN --cell I,J` exports any cell's elite.")

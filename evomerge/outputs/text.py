@@ -129,6 +129,21 @@ def rankings_table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     return header, body
 
 
+def front_table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """A `qd` run's Pareto front over its map's measures (`map_front`), as text cells; none for other runs."""
+    found = report.get("map_front")
+    if not found:
+        return [], []
+    header = ["cell", "evaluation", "fitness"] + list(found["measures"])
+    body = [[",".join(map(str, e["cell"])), f"#{e['id']}", f"{e['fitness']:.4f}"] + [f"{v:.4f}" for v in e["measures"]]
+            for e in found["elites"]]
+    return header, body
+
+
+FRONT_SAID = ("The map's Pareto front: its elites that no other elite matches or beats on every measure, the "
+              "trade-offs to choose from (`evomerge export RUN --cell I,J`).")
+
+
 def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     """The report table as text cells, header and rows, for every format that shows it."""
     rows = report["rows"]
@@ -148,12 +163,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
     said = [line for line in (summary(report), resolved(report), scored_on(report), verdict(report)) if line]
     lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    header, body = rankings_table(report)
-    if confirmed(report):
-        lines += ["", confirmed(report)]
-    if body:
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    for said_above, (header, body) in ((confirmed(report), rankings_table(report)), (FRONT_SAID if report.get("map_front") else "", front_table(report))):
+        if said_above:
+            lines += ["", said_above]
+        if body:
+            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -192,12 +207,11 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
         lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                      + "</tr>")
     lines.append("</table>")
-    header, body = rankings_table(report)
-    if confirmed(report):
-        lines.append(f"<p>{html.escape(confirmed(report))}</p>")
-    if body:
-        lines += ["<table>",
-                  "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-        lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
-        lines.append("</table>")
+    for said_above, (header, body) in ((confirmed(report), rankings_table(report)), (FRONT_SAID if report.get("map_front") else "", front_table(report))):
+        if said_above:
+            lines.append(f"<p>{html.escape(said_above)}</p>")
+        if body:
+            lines += ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+            lines += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
+            lines.append("</table>")
     return lines

@@ -77,7 +77,8 @@ def check_search(recipe: Recipe, *, allow_pickle: bool = False) -> Checked:
     attempt(lambda: _check_racing(recipe))
     attempt(lambda: _check_pruner(recipe))
     objectives = len(spec.tasks) if spec.objectives == "separate" else 1
-    searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path))
+    scores = {t.name: f"{t.name}.{t.metric}" for t in spec.tasks} | ({"custom": "custom.custom"} if spec.fitness else {})
+    searcher = attempt(lambda: searcher_options(spec.searcher, objectives, recipe.path, scores))
     if searcher is not None:
         attempt(lambda: searcher.probe(recipe.path))
     custom = attempt(lambda: load_custom_fitness(spec.fitness, recipe.directory, recipe.path)) if spec.fitness else None

@@ -156,6 +156,7 @@ class Search:
         searcher = self.fresh_searcher()
         self.pruner = make_pruner(self.recipe, self.store, searcher, finished)
         self.searcher = replay(searcher, self.store, self.space.from_unit, self.separate, self.pruner)
+        self._store_archive()
         evaluations.requeue_running()
         self.store.confirmations.clear_crown()  # decided again when the run finishes, among every evaluation
         self.store.views.rewrite()
@@ -213,6 +214,12 @@ class Search:
                           recipe=self.space.decode(genotype).to_yaml(), status="pending", parents=list(proposal.parents),
                           operator=proposal.operator, info=dict(proposal.info))
 
+    def _store_archive(self) -> None:
+        """A quality-diversity searcher's map into the store, as it stands after a tell or a replay."""
+        archive = self.searcher.elites()
+        if archive is not None:
+            self.store.archive.replace(archive)
+
     def _finish(self, evaluation: Evaluation, outcome: Outcome, worker: str) -> None:
         """Store the result (and its tell in the log), then tell the searcher."""
         result = asdict(outcome)
@@ -225,6 +232,7 @@ class Search:
         if evaluation.ok and (self._best is None or evaluation.fitness > self._best):
             self._best = evaluation.fitness
         tell(self.searcher, evaluation, self.separate)
+        self._store_archive()
         self._progress.set_postfix(best=f"{self._best:.4f}" if self._best is not None else "-",
                                    s_per_cand=f"{(evaluation.materialize_seconds or 0) + (evaluation.evaluate_seconds or 0):.2f}")
         self._progress.update(1)

@@ -45,7 +45,7 @@ def replay(searcher: Searcher, store: RunStore, from_unit: Callable[[np.ndarray]
             if [p.id for p in proposals] != event.data["ids"] or not all(
                     p.id in rows and np.array_equal(from_unit(p.genotype), rows[p.id].genotype) for p in proposals):
                 raise EvomergeError(f"the searcher does not replay this run's log (at evaluations {event.data['ids']}); "
-                                    f"was the run made with other versions of evomerge, Optuna or pycma? {_STUCK}",
+                                    f"was the run made with other versions of evomerge, Optuna, pycma or pyribs? {_STUCK}",
                                     path=store.directory)
         elif event.evaluation in told:
             continue

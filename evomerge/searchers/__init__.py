@@ -6,10 +6,10 @@ registered by name (registry.py); genetic operators are small classes that recei
 random generator. The built-in searchers are imported here so that they register.
 """
 
-from evomerge.searchers import cma, ga, llm, optuna  # noqa: F401  (they register themselves)
-from evomerge.searchers.base import Fitness, GeneInfo, Proposal, Searcher, SearcherOptions
+from evomerge.searchers import cma, ga, llm, optuna, qd  # noqa: F401  (they register themselves)
+from evomerge.searchers.base import Archive, Elite, Fitness, GeneInfo, Proposal, Searcher, SearcherOptions
 from evomerge.searchers.registry import SEARCHERS, make_searcher, register, searcher_options
 from evomerge.searchers.spec import SearcherSpec
 
-__all__ = ["SEARCHERS", "Fitness", "GeneInfo", "Proposal", "Searcher", "SearcherOptions", "SearcherSpec",
+__all__ = ["SEARCHERS", "Archive", "Elite", "Fitness", "GeneInfo", "Proposal", "Searcher", "SearcherOptions", "SearcherSpec",
            "make_searcher", "register", "searcher_options"]

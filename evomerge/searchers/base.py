@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -38,12 +38,40 @@ class Proposal:
     generation: int = 0
 
 
+@dataclass(frozen=True)
+class Elite:
+    """The best evaluation in one cell of a quality-diversity archive."""
+
+    index: int  # the archive's own cell index
+    cell: Tuple[int, ...]  # per measure for a grid; (index,) for a CVT
+    evaluation: int
+    objective: float
+    measures: Tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A quality-diversity searcher's map, as the run stores it and the report draws it."""
+
+    measures: Tuple[str, ...]  # score keys: 'task.metric', 'custom.custom' or 'custom.custom.NAME'
+    ranges: Tuple[Tuple[float, float], ...]
+    shape: Tuple[int, ...]  # cells per measure for a grid; (cells,) for a CVT
+    kind: str  # grid | cvt
+    elites: Tuple[Elite, ...]
+
+
 class SearcherOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def probe(self, source: Optional[Path] = None) -> None:
         """Before the run: refuse, with an EvomergeError naming `source` (the recipe), what would stop
         every ask (a service that refuses to answer). Searchers that ask no one have nothing to probe."""
+
+    def reading(self, scores: Mapping[str, str]) -> "SearcherOptions":
+        """The options for a recipe whose evaluations report `scores` (a name the recipe may use -> its key
+        in `tell`'s scores): names resolved, defaults that depend on them filled in, a name that is not
+        there refused with an EvomergeError keyed inside the options. Searchers that read no scores keep theirs."""
+        return self
 
 
 class Searcher(ABC):
@@ -91,6 +119,10 @@ class Searcher(ABC):
     @abstractmethod
     def _told(self, proposal: Proposal, fitness: Fitness, scores: Dict[str, float]) -> None:
         """Take one result in."""
+
+    def elites(self) -> Optional[Archive]:
+        """A quality-diversity searcher's map, for the run store; the others keep none."""
+        return None
 
     def external(self, fetch: Callable[[], Any]) -> Any:
         """A value from outside (JSON data): fetched and recorded, or, in a replay, the recorded one."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, Literal, Optional, Sequence, Type, TypeVar, Union
+from typing import Annotated, Any, Callable, Dict, Literal, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 import numpy as np
 from pydantic import Field, GetJsonSchemaHandler, TypeAdapter, create_model
@@ -38,8 +38,10 @@ def register(name: str) -> Callable[[S], S]:
     return add
 
 
-def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[Path] = None) -> SearcherOptions:
-    """The searcher's own options, validated before anything loads."""
+def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[Path] = None,
+                     scores: Optional[Mapping[str, str]] = None) -> SearcherOptions:
+    """The searcher's own options, validated before anything loads, read against the names of the per-task
+    `scores` its evaluations will report (SearcherOptions.reading); without them, names are taken as keys."""
     key = f"{SECTION}.searcher"
     cls = SEARCHERS.get(spec.name)
     if cls is None:
@@ -48,7 +50,13 @@ def searcher_options(spec: SearcherSpec, objectives: int = 1, source: Optional[P
     if objectives > 1 and not cls.multi_objective:
         raise EvomergeError(f"{spec.name} optimizes one objective; use `objectives: sum` or a multi-objective "
                             "searcher (optuna with sampler nsga2)", path=source, key=f"{SECTION}.objectives")
-    return validated(cls.Options, spec.options(), source, key)
+    options = validated(cls.Options, spec.options(), source, key)
+    if scores is None:
+        return options
+    try:
+        return options.reading(scores)
+    except EvomergeError as error:
+        raise EvomergeError(error.message, path=source, key=f"{key}.{error.key}") from None
 
 
 def options_union() -> Any:

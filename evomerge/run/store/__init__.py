@@ -5,7 +5,7 @@ worker when it is sent out, and completed (`ok`, `failed` or `raced`) when its r
 in any order; each result lands in the same transaction as its `tell` in the event log, before
 the searcher hears of it. So a run killed at any moment resumes, re-evaluating only what was in
 flight. The parts: schema.py (file, tables, format), evaluations.py (the rows and per-document
-scores, typed queries), confirmations.py (finalists' scores on the confirmation tasks, and the
+scores, typed queries), archive.py (a quality-diversity run's map), confirmations.py (finalists' scores on the confirmation tasks, and the
 standings they decide), events.py (the log), views.py (the files beside the database).
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from evomerge.run.store import schema
+from evomerge.run.store.archive import ArchiveTable
 from evomerge.run.store.confirmations import Confirmation, Confirmations
 from evomerge.run.store.evaluations import DocumentScores, Evaluation, Evaluations
 from evomerge.run.store.events import Event, EventLog
@@ -31,6 +32,7 @@ class RunStore:
         self.evaluations = Evaluations(db)
         self.confirmations = Confirmations(db, self.evaluations)
         self.events = EventLog(db)
+        self.archive = ArchiveTable(db)
         self.views = Views(directory, self.evaluations, self.confirmations)
 
     @staticmethod

@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS confirmations (
     documents TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reports (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS archive (
+    cell INTEGER PRIMARY KEY,
+    coordinates TEXT NOT NULL,
+    evaluation INTEGER NOT NULL REFERENCES evaluations (id),
+    objective REAL NOT NULL,
+    measures TEXT NOT NULL
+);
 """
 
 

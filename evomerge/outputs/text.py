@@ -158,12 +158,18 @@ def table(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     return header, body
 
 
+def _sections(report: Dict[str, Any]) -> List[Tuple[str, Tuple[List[str], List[List[str]]]]]:
+    """What follows the table: the crowning in words and its finalists; a `qd` run's front."""
+    return [(confirmed(report), rankings_table(report)),
+            (FRONT_SAID if report.get("map_front") else "", front_table(report))]
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
     header, body = table(report)
     said = [line for line in (summary(report), resolved(report), scored_on(report), verdict(report)) if line]
     lines = [f"# {report['title']}", "", *said, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    for said_above, (header, body) in ((confirmed(report), rankings_table(report)), (FRONT_SAID if report.get("map_front") else "", front_table(report))):
+    for said_above, (header, body) in _sections(report):
         if said_above:
             lines += ["", said_above]
         if body:
@@ -207,7 +213,7 @@ def _report_table(report: Dict[str, Any]) -> List[str]:
         lines.append(f'<tr class="{html.escape(row["role"])}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                      + "</tr>")
     lines.append("</table>")
-    for said_above, (header, body) in ((confirmed(report), rankings_table(report)), (FRONT_SAID if report.get("map_front") else "", front_table(report))):
+    for said_above, (header, body) in _sections(report):
         if said_above:
             lines.append(f"<p>{html.escape(said_above)}</p>")
         if body:

@@ -198,6 +198,9 @@ class _Simulated:
     def documents(self, task, limit=None):
         return len(self.scores)
 
+    def pool(self, task):
+        return list(range(len(self.scores)))
+
     def higher_is_better(self, task):
         return {"acc": True}
 

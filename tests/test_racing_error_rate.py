@@ -3,7 +3,7 @@ models) count how often a candidate truly better than the bar is stopped."""
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest
@@ -38,6 +38,9 @@ class _Scorer:
 
     def __init__(self, suite: _Suite):
         self.suite, self.truth = suite, {}
+
+    def pool(self, task: str) -> List[int]:
+        return list(range(self.suite.size))
 
     def score_documents(self, stage: Dict[str, Sequence[int]]) -> Dict[str, Dict[str, list]]:
         return {task: {"acc": [float(self.truth[task][i]) for i in ids]} for task, ids in stage.items() if len(ids)}

@@ -22,6 +22,7 @@ from evomerge.errors import EvomergeError
 from evomerge.merge import apply, kernels
 from evomerge.run.start import SearchOptions, resume_search, start_search
 from evomerge.run.store import RunStore
+from evomerge.run.store.schema import FORMAT
 from evomerge.run_options import RunOptions
 
 BLOCKING_FITNESS = textwrap.dedent('''
@@ -319,5 +320,5 @@ def test_a_run_from_before_the_event_log_is_refused_in_one_line_without_loading_
     result = CliRunner().invoke(main, ["resume", str(run_dir)])
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: {run_dir / 'run.db'}: this run was made by an older evomerge (run format 1, "
-                                     "expected 3); its searcher checkpoints are pickles, which evomerge no longer "
+                                     f"expected {FORMAT}); its searcher checkpoints are pickles, which evomerge no longer "
                                      "loads: start a new run")

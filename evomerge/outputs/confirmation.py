@@ -84,7 +84,9 @@ def confirm_finalists(store: RunStore, recipe: Recipe, space: SearchSpace, mater
                  "finalists": [], "differences": {}, "unconfirmed": True}
         store.confirmations.set_crown(crown)
         return crown
-    confirmed = store.confirmations.all()
+    counts = documents.count()  # a confirmation scored on other documents (its tasks changed on resume) is stale
+    confirmed = {i for i, c in store.confirmations.all().items()
+                 if all(len(next(iter(c.documents.get(task, {}).values()), ())) == n for task, n in counts.items())}
     scorer = LMEvalScorer(documents.suite, materializer.model, materializer.tokenizer, options=recipe.spec.eval,
                           samples=documents.samples)
     for evaluation in tqdm([e for e in ([start] if start else []) + chosen if e.id not in confirmed],

@@ -21,7 +21,6 @@ from evomerge.outputs.route_plot import describe_route, route_of, save_route
 from evomerge.outputs.text import Plot, render_html
 from evomerge.recipe.candidate import NOISE, Gene
 from evomerge.recipe.routing import INCLUDE
-from evomerge.run.replay import flat_scores
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.searchers import Archive
 from evomerge.searchers.qd import measure
@@ -306,7 +305,7 @@ def plot_map(archive: Archive, evaluations: Sequence[Evaluation], parents: Dict[
     figure.colorbar(image, ax=axes, label="fitness of the cell's elite")
     start = next((e for e in evaluations if e.operator == "start" and e.ok), None)
     if start is not None:
-        at = [measure(flat_scores(start), key) for key in archive.measures]
+        at = [measure(start.flat_scores(), key) for key in archive.measures]
         axes.scatter([at[0]], [at[1] if rest else start.fitness], s=220, marker="*", color="tab:orange",
                      edgecolor="black", zorder=3, label=f"start #{start.id}")
     for index, (name, at) in enumerate(parents.items()):  # one measure: the parents along the bottom

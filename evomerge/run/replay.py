@@ -3,7 +3,7 @@ racing stages, tells, in order), so a resumed run goes on exactly where it stopp
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -11,12 +11,6 @@ from evomerge.errors import EvomergeError
 from evomerge.run.pruner import Pruner
 from evomerge.run.store import Evaluation, RunStore
 from evomerge.searchers import Fitness, Searcher
-
-
-def flat_scores(evaluation: Evaluation) -> Dict[str, float]:
-    """'task.metric' -> value (and 'custom.x'), standard errors left out: what a searcher may read."""
-    return {f"{task}.{metric}": value for task, metrics in evaluation.metrics.items()
-            for metric, value in metrics.items() if "_stderr" not in metric}
 
 
 def searcher_fitness(evaluation: Evaluation, separate: bool) -> Fitness:
@@ -27,7 +21,7 @@ def searcher_fitness(evaluation: Evaluation, separate: bool) -> Fitness:
 
 
 def tell(searcher: Searcher, evaluation: Evaluation, separate: bool) -> None:
-    searcher.tell(evaluation.id, searcher_fitness(evaluation, separate), flat_scores(evaluation))
+    searcher.tell(evaluation.id, searcher_fitness(evaluation, separate), evaluation.flat_scores())
 
 
 def replay(searcher: Searcher, store: RunStore, from_unit: Callable[[np.ndarray], np.ndarray],

@@ -27,7 +27,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import Dict, Iterator, List, Set, Tuple, Union
 
 import torch
 import yaml
@@ -135,10 +135,12 @@ def build_real_zoo(out: Path = DEFAULT_DIR, steps: int = 60, lr: float = 1e-4) -
     return manifest
 
 
-def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "real.yaml", weight: float = 0.5,
-                      **evomerge) -> Path:
-    """Task arithmetic of the real base and its fine-tunes, each at `weight`, one 2-point weight gradient
-    per fine-tune searched on their search tasks; the `evomerge:` keys given replace the defaults."""
+def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "real.yaml",
+                      weight: Union[float, Dict[str, float]] = 0.5, **evomerge) -> Path:
+    """Task arithmetic of the real base and its fine-tunes, each at `weight` (one for all, or by skill),
+    one 2-point weight gradient per fine-tune searched on their search tasks; the `evomerge:` keys given
+    replace the defaults."""
+    weights = weight if isinstance(weight, dict) else {skill: weight for skill in SPECIALTIES}
     section = {
         "seed": 0,
         "search": [{"parameter": "weight", "range": [0.0, 1.2], "layer_groups": 2}],
@@ -152,7 +154,7 @@ def write_real_recipe(directory: Path, zoo: Path = DEFAULT_DIR, name: str = "rea
     recipe = {
         "merge_method": "task_arithmetic",
         "base_model": str(Path(zoo) / "base"),
-        "models": [{"model": str(Path(zoo) / s), "parameters": {"weight": weight}} for s in SPECIALTIES],
+        "models": [{"model": str(Path(zoo) / s), "parameters": {"weight": weights[s]}} for s in SPECIALTIES],
         "dtype": "float32",
         "evomerge": {**section, **evomerge},
     }

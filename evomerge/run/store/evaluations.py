@@ -36,6 +36,11 @@ class Evaluation:
     attempts: int = 0  # times it was sent to a worker (a worker that died takes one)
     device: Optional[str] = None  # where it was merged and scored
 
+    def flat_scores(self) -> Dict[str, float]:
+        """'task.metric' -> value (and 'custom.x'), standard errors left out: what a searcher may read."""
+        return {f"{task}.{metric}": value for task, metrics in self.metrics.items()
+                for metric, value in metrics.items() if "_stderr" not in metric}
+
     @property
     def finished(self) -> bool:
         return self.status in FINISHED

@@ -97,11 +97,18 @@ def base_model(zoo) -> str:
     return str(zoo["dir"] / "base")
 
 
+LIGHT_CONFIRM = {"top": 1, "hold_back": 0.05}
+
+
 @pytest.fixture
 def demo_recipe(tmp_path, zoo):
-    """Make a demo recipe in tmp_path: `demo_recipe(name="demo.yaml", **evomerge_changes)`."""
+    """Make a demo recipe in tmp_path: `demo_recipe(name="demo.yaml", **evomerge_changes)`. `confirm=None`
+    drops the demo's confirmation tasks for a light crowning (one finalist, 5% of the search documents
+    held back): for tests about something else, which the full crowning would only slow down."""
 
     def make(name: str = "demo.yaml", **evomerge) -> Path:
+        if "confirm" in evomerge and evomerge["confirm"] is None:
+            evomerge["confirm"] = LIGHT_CONFIRM
         return write_demo_recipe(tmp_path, zoo["dir"], name, **evomerge)
 
     return make

@@ -101,7 +101,7 @@ def confirm_finalists(store: RunStore, recipe: Recipe, space: SearchSpace, mater
     crown = crowning.decide(start.id if start else None, [e.id for e in chosen], store.confirmations.all(),
                             documents.terms, spec.z)
     crown.update(rank=spec.rank, estimates={str(e.id): estimated[e.id] for e in chosen},
-                 source=documents.description, documents=documents.count())
+                 source=documents.description, documents=counts)
     store.confirmations.set_crown(crown)
     return crown
 

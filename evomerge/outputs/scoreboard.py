@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +23,7 @@ from evomerge.recipe.space_factory import build_space
 from evomerge.run.store import Evaluation
 from evomerge.run_options import RunOptions
 from evomerge.scoring.fitness import Metrics, Objective
+from evomerge.scoring.paired import paired_difference
 from evomerge.scoring.scorer import Documents, LMEvalScorer, load_from_disk
 from evomerge.scoring.tasks import TaskSuite
 
@@ -126,16 +126,12 @@ def paired_gain(suite: TaskSuite, start: Documents, winner: Documents) -> Option
     weighs them (each task alike), with its standard error from the per-document differences on the
     same documents: the two models succeed and fail on mostly the same documents, so the difference
     varies less than either score. None when a main metric is not a mean over documents."""
-    differences = []
-    for task in suite.names:
-        metric = suite.main_metric(task)
-        if not suite.averaged(task, metric):
-            return None
-        key = suite.result_key(task, metric)
-        differences.append(np.asarray(winner[task][key], dtype=float) - np.asarray(start[task][key], dtype=float))
-    variance = sum(d.var(ddof=1) / len(d) for d in differences) / len(differences) ** 2
-    return {"value": float(sum(d.mean() for d in differences) / len(differences)),
-            "stderr": float(math.sqrt(variance)), "tasks": list(suite.names)}
+    if not all(suite.averaged(task, suite.main_metric(task)) for task in suite.names):
+        return None
+    share = 1.0 / len(suite.names)
+    found = paired_difference([(task, suite.result_key(task, suite.main_metric(task)), share, 1.0)
+                               for task in suite.names], start, winner)
+    return {"value": found.value, "stderr": found.stderr, "tasks": list(suite.names)}
 
 
 def pareto_front(evaluations: Sequence[Evaluation]) -> List[Evaluation]:
